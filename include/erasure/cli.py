@@ -1,0 +1,53 @@
+"""``python -m erasure.cli``: operational commands (no Airflow needed).
+
+  db upgrade|downgrade     apply / roll back tracking-store migrations
+  kafka-topics             create the pipeline's topics
+  catalog validate [PATH]  validate a catalog file or directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from erasure.catalog import CatalogError, load_catalog
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="erasure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    db = sub.add_parser("db", help="tracking-store migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("--revision", default=None)
+    sub.add_parser("kafka-topics", help="create the pipeline's Kafka topics")
+    cat = sub.add_parser("catalog", help="catalog commands")
+    cat.add_argument("action", choices=["validate"])
+    cat.add_argument("path", nargs="?", default=None)
+    args = parser.parse_args(argv)
+
+    if args.cmd == "db":
+        from erasure.tracking import downgrade, upgrade
+
+        if args.action == "upgrade":
+            upgrade(revision=args.revision or "head")
+        else:
+            downgrade(revision=args.revision or "base")
+        print(f"tracking store: {args.action} done")
+    elif args.cmd == "kafka-topics":
+        from erasure.kafka_admin import ensure_topics
+
+        created = ensure_topics(os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092"))
+        print("created topics:", ", ".join(created) if created else "(none, all exist)")
+    elif args.cmd == "catalog":
+        try:
+            cat_ = load_catalog(args.path)
+        except CatalogError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

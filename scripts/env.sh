@@ -1,0 +1,64 @@
+# Environment of the local stack. Sourced by scripts/stack.sh, the Makefile and tests' helpers.
+# Everything lives under $ERASURE_LOCAL (git-ignored). Ports are loopback-only and overridable.
+# shellcheck shell=bash
+ERASURE_ROOT="${ERASURE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+export ERASURE_ROOT
+export ERASURE_LOCAL="${ERASURE_LOCAL:-$ERASURE_ROOT/.local}"
+export ERASURE_VENV="${ERASURE_VENV:-$ERASURE_LOCAL/venv}"
+
+export ERASURE_PG_PORT="${ERASURE_PG_PORT:-55432}"
+export ERASURE_KAFKA_PORT="${ERASURE_KAFKA_PORT:-59092}"
+export ERASURE_KAFKA_CONTROLLER_PORT="${ERASURE_KAFKA_CONTROLLER_PORT:-59093}"
+export ERASURE_AIRFLOW_PORT="${ERASURE_AIRFLOW_PORT:-58080}"
+export ERASURE_PARTNER_PORT_BASE="${ERASURE_PARTNER_PORT_BASE:-58100}"
+
+# Secrets are generated once by `stack.sh setup` into a git-ignored file; never in code.
+if [ -f "$ERASURE_LOCAL/secrets.env" ]; then
+  # shellcheck disable=SC1091
+  . "$ERASURE_LOCAL/secrets.env"
+fi
+export ERASURE_PG_USER="${ERASURE_PG_USER:-erasure}"
+
+_pgpass="${ERASURE_PG_PASSWORD:-}"
+export ERASURE_TRACKING_DSN="${ERASURE_TRACKING_DSN:-postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking}"
+export ERASURE_KAFKA_BOOTSTRAP="${ERASURE_KAFKA_BOOTSTRAP:-127.0.0.1:$ERASURE_KAFKA_PORT}"
+export ERASURE_CATALOG="${ERASURE_CATALOG:-$ERASURE_ROOT/include/catalog}"
+export ERASURE_SPARK_JARS_DIR="${ERASURE_SPARK_JARS_DIR:-$ERASURE_LOCAL/jars}"
+export ERASURE_SPARK_MASTER="${ERASURE_SPARK_MASTER:-local[2]}"
+export ERASURE_WAREHOUSE_DIR="${ERASURE_WAREHOUSE_DIR:-$ERASURE_LOCAL/warehouse}"
+export ERASURE_DATASET_DIR="${ERASURE_DATASET_DIR:-$ERASURE_LOCAL/datasets}"
+
+# Airflow: project-local home, Postgres metadata, LocalExecutor, this repo's dags/ and plugins/.
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ERASURE_LOCAL/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$ERASURE_ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ERASURE_ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/airflow"
+export AIRFLOW__API__PORT="$ERASURE_AIRFLOW_PORT"
+export AIRFLOW__API__HOST=127.0.0.1
+export AIRFLOW__API__BASE_URL="http://127.0.0.1:$ERASURE_AIRFLOW_PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$ERASURE_AIRFLOW_PORT/execution/"
+export AIRFLOW__API_AUTH__JWT_SECRET="${ERASURE_JWT_SECRET:-}"
+export AIRFLOW__API__SECRET_KEY="${ERASURE_JWT_SECRET:-}"
+export AIRFLOW__CORE__FERNET_KEY="${ERASURE_FERNET_KEY:-}"
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$ERASURE_LOCAL/airflow/passwords.json"
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-10}"
+export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL:-10}"
+export AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC=2
+export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$ERASURE_LOCAL/airflow/logs"
+
+# Connections, by URI/JSON through the environment (no secrets in code or in the metadata DB).
+export AIRFLOW_CONN_ERASURE_TRACKING="postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking"
+export AIRFLOW_CONN_ERASURE_KAFKA="{\"conn_type\": \"kafka\", \"extra\": {\"bootstrap.servers\": \"$ERASURE_KAFKA_BOOTSTRAP\"}}"
+export AIRFLOW_CONN_SPARK_DEFAULT="{\"conn_type\": \"spark\", \"host\": \"$ERASURE_SPARK_MASTER\"}"
+unset _pgpass
+
+export PATH="$ERASURE_VENV/bin:$PATH"
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export PYSPARK_PYTHON="$ERASURE_VENV/bin/python"
+export PIP_CACHE_DIR="$ERASURE_LOCAL/cache/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1

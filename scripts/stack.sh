@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# The local stack of the erasure pipeline, started by the project itself (no Docker needed).
+#
+#   scripts/stack.sh setup            venv + pins, Kafka and Delta jars, Postgres binaries, secrets
+#   scripts/stack.sh up [SERVICE...]  start services (default: postgres kafka airflow); idempotent
+#   scripts/stack.sh down [SERVICE...] stop what this script started, by PID
+#   scripts/stack.sh status           one line per service
+#   scripts/stack.sh airflow-password print the Airflow UI/API admin password
+#
+# SERVICE is one of: postgres kafka airflow partners. Everything lives under .local/ (git-ignored).
+set -euo pipefail
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
+
+L="$ERASURE_LOCAL"
+RUN="$L/run"
+LOGS="$L/logs"
+mkdir -p "$L" "$RUN" "$LOGS" "$L/cache"
+
+KAFKA_VERSION=4.3.1        # kafka-tools 4.4.0 needs packages Maven Central does not serve here
+DELTA_VERSIONS="4.4.1 4.4.0"   # 4.4.1 is tried first; 4.4.0 is the newest served here (see README)
+PY=python3.11
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "missing tool '$1': $2"; }
+
+# ---------------------------------------------------------------- helpers
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_port_free() { # port service
+  if port_open "$1"; then
+    die "port $1 (needed by $2) is already in use by another process; stop it or set the port variable (see scripts/env.sh)"
+  fi
+}
+
+wait_port() { # port name seconds [pidfile]
+  local i=0
+  while ! port_open "$1"; do
+    i=$((i + 1))
+    if [ -n "${4:-}" ] && ! pid_alive "$4"; then die "$2 exited during start; see its log under $LOGS"; fi
+    [ "$i" -ge "$(($3 * 2))" ] && die "$2 did not open port $1 within $3 s; see $LOGS"
+    sleep 0.5
+  done
+}
+
+as_pg() { # run a command as the postgres OS user when we are root (Postgres refuses root)
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_bin() { # Debian's versioned bin dir first (initdb needs `postgres` beside it), else PATH
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then dirname "$(command -v pg_ctl)"; fi
+}
+
+# ---------------------------------------------------------------- setup
+setup_secrets() {
+  [ -f "$L/secrets.env" ] && return
+  log "generating local secrets into $L/secrets.env"
+  local gen="import secrets,base64;print"
+  umask 077
+  {
+    echo "ERASURE_PG_PASSWORD=$($PY -c "$gen(secrets.token_hex(16))")"
+    echo "ERASURE_JWT_SECRET=$($PY -c "$gen(secrets.token_urlsafe(32))")"
+    echo "ERASURE_FERNET_KEY=$($PY -c "$gen(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())")"
+    echo "ERASURE_ADMIN_PASSWORD=$($PY -c "$gen(secrets.token_urlsafe(12))")"
+  } >"$L/secrets.env"
+  umask 022
+}
+
+setup_venv() {
+  need "$PY" "install Python 3.11"
+  local stamp="$L/venv/.installed" want
+  want=$(cat "$ERASURE_ROOT/pyproject.toml" "$ERASURE_ROOT/constraints.txt" | sha256sum | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  log "installing the Python environment (pinned; ~2-4 min cold, cached in $L/cache/pip)"
+  [ -x "$ERASURE_VENV/bin/python" ] || "$PY" -m venv "$ERASURE_VENV"
+  "$ERASURE_VENV/bin/pip" install -q "pip==25.3"
+  "$ERASURE_VENV/bin/pip" install -q -c "$ERASURE_ROOT/constraints.txt" -e "$ERASURE_ROOT[dev]"
+  "$ERASURE_VENV/bin/pip" check >/dev/null || die "pip check failed in $ERASURE_VENV"
+  echo "$want" >"$stamp"
+}
+
+mvn_fetch() { # pom outdir [extra args]
+  local pom=$1 out=$2
+  shift 2
+  mvn -q -B -Dmaven.repo.local="$L/m2" -f "$pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$out" "$@" >"$LOGS/mvn-$(basename "$pom" .xml).log" 2>&1
+}
+
+setup_jars() {
+  need java "install a Java 17 JDK (apt-get install openjdk-17-jdk-headless)"
+  need mvn "install Maven (apt-get install maven)"
+  if [ ! -f "$L/kafka/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    log "fetching Apache Kafka $KAFKA_VERSION and its dependencies from Maven Central"
+    mkdir -p "$L/kafka/libs"
+    mvn_fetch "$ERASURE_ROOT/tools/maven/kafka-pom.xml" "$L/kafka/libs" || die "Kafka download failed; see $LOGS/mvn-kafka-pom.log"
+  fi
+  if ! ls "$ERASURE_SPARK_JARS_DIR"/delta-spark_4.2_2.13-*.jar >/dev/null 2>&1; then
+    mkdir -p "$ERASURE_SPARK_JARS_DIR"
+    local v ok=""
+    for v in $DELTA_VERSIONS; do
+      log "fetching Delta $v jars and the Postgres JDBC driver from Maven Central"
+      if mvn_fetch "$ERASURE_ROOT/tools/maven/delta-pom.xml" "$ERASURE_SPARK_JARS_DIR" -Ddelta.version="$v"; then
+        ok=$v
+        break
+      fi
+      log "Delta $v is not served: $(grep -m1 -o 'Could not find artifact [^ ]*' "$LOGS/mvn-delta-pom.log" || true)"
+    done
+    [ -n "$ok" ] || die "no Delta jars could be fetched; see $LOGS/mvn-delta-pom.log"
+  fi
+}
+
+setup_postgres() {
+  if [ -z "$(pg_bin)" ]; then
+    log "PostgreSQL server binaries missing: installing Debian's postgresql"
+    if [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+      sudo -n true 2>/dev/null || die "pg_ctl/initdb missing and no root: apt-get install postgresql"
+      sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+  fi
+  [ -n "$(pg_bin)" ] || die "PostgreSQL binaries still missing after install"
+}
+
+cmd_setup() {
+  setup_secrets
+  . "$ERASURE_ROOT/scripts/env.sh"
+  setup_postgres
+  setup_jars
+  setup_venv
+  log "setup complete"
+}
+
+# ---------------------------------------------------------------- postgres
+PGDATA="$L/pg/data"
+up_postgres() {
+  local bin
+  bin=$(pg_bin)
+  [ -n "$bin" ] || die "PostgreSQL binaries missing: run scripts/stack.sh setup"
+  mkdir -p "$L/pg/run"
+  [ "$(id -u)" = 0 ] && chown postgres "$L/pg" "$L/pg/run"
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    log "initialising PostgreSQL cluster in $PGDATA"
+    local pwfile="$L/pg/.pw"
+    printf '%s\n' "$ERASURE_PG_PASSWORD" >"$pwfile"
+    [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+    as_pg "$bin/initdb" -D "$PGDATA" -U "$ERASURE_PG_USER" --pwfile="$pwfile" -A scram-sha-256 -E UTF8 >"$LOGS/initdb.log" 2>&1 ||
+      die "initdb failed; see $LOGS/initdb.log"
+    rm -f "$pwfile"
+  fi
+  if as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    log "postgres already running on 127.0.0.1:$ERASURE_PG_PORT"
+  else
+    check_port_free "$ERASURE_PG_PORT" postgres
+    as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$L/pg/postgres.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $ERASURE_PG_PORT -k $L/pg/run -c max_connections=200 -c fsync=off -c synchronous_commit=off" \
+      start >/dev/null || die "postgres did not start; see $L/pg/postgres.log"
+    log "postgres started on 127.0.0.1:$ERASURE_PG_PORT"
+  fi
+  export PGPASSWORD="$ERASURE_PG_PASSWORD"
+  local db
+  for db in airflow erasure_tracking; do
+    if ! psql -h 127.0.0.1 -p "$ERASURE_PG_PORT" -U "$ERASURE_PG_USER" -d postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
+      psql -h 127.0.0.1 -p "$ERASURE_PG_PORT" -U "$ERASURE_PG_USER" -d postgres -qc "create database $db" >/dev/null
+      log "created database $db"
+    fi
+  done
+  "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
+}
+
+down_postgres() {
+  local bin
+  bin=$(pg_bin)
+  [ -f "$PGDATA/postmaster.pid" ] || return 0
+  as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 && log "postgres stopped" || true
+}
+
+# ---------------------------------------------------------------- kafka
+KDIR="$L/kafka"
+up_kafka() {
+  [ -f "$KDIR/libs/kafka_2.13-$KAFKA_VERSION.jar" ] || die "Kafka jars missing: run scripts/stack.sh setup"
+  if pid_alive "$RUN/kafka.pid"; then
+    log "kafka already running on $ERASURE_KAFKA_BOOTSTRAP"
+  else
+    check_port_free "$ERASURE_KAFKA_PORT" kafka
+    check_port_free "$ERASURE_KAFKA_CONTROLLER_PORT" "kafka controller"
+    mkdir -p "$KDIR/data"
+    cat >"$KDIR/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:$ERASURE_KAFKA_PORT,CONTROLLER://127.0.0.1:$ERASURE_KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$ERASURE_KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:$ERASURE_KAFKA_CONTROLLER_PORT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KDIR/data
+num.partitions=3
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.retention.hours=168
+EOF
+    cat >"$KDIR/log4j2.properties" <<EOF
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=FILE
+appender.file.type=File
+appender.file.name=FILE
+appender.file.fileName=$LOGS/kafka-server.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=kafka
+logger.kafka.level=WARN
+logger.apache.name=org.apache
+logger.apache.level=WARN
+EOF
+    local cp="$KDIR/libs/*"
+    local jopts=(-Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile="$KDIR/log4j2.properties")
+    if [ ! -f "$KDIR/data/meta.properties" ]; then
+      local id
+      id=$(java -cp "$cp" "${jopts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+      java -cp "$cp" "${jopts[@]}" kafka.tools.StorageTool format --standalone -t "$id" -c "$KDIR/server.properties" \
+        >"$LOGS/kafka-format.log" 2>&1 || die "formatting KRaft storage failed; see $LOGS/kafka-format.log"
+      log "formatted KRaft storage (cluster $id)"
+    fi
+    nohup java -cp "$cp" "${jopts[@]}" kafka.Kafka "$KDIR/server.properties" >"$LOGS/kafka.out" 2>&1 &
+    echo $! >"$RUN/kafka.pid"
+    wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid"
+    log "kafka started on $ERASURE_KAFKA_BOOTSTRAP"
+  fi
+  "$ERASURE_VENV/bin/python" -m erasure.cli kafka-topics >"$LOGS/topics.log" 2>&1 || die "creating topics failed; see $LOGS/topics.log"
+}
+
+stop_pidfile() { # pidfile name
+  pid_alive "$1" || { rm -f "$1"; return 0; }
+  local pid i
+  pid=$(cat "$1")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+  rm -f "$1"
+  log "$2 stopped"
+}
+
+down_kafka() { stop_pidfile "$RUN/kafka.pid" kafka; }
+
+# ---------------------------------------------------------------- airflow
+AIRFLOW_COMPONENTS="api-server scheduler dag-processor triggerer"
+up_airflow() {
+  mkdir -p "$AIRFLOW_HOME"
+  if [ ! -f "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" ]; then
+    printf '{"admin": "%s"}\n' "$ERASURE_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+  fi
+  airflow db migrate >"$LOGS/airflow-migrate.log" 2>&1 || die "airflow db migrate failed; see $LOGS/airflow-migrate.log"
+  local c started=""
+  for c in $AIRFLOW_COMPONENTS; do
+    if pid_alive "$RUN/airflow-$c.pid"; then continue; fi
+    [ "$c" = api-server ] && check_port_free "$ERASURE_AIRFLOW_PORT" "airflow api-server"
+    setsid nohup airflow "$c" >"$LOGS/airflow-$c.log" 2>&1 &
+    echo $! >"$RUN/airflow-$c.pid"
+    started="$started $c"
+  done
+  wait_port "$ERASURE_AIRFLOW_PORT" "airflow api-server" 120 "$RUN/airflow-api-server.pid"
+  local i=0
+  until curl -sf "http://127.0.0.1:$ERASURE_AIRFLOW_PORT/api/v2/monitor/health" >/dev/null; do
+    i=$((i + 1)); [ $i -gt 120 ] && die "airflow api-server not healthy; see $LOGS/airflow-api-server.log"; sleep 1
+  done
+  [ -n "$started" ] && log "airflow started:$started (http://127.0.0.1:$ERASURE_AIRFLOW_PORT, user admin)" || log "airflow already running"
+}
+
+down_airflow() {
+  local c
+  for c in $AIRFLOW_COMPONENTS; do stop_pidfile "$RUN/airflow-$c.pid" "airflow $c"; done
+}
+
+# ---------------------------------------------------------------- demo partners
+up_partners() {
+  if pid_alive "$RUN/partners.pid"; then log "partners already running"; return; fi
+  setsid nohup "$ERASURE_VENV/bin/python" -m erasure.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
+  echo $! >"$RUN/partners.pid"
+  wait_port "$ERASURE_PARTNER_PORT_BASE" partners 60 "$RUN/partners.pid"
+  log "demo partners started (HTTP from port $ERASURE_PARTNER_PORT_BASE, Kafka consumers)"
+}
+down_partners() { stop_pidfile "$RUN/partners.pid" partners; }
+
+# ---------------------------------------------------------------- commands
+cmd_up() {
+  [ -f "$L/secrets.env" ] && [ -x "$ERASURE_VENV/bin/python" ] || die "not set up: run scripts/stack.sh setup first"
+  local s list=${*:-postgres kafka airflow}
+  for s in $list; do
+    case $s in
+      postgres | kafka | airflow | partners) "up_$s" ;;
+      *) die "unknown service '$s' (postgres kafka airflow partners)" ;;
+    esac
+  done
+}
+
+cmd_down() {
+  local s list=${*:-partners airflow kafka postgres}
+  for s in $list; do
+    case $s in
+      postgres | kafka | airflow | partners) "down_$s" ;;
+      *) die "unknown service '$s'" ;;
+    esac
+  done
+}
+
+cmd_status() {
+  local bin
+  bin=$(pg_bin)
+  if [ -n "$bin" ] && [ -f "$PGDATA/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    echo "postgres   running  127.0.0.1:$ERASURE_PG_PORT"
+  else echo "postgres   stopped"; fi
+  pid_alive "$RUN/kafka.pid" && echo "kafka      running  $ERASURE_KAFKA_BOOTSTRAP (pid $(cat "$RUN/kafka.pid"))" || echo "kafka      stopped"
+  local c
+  for c in $AIRFLOW_COMPONENTS; do
+    pid_alive "$RUN/airflow-$c.pid" && printf 'airflow %-14s running (pid %s)\n' "$c" "$(cat "$RUN/airflow-$c.pid")" || printf 'airflow %-14s stopped\n' "$c"
+  done
+  pid_alive "$RUN/partners.pid" && echo "partners   running  (pid $(cat "$RUN/partners.pid"))" || echo "partners   stopped"
+}
+
+case "${1:-}" in
+  setup) cmd_setup ;;
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  status) cmd_status ;;
+  airflow-password) echo "$ERASURE_ADMIN_PASSWORD" ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
