@@ -1,0 +1,1 @@
+"""Airflow glue (imports Airflow). The core package never imports this module."""

@@ -1,0 +1,85 @@
+"""A demo partner's own data store (SQLite file per partner): the personal data it holds, the
+deletions it performed (with idempotency keys), and test subjects created for the canary."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+class PartnerStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS subject (
+                subject_id TEXT PRIMARY KEY, data TEXT NOT NULL, is_test INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS deletion (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, subject_id TEXT NOT NULL, existed INTEGER NOT NULL,
+                idempotency_key TEXT, deleted_at REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS deletion_subject ON deletion(subject_id);
+            """
+        )
+
+    def put(self, subject_id: str, data: dict[str, Any], is_test: bool = False) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO subject(subject_id, data, is_test, created_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(subject_id) DO UPDATE SET data=excluded.data, is_test=excluded.is_test",
+                (subject_id, json.dumps(data), int(is_test), time.time()),
+            )
+
+    def put_many(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO subject(subject_id, data, is_test, created_at) VALUES (?,?,0,?)",
+                [(s, json.dumps(d), now) for s, d in rows],
+            )
+            self._db.execute("COMMIT")
+
+    def get(self, subject_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM subject WHERE subject_id=?", (subject_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete(self, subject_id: str, idempotency_key: str | None = None) -> bool:
+        """Delete a subject's data; returns whether it existed. Every call is logged."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            cur = self._db.execute("DELETE FROM subject WHERE subject_id=?", (subject_id,))
+            existed = cur.rowcount > 0
+            self._db.execute(
+                "INSERT INTO deletion(subject_id, existed, idempotency_key, deleted_at) VALUES (?,?,?,?)",
+                (subject_id, int(existed), idempotency_key, time.time()),
+            )
+            self._db.execute("COMMIT")
+        return existed
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM subject").fetchone()[0])
+
+    def deletions(self, subject_id: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT subject_id, existed, idempotency_key, deleted_at FROM deletion"
+        args: tuple[Any, ...] = ()
+        if subject_id is not None:
+            q += " WHERE subject_id=?"
+            args = (subject_id,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [dict(zip(("subject_id", "existed", "idempotency_key", "deleted_at"), r, strict=True)) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
