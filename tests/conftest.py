@@ -9,6 +9,7 @@ stack's own tracking database with unique ids instead (the scheduler's environme
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import uuid
@@ -34,6 +35,7 @@ def _load_stack_env() -> None:
 
 
 _load_stack_env()
+logging.getLogger("py4j").setLevel(logging.WARNING)
 os.environ.setdefault("ERASURE_SPARK_MASTER", "local[2]")
 
 MAIN_TRACKING_DSN = os.environ["ERASURE_TRACKING_DSN"]
@@ -55,7 +57,9 @@ def pg_dsn() -> Iterator[str]:
     try:
         admin = psycopg2.connect(_admin_dsn("postgres"))
     except psycopg2.OperationalError as exc:
-        raise RuntimeError(f"Postgres of the stack is not reachable ({exc}); run scripts/stack.sh up") from exc
+        raise RuntimeError(
+            f"Postgres of the stack is not reachable ({exc}); run scripts/stack.sh up"
+        ) from exc
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
@@ -112,7 +116,9 @@ def kafka_bootstrap() -> str:
     try:
         AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15)
     except Exception as exc:
-        raise RuntimeError(f"Kafka of the stack is not reachable at {bootstrap} ({exc}); run scripts/stack.sh up") from exc
+        raise RuntimeError(
+            f"Kafka of the stack is not reachable at {bootstrap} ({exc}); run scripts/stack.sh up"
+        ) from exc
     return bootstrap
 
 

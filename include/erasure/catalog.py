@@ -184,7 +184,9 @@ class Catalog(_Model):
             raise ValueError(f"pipeline_owner: unknown team '{self.pipeline_owner}'")
         for i, t in enumerate(self.targets):
             if t.owner not in teams:
-                raise ValueError(f"targets.{i} ({t.name}).owner: unknown team '{t.owner}' (known: {sorted(teams)})")
+                raise ValueError(
+                    f"targets.{i} ({t.name}).owner: unknown team '{t.owner}' (known: {sorted(teams)})"
+                )
             for st in t.subject_types:
                 if st not in stypes:
                     raise ValueError(

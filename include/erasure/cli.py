@@ -1,8 +1,8 @@
 """``python -m erasure.cli``: operational commands (no Airflow needed).
 
-  db upgrade|downgrade     apply / roll back tracking-store migrations
-  kafka-topics             create the pipeline's topics
-  catalog validate [PATH]  validate a catalog file or directory
+db upgrade|downgrade     apply / roll back tracking-store migrations
+kafka-topics             create the pipeline's topics
+catalog validate [PATH]  validate a catalog file or directory
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from erasure.catalog import CatalogError, load_catalog
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="erasure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="erasure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     db = sub.add_parser("db", help="tracking-store migrations")
     db.add_argument("action", choices=["upgrade", "downgrade"])
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         except CatalogError as exc:
             print(exc, file=sys.stderr)
             return 1
-        print(f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types")
+        print(
+            f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types"
+        )
     return 0
 
 

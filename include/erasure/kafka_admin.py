@@ -33,14 +33,18 @@ def ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...] | list[TopicSpec
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=30).topics)
     new = [
-        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1,
-                 config={"retention.ms": str(t.retention_ms), "min.insync.replicas": "1"})
+        NewTopic(
+            t.name,
+            num_partitions=t.partitions,
+            replication_factor=1,
+            config={"retention.ms": str(t.retention_ms), "min.insync.replicas": "1"},
+        )
         for t in topics
         if t.name not in existing
     ]
     if not new:
         return []
-    for name, fut in admin.create_topics(new, operation_timeout=30).items():
+    for _name, fut in admin.create_topics(new, operation_timeout=30).items():
         try:
             fut.result()
         except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine

@@ -19,11 +19,17 @@ REQUIRED_JARS = ("delta-spark_4.2_2.13-", "delta-storage-")
 
 def spark_jars(jars_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The jars handed to Spark: Delta (spark + storage) and the Postgres JDBC driver."""
-    d = Path(jars_dir or os.environ.get("ERASURE_SPARK_JARS_DIR") or Path(__file__).resolve().parents[2] / ".local" / "jars")
+    d = Path(
+        jars_dir
+        or os.environ.get("ERASURE_SPARK_JARS_DIR")
+        or Path(__file__).resolve().parents[2] / ".local" / "jars"
+    )
     jars = sorted(glob.glob(str(d / "*.jar")))
     for prefix in REQUIRED_JARS:
         if not any(Path(j).name.startswith(prefix) for j in jars):
-            raise FileNotFoundError(f"{prefix}*.jar not found in {d}: run scripts/stack.sh setup (fetches Delta from Maven Central)")
+            raise FileNotFoundError(
+                f"{prefix}*.jar not found in {d}: run scripts/stack.sh setup (fetches Delta from Maven Central)"
+            )
     return jars
 
 

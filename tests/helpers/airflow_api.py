@@ -28,7 +28,11 @@ class AirflowApi:
 
     def token(self) -> str:
         if self._token is None:
-            r = httpx.post(f"{self.base_url}/auth/token", json={"username": self.username, "password": self.password}, timeout=30)
+            r = httpx.post(
+                f"{self.base_url}/auth/token",
+                json={"username": self.username, "password": self.password},
+                timeout=30,
+            )
             r.raise_for_status()
             self._token = r.json()["access_token"]
         return self._token
@@ -53,7 +57,9 @@ class AirflowApi:
         r = self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
         r.raise_for_status()
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> httpx.Response:
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> httpx.Response:
         body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
         if run_id:
             body["dag_run_id"] = run_id

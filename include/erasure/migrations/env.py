@@ -8,8 +8,12 @@ url = config.get_main_option("sqlalchemy.url")
 engine = create_engine(url)
 with engine.begin() as conn:
     conn.execute(text("CREATE SCHEMA IF NOT EXISTS erasure"))
-    context.configure(connection=conn, version_table="alembic_version", version_table_schema="erasure",
-                      transactional_ddl=True)
+    context.configure(
+        connection=conn,
+        version_table="alembic_version",
+        version_table_schema="erasure",
+        transactional_ddl=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 engine.dispose()

@@ -79,7 +79,10 @@ class PartnerStore:
             args = (subject_id,)
         with self._lock:
             rows = self._db.execute(q + " ORDER BY id", args).fetchall()
-        return [dict(zip(("subject_id", "existed", "idempotency_key", "deleted_at"), r, strict=True)) for r in rows]
+        return [
+            dict(zip(("subject_id", "existed", "idempotency_key", "deleted_at"), r, strict=True))
+            for r in rows
+        ]
 
     def close(self) -> None:
         self._db.close()
