@@ -813,39 +813,47 @@ def raise_alert(
     target: str | None,
     details: dict[str, Any],
 ) -> str:
-    """Alert ``team`` through ``erasure.alerts`` when it is available, else record it in ``erasure.alert``.
-
-    Deduplicated on ``dedupe_key``: a re-run never alerts twice for the same canary and target.
-    """
+    """Alert ``team`` on its catalog channel: recorded in ``erasure.alert`` (deduplicated on
+    ``dedupe_key``: a re-run never alerts twice for the same canary and target), then delivered at
+    once through ``erasure.alerts`` (an undelivered alert is retried by the reconcile DAG)."""
     try:
-        from erasure import alerts as _alerts  # the alerting module (routing to the team's channel)
-    except ImportError:
+        from erasure import alerts as _alerts
+    except ImportError:  # pragma: no cover - alerts module is part of the package
         _alerts = None  # type: ignore[assignment]
-    fn = getattr(_alerts, "raise_alert", None) if _alerts is not None else None
-    if fn is not None:
-        try:
-            fn(
-                dsn,
+    with transaction(dsn) as cur:
+        if _alerts is not None and hasattr(_alerts, "raise_team_alert"):
+            _alerts.raise_team_alert(
+                cur,
                 catalog,
                 team=team,
-                kind=kind,
                 dedupe_key=dedupe_key,
+                kind=kind,
                 message=message,
                 request_id=request_id,
                 target=target,
                 details=details,
             )
-            return dedupe_key
-        except TypeError:
-            log.warning("erasure.alerts.raise_alert has another signature; recording the alert directly")
-    channel = catalog.team(team).channel
-    with transaction(dsn) as cur:
-        cur.execute(
-            """INSERT INTO erasure.alert (dedupe_key, kind, team, channel, request_id, target, message, details)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (dedupe_key) DO NOTHING""",
-            (dedupe_key, kind, team, channel, request_id, target, message, json.dumps(details, default=str)),
-        )
-    log.error("ALERT to %s (%s): %s", team, channel, message)
+        else:
+            cur.execute(
+                """INSERT INTO erasure.alert (dedupe_key, kind, team, channel, request_id, target, message, details)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (dedupe_key) DO NOTHING""",
+                (
+                    dedupe_key,
+                    kind,
+                    team,
+                    catalog.team(team).channel,
+                    request_id,
+                    target,
+                    message,
+                    json.dumps(details, default=str),
+                ),
+            )
+    log.error("canary alert to team %s: %s", team, message)
+    if _alerts is not None and hasattr(_alerts, "deliver_pending"):
+        try:
+            _alerts.deliver_pending(dsn, dedupe_keys=[dedupe_key])
+        except Exception as exc:  # noqa: BLE001 - delivery is retried by the reconcile DAG
+            log.warning("canary alert %s recorded, delivery deferred: %s", dedupe_key, exc)
     return dedupe_key
 
 
