@@ -11,6 +11,14 @@ export ERASURE_KAFKA_PORT="${ERASURE_KAFKA_PORT:-59092}"
 export ERASURE_KAFKA_CONTROLLER_PORT="${ERASURE_KAFKA_CONTROLLER_PORT:-59093}"
 export ERASURE_AIRFLOW_PORT="${ERASURE_AIRFLOW_PORT:-58080}"
 export ERASURE_PARTNER_PORT_BASE="${ERASURE_PARTNER_PORT_BASE:-58100}"
+# Demo partner services (the catalog reads these; production points them at the real services).
+_pb=$ERASURE_PARTNER_PORT_BASE
+export ERASURE_PARTNER_CRM_URL="${ERASURE_PARTNER_CRM_URL:-http://127.0.0.1:$((_pb + 1))}"
+export ERASURE_PARTNER_BILLING_URL="${ERASURE_PARTNER_BILLING_URL:-http://127.0.0.1:$((_pb + 2))}"
+export ERASURE_PARTNER_SUPPORT_URL="${ERASURE_PARTNER_SUPPORT_URL:-http://127.0.0.1:$((_pb + 3))}"
+export ERASURE_PARTNER_MARKETING_URL="${ERASURE_PARTNER_MARKETING_URL:-http://127.0.0.1:$((_pb + 11))}"
+export ERASURE_PARTNER_RECOMMENDATIONS_URL="${ERASURE_PARTNER_RECOMMENDATIONS_URL:-http://127.0.0.1:$((_pb + 12))}"
+unset _pb
 
 # Secrets are generated once by `stack.sh setup` into a git-ignored file; never in code.
 if [ -f "$ERASURE_LOCAL/secrets.env" ]; then
@@ -21,6 +29,7 @@ export ERASURE_PG_USER="${ERASURE_PG_USER:-erasure}"
 
 _pgpass="${ERASURE_PG_PASSWORD:-}"
 export ERASURE_TRACKING_DSN="${ERASURE_TRACKING_DSN:-postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking}"
+export ERASURE_HR_DSN="${ERASURE_HR_DSN:-postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/partner_hr}"
 export ERASURE_KAFKA_BOOTSTRAP="${ERASURE_KAFKA_BOOTSTRAP:-127.0.0.1:$ERASURE_KAFKA_PORT}"
 export ERASURE_CATALOG="${ERASURE_CATALOG:-$ERASURE_ROOT/include/catalog}"
 export ERASURE_SPARK_JARS_DIR="${ERASURE_SPARK_JARS_DIR:-$ERASURE_LOCAL/jars}"

@@ -164,12 +164,15 @@ up_postgres() {
   fi
   export PGPASSWORD="$ERASURE_PG_PASSWORD"
   local db
-  for db in airflow erasure_tracking; do
+  for db in airflow erasure_tracking partner_hr; do
     if ! psql -h 127.0.0.1 -p "$ERASURE_PG_PORT" -U "$ERASURE_PG_USER" -d postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
       psql -h 127.0.0.1 -p "$ERASURE_PG_PORT" -U "$ERASURE_PG_USER" -d postgres -qc "create database $db" >/dev/null
       log "created database $db"
     fi
   done
+  # the demo HR directory (a postgres_table target of the catalog) lives in its own database
+  psql "$ERASURE_HR_DSN" -qc "CREATE SCHEMA IF NOT EXISTS hr; CREATE TABLE IF NOT EXISTS hr.directory (
+      employee_id text PRIMARY KEY, name text NOT NULL, phone text, home_address text, is_test boolean NOT NULL DEFAULT false)" >/dev/null
   "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
 }
 
@@ -288,7 +291,7 @@ up_partners() {
   if pid_alive "$RUN/partners.pid"; then log "partners already running"; return; fi
   setsid nohup "$ERASURE_VENV/bin/python" -m erasure.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
   echo $! >"$RUN/partners.pid"
-  wait_port "$ERASURE_PARTNER_PORT_BASE" partners 60 "$RUN/partners.pid"
+  wait_port "${ERASURE_PARTNER_CRM_URL##*:}" partners 60 "$RUN/partners.pid"
   log "demo partners started (HTTP from port $ERASURE_PARTNER_PORT_BASE, Kafka consumers)"
 }
 down_partners() { stop_pidfile "$RUN/partners.pid" partners; }
