@@ -45,8 +45,15 @@ wait_port() { # port name seconds [pidfile]
   done
 }
 
+PG_OS_USER=postgres
 as_pg() { # run a command as the postgres OS user when we are root (Postgres refuses root)
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then runuser -u "$PG_OS_USER" -- "$@"; else "$@"; fi
+}
+ensure_pg_os_user() {
+  [ "$(id -u)" = 0 ] || return 0
+  id -u postgres >/dev/null 2>&1 && return 0
+  PG_OS_USER=erasure_pg
+  id -u "$PG_OS_USER" >/dev/null 2>&1 || useradd --system --no-create-home "$PG_OS_USER" || die "cannot create OS user $PG_OS_USER for Postgres"
 }
 
 pg_bin() { # Debian's versioned bin dir first (initdb needs `postgres` beside it), else PATH
@@ -142,13 +149,14 @@ up_postgres() {
   local bin
   bin=$(pg_bin)
   [ -n "$bin" ] || die "PostgreSQL binaries missing: run scripts/stack.sh setup"
+  ensure_pg_os_user
   mkdir -p "$L/pg/run"
-  [ "$(id -u)" = 0 ] && chown postgres "$L/pg" "$L/pg/run"
+  [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$L/pg" "$L/pg/run"
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     log "initialising PostgreSQL cluster in $PGDATA"
     local pwfile="$L/pg/.pw"
     printf '%s\n' "$ERASURE_PG_PASSWORD" >"$pwfile"
-    [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+    [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$pwfile"
     as_pg "$bin/initdb" -D "$PGDATA" -U "$ERASURE_PG_USER" --pwfile="$pwfile" -A scram-sha-256 -E UTF8 >"$LOGS/initdb.log" 2>&1 ||
       die "initdb failed; see $LOGS/initdb.log"
     rm -f "$pwfile"
@@ -177,6 +185,7 @@ up_postgres() {
 }
 
 down_postgres() {
+  ensure_pg_os_user
   local bin
   bin=$(pg_bin)
   [ -f "$PGDATA/postmaster.pid" ] || return 0
@@ -319,6 +328,7 @@ cmd_down() {
 }
 
 cmd_status() {
+  ensure_pg_os_user
   local bin
   bin=$(pg_bin)
   if [ -n "$bin" ] && [ -f "$PGDATA/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
