@@ -272,6 +272,9 @@ def _seed_postgres(target: Target, subject_id: str) -> str:
         values: dict[str, Any] = {spec.key_column: subject_id}
         for c in cols:
             n = c["column_name"]
+            if n in ("is_test", "is_canary") and c["data_type"] == "boolean":
+                values[n] = True  # the partner's own marker for test data, when it has one
+                continue
             if n in values or c["column_default"] is not None:
                 continue
             values[n] = _pg_value(subject_id, n, c["data_type"])
@@ -562,10 +565,15 @@ def seed_warehouse(
 
 
 # ----------------------------------------------------------------------------------- requests
-def _default_register() -> Callable[..., Any]:
-    from erasure import intake
+def _register_via_intake(dsn: str, catalog: Catalog, payload: dict[str, Any], run_id: str | None) -> int:
+    """File one canary request through the normal intake; returns the request id (new or existing)."""
+    from erasure.intake import register_requests
 
-    return intake.register
+    res = register_requests(dsn, catalog, [payload], "canary", run_id, is_canary=True)
+    o = res.outcomes[0]
+    if o.status not in ("registered", "duplicate") or o.request_id is None:
+        raise CanaryError(f"intake {o.status} the canary request {payload['external_id']}: {o.message}")
+    return int(o.request_id)
 
 
 def file_requests(
@@ -573,7 +581,7 @@ def file_requests(
     catalog: Catalog,
     *,
     now: datetime | None = None,
-    register: Callable[..., Any] | None = None,
+    register: Callable[[str, Catalog, dict[str, Any], str | None], int] | None = None,
     run_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """File an erasure request through the normal intake for every canary past its ``erase_after``.
@@ -589,34 +597,18 @@ def file_requests(
             (now,),
         )
         due = cur.fetchall()
-    if not due:
-        return []
-    reg = register or _default_register()
+    reg = register or _register_via_intake
     filed = []
     for s in due:
-        res = reg(
-            dsn,
-            catalog,
-            {
-                "external_id": f"canary:{s['subject_id']}",
-                "subject_type": s["subject_type"],
-                "subject_id": s["subject_id"],
-                "requested_by": REQUESTED_BY,
-                "reason": "canary: synthetic subject, verifies erasure end to end",
-            },
-            source="canary",
-            run_id=run_id,
-        )
-        request_id = _request_id_of(res)
+        payload = {
+            "external_id": f"canary:{s['subject_id']}",
+            "subject_type": s["subject_type"],
+            "subject_id": s["subject_id"],
+            "requested_by": REQUESTED_BY,
+            "reason": "canary: synthetic subject, verifies erasure end to end",
+        }
+        request_id = reg(dsn, catalog, payload, run_id)
         with transaction(dsn) as cur:
-            if request_id is None:  # fall back to the tracking store (the intake deduped on external id)
-                cur.execute(
-                    "SELECT id FROM erasure.request WHERE external_id=%s", (f"canary:{s['subject_id']}",)
-                )
-                r = cur.fetchone()
-                request_id = r["id"] if r else None
-            if request_id is None:
-                raise CanaryError(f"intake did not register a request for canary {s['subject_id']}: {res!r}")
             cur.execute(
                 "UPDATE erasure.request SET is_canary = true WHERE id=%s AND NOT is_canary", (request_id,)
             )
@@ -627,18 +619,6 @@ def file_requests(
             )
         filed.append({"subject_id": s["subject_id"], "request_id": request_id})
     return filed
-
-
-def _request_id_of(res: Any) -> int | None:
-    if res is None:
-        return None
-    if isinstance(res, int):
-        return res
-    if isinstance(res, dict):
-        v = res.get("request_id", res.get("id"))
-        return int(v) if v is not None else None
-    v = getattr(res, "request_id", None)
-    return int(v) if v is not None else None
 
 
 # ------------------------------------------------------------------------------- verification
