@@ -1,0 +1,1166 @@
+"""``python -m erasure.demo``: the whole erasure pipeline, end to end, on the running local stack.
+
+Run by ``make demo`` (``scripts/demo.sh``) after the stack and the demo partners are up. It
+
+1. checks the stack (Airflow API, DAGs parsed, partners healthy) and generates the warehouse Delta
+   tables when they are missing (demo size);
+2. creates fresh demo people (new ids every run, so the demo can be run again and again) with
+   realistic personal data in every system: the sync partners and the Kafka partners (their admin
+   seed endpoints), the warehouse tables (Spark appends) and the HR directory (Postgres);
+3. submits a realistic set of erasure requests through Airflow's REST API v2 (JWT from
+   ``POST /auth/token``): valid ones in several jurisdictions, duplicates (same external id; same
+   subject), one invalid request the DAG's Params reject (HTTP 4xx, no run), one the intake logic
+   rejects, and one for a subject under legal hold;
+4. unpauses and triggers the DAGs (dispatch, reconcile, warehouse, event dataset) and waits for them,
+   with one partner outage injected through the partner's admin fault endpoint (it recovers: the
+   pipeline retries);
+5. prints a report: per request and target the state and evidence, SLA status, the rows gone from
+   partner stores and warehouse tables (before/after), and a query of the Delta event dataset
+   (deltalake + DuckDB). Exit status 1 when any expectation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from erasure.airflow_client import AirflowApi
+from erasure.catalog import Catalog, Target, load_catalog
+from erasure.db import transaction
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+INTAKE_DAG = "erasure_intake"
+PIPELINE_DAGS = ("erasure_dispatch", "erasure_reconcile", "erasure_warehouse", "erasure_event_dataset")
+CANARY_DAG = "erasure_canary"
+
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Hedy",
+    "Linus",
+    "Margaret",
+    "Tim",
+    "Radia",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Lamarr",
+    "Torvalds",
+    "Hamilton",
+    "Berners-Lee",
+    "Perlman",
+    "Thompson",
+]
+CITIES = ["Leeds", "Lyon", "Porto", "Gdansk", "Utrecht", "Ghent", "Turku", "Brno", "Cork", "Graz"]
+STREETS = ["High Street", "Rue Victor Hugo", "Rua Augusta", "Dluga", "Oudegracht", "Korenmarkt"]
+AGENTS = [
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
+]
+
+
+# ------------------------------------------------------------------------------------ output
+class Console:
+    def __init__(self, stream: Any = None) -> None:
+        self.t0 = time.monotonic()
+        self.stream = stream or sys.stdout
+        self.color = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def _b(self, s: str) -> str:
+        return f"\033[1m{s}\033[0m" if self.color else s
+
+    def step(self, msg: str) -> None:
+        print(f"{self._b(f'[demo {time.monotonic() - self.t0:5.0f}s]')} {msg}", file=self.stream, flush=True)
+
+    def info(self, msg: str) -> None:
+        print(f"             {msg}", file=self.stream, flush=True)
+
+    def line(self, msg: str = "") -> None:
+        print(msg, file=self.stream, flush=True)
+
+    def heading(self, msg: str) -> None:
+        self.line()
+        self.line(self._b(msg))
+        self.line(self._b("-" * len(msg)))
+
+    def table(self, headers: list[str], rows: list[list[Any]]) -> None:
+        cells = [[_cell(c) for c in r] for r in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        widths = [min(w, 70) for w in widths]
+        self.line("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+        self.line("  " + "  ".join("-" * w for w in widths))
+        for r in cells:
+            self.line("  " + "  ".join(c[:w].ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+@dataclass
+class Expectation:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Person:
+    subject_type: str
+    subject_id: str
+    name: str
+    email: str
+    phone: str
+    address: str
+    role: str  # erase | held | duplicate-of | employee ...
+    jurisdiction: str = "GDPR"
+    external_id: str = ""
+
+
+@dataclass
+class Submission:
+    label: str
+    conf: dict[str, Any]
+    expect: str  # 'registered' | 'duplicate' | 'rejected' | 'held' | 'http_4xx'
+    http_status: int | None = None
+    run_id: str | None = None
+    run_state: str | None = None
+    outcome: dict[str, Any] | None = None
+
+
+@dataclass
+class DemoConfig:
+    customers: int = 6
+    warehouse_rows: int = 300_000
+    timeout_min: float = 12.0
+    outage_target: str = "billing_profiles"
+    outage_seconds: int = 45
+    canary: bool = True
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+
+
+# ----------------------------------------------------------------------------- people & data
+def _person(rng: random.Random, subject_type: str, subject_id: str, role: str, jurisdiction: str) -> Person:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    city = rng.choice(CITIES)
+    return Person(
+        subject_type=subject_type,
+        subject_id=subject_id,
+        name=f"{first} {last}",
+        email=f"{first.lower()}.{last.lower().replace('-', '')}{rng.randint(1, 99)}@example.com",
+        phone=f"+44 20 7946 {rng.randint(0, 9999):04d}",
+        address=f"{rng.randint(1, 200)} {rng.choice(STREETS)}, {city}",
+        role=role,
+        jurisdiction=jurisdiction,
+    )
+
+
+def make_people(cfg: DemoConfig, catalog: Catalog) -> list[Person]:
+    """Fresh demo subjects (ids unique per run): customers to erase, one held, one employee."""
+    rng = random.Random(cfg.tag)
+    jur = sorted(catalog.jurisdiction_sla_days) or ["GDPR"]
+    people = [
+        _person(rng, "customer", f"cus_demo{cfg.tag}{i:02d}", "erase", jur[i % len(jur)])
+        for i in range(1, cfg.customers + 1)
+    ]
+    people.append(_person(rng, "customer", f"cus_demo{cfg.tag}held", "held", "GDPR"))
+    people.append(_person(rng, "employee", f"emp_{int(cfg.tag, 16) % 10**8:08d}", "erase", "GDPR"))
+    for p in people:
+        p.external_id = f"demo-{cfg.tag}-{p.subject_id}"
+    return people
+
+
+def partner_record(target: Target, p: Person) -> dict[str, Any]:
+    data: dict[str, Any] = {target.identity_key: p.subject_id}
+    values = {
+        "name": p.name,
+        "email": p.email,
+        "phone": p.phone,
+        "billing_address": p.address,
+        "home_address": p.address,
+        "tax_id": f"GB{abs(hash(p.subject_id)) % 10**9:09d}",
+        "ticket_body": f"Hi, this is {p.name}. My parcel to {p.address} never arrived.",
+        "chat_transcript": f"{p.name}: can you update my email to {p.email}?",
+        "campaign_history": ["spring-sale", "newsletter-2026-10"],
+        "browsing_features": {"top_category": "books", "sessions_30d": 12},
+    }
+    for f in target.personal_data:
+        data[f] = values.get(f, f"{f} of {p.name}")
+    return data
+
+
+def _spark_value(col: str, dtype: Any, p: Person, rng: random.Random, i: int) -> Any:
+    from pyspark.sql import types as T
+
+    c = col.lower()
+    if isinstance(dtype, T.StringType):
+        if "email" in c:
+            return p.email
+        if "name" in c:
+            return p.name
+        if "phone" in c:
+            return p.phone
+        if "address" in c:
+            return p.address
+        if c.startswith("ip") or "_ip" in c:
+            return f"203.0.113.{rng.randint(1, 254)}"
+        if "agent" in c:
+            return rng.choice(AGENTS)
+        if "url" in c or "page" in c or "path" in c:
+            return rng.choice(["/", "/books", "/cart", "/checkout", "/account"])
+        if "country" in c:
+            return rng.choice(["GB", "FR", "PT", "PL", "NL"])
+        if c.endswith("_id") or c == "id":
+            return f"{c[:3]}_{secrets.token_hex(6)}"
+        return f"{col}-{i}"
+    if isinstance(dtype, T.DateType):
+        if "birth" in c:
+            return date(1960, 1, 1) + timedelta(days=rng.randint(0, 15000))
+        return (datetime.now(UTC) - timedelta(days=rng.randint(0, 30))).date()
+    if isinstance(dtype, T.TimestampNTZType):
+        return (datetime.now(UTC) - timedelta(minutes=rng.randint(0, 40000))).replace(tzinfo=None)
+    if isinstance(dtype, T.TimestampType):
+        return datetime.now(UTC) - timedelta(minutes=rng.randint(0, 40000))
+    if isinstance(dtype, T.BooleanType):
+        return rng.random() < 0.5
+    if isinstance(dtype, T.IntegralType):
+        return rng.randint(1, 2**31 - 1) if c.endswith("id") else rng.randint(1, 500)
+    if isinstance(dtype, T.DecimalType):
+        from decimal import Decimal
+
+        return Decimal(rng.randint(100, 99999)) / 100
+    if isinstance(dtype, T.FractionalType):
+        return round(rng.uniform(1, 500), 2)
+    return None
+
+
+# ----------------------------------------------------------------------------------- the demo
+class Demo:
+    def __init__(self, cfg: DemoConfig, console: Console | None = None) -> None:
+        self.cfg = cfg
+        self.out = console or Console()
+        self.catalog = load_catalog()
+        self.dsn = os.environ["ERASURE_TRACKING_DSN"]
+        self.api = AirflowApi.from_env()
+        self.http = httpx.Client(timeout=15)
+        self.people = make_people(cfg, self.catalog)
+        self.submissions: list[Submission] = []
+        self.expect: list[Expectation] = []
+        self.partner_before: dict[str, dict[str, Any]] = {}
+        self.partner_after: dict[str, dict[str, Any]] = {}
+        self.wh_before: dict[str, dict[str, int]] = {}
+        self.wh_after: dict[str, dict[str, int]] = {}
+        self.hr_before: dict[str, int] = {}
+        self.hr_after: dict[str, int] = {}
+        self.outage: dict[str, Any] = {}
+        self.runs: list[tuple[str, str, str, float]] = []
+        self._spark: SparkSession | None = None
+        self.canary_subjects: list[str] = []
+
+    # ---------------------------------------------------------------- helpers
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.expect.append(Expectation(name, bool(ok), detail))
+        return bool(ok)
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            from erasure.spark import get_spark
+
+            self.out.info("starting Spark (local, Delta) for the warehouse tables ...")
+            self._spark = get_spark("erasure-demo")
+        return self._spark
+
+    def person(self, role: str) -> list[Person]:
+        return [p for p in self.people if p.role == role]
+
+    @property
+    def erased_people(self) -> list[Person]:
+        return [p for p in self.people if p.role == "erase"]
+
+    def held_people(self) -> list[Person]:
+        return self.person("held")
+
+    def _http_targets(self) -> list[tuple[Target, str]]:
+        out = []
+        for t in self.catalog.targets:
+            if not t.enabled:
+                continue
+            if t.kind == "sync_api" and t.sync_api:
+                out.append((t, t.sync_api.base_url.rstrip("/")))
+            elif t.kind == "kafka" and t.kafka and t.kafka.lookup_url:
+                out.append((t, t.kafka.lookup_url.rstrip("/")))
+        return out
+
+    def _lookup_url(self, t: Target, base: str, sid: str) -> str:
+        path = t.sync_api.lookup_path if t.sync_api else "/subjects/{subject_id}"
+        return base + path.format(subject_id=sid)
+
+    # ---------------------------------------------------------------- 1. preflight
+    def preflight(self) -> None:
+        self.out.step("checking the stack: Airflow API, DAGs, partners")
+        if not self.api.healthy():
+            raise SystemExit(f"Airflow API at {self.api.base_url} is not healthy: run scripts/stack.sh up")
+        for dag_id in (INTAKE_DAG, *PIPELINE_DAGS, *((CANARY_DAG,) if self.cfg.canary else ())):
+            self.api.wait_for_dag(dag_id, timeout=180)
+        self.out.info(f"DAGs parsed: {INTAKE_DAG}, {', '.join(PIPELINE_DAGS)}")
+        for t, base in self._http_targets():
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if self.http.get(base + "/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"partner {t.name} at {base} is not healthy: scripts/stack.sh up partners"
+                    )
+                time.sleep(1)
+            # a previous interrupted run may have left a fault switched on
+            self.http.delete(base + "/admin/faults")
+        self.out.info(f"partners healthy: {', '.join(t.name for t, _ in self._http_targets())}")
+
+    # ---------------------------------------------------------------- 2. data
+    def prepare_warehouse(self) -> None:
+        targets = self.catalog.of_kind("warehouse_delta")
+        if not targets:
+            return
+        from delta.tables import DeltaTable
+
+        missing = [
+            t for t in targets if not DeltaTable.isDeltaTable(self.spark, t.warehouse_delta.resolved_path())
+        ]  # type: ignore[union-attr]
+        if missing:
+            self.out.step(
+                f"generating the warehouse Delta tables ({self.cfg.warehouse_rows:,} rows): "
+                + ", ".join(t.warehouse_delta.table for t in missing)  # type: ignore[union-attr]
+            )
+            from erasure import warehouse_gen
+
+            warehouse_gen.generate_demo_tables(self.spark, self.catalog, rows=self.cfg.warehouse_rows)
+        else:
+            self.out.step("warehouse Delta tables exist (generated by an earlier run)")
+
+    def seed(self) -> None:
+        self.out.step(
+            f"creating {len(self.people)} demo people with personal data in every system (run tag {self.cfg.tag})"
+        )
+        for p in self.people:
+            self.out.info(f"{p.subject_type:<8} {p.subject_id:<22} {p.name:<20} {p.email:<34} ({p.role})")
+        # partners (sync APIs and Kafka consumers' stores)
+        for t, base in self._http_targets():
+            for p in self.people:
+                if p.subject_type not in t.subject_types:
+                    continue
+                r = self.http.post(
+                    base + "/admin/seed", json={"subject_ids": [p.subject_id], "data": partner_record(t, p)}
+                )
+                r.raise_for_status()
+        # HR directory (postgres_table)
+        for t in self.catalog.of_kind("postgres_table"):
+            self._seed_postgres(t, [p for p in self.people if p.subject_type in t.subject_types])
+        # warehouse
+        self._seed_warehouse()
+        # legal hold for the held subject
+        with transaction(self.dsn) as cur:
+            for p in self.held_people():
+                cur.execute(
+                    """INSERT INTO erasure.legal_hold (subject_type, subject_id, reason, placed_by)
+                       VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    (p.subject_type, p.subject_id, "litigation hold: case 2026-117 (demo)", "legal@demo"),
+                )
+        self.out.info(f"legal hold placed on {', '.join(p.subject_id for p in self.held_people())}")
+
+    def _seed_postgres(self, t: Target, people: list[Person]) -> None:
+        from psycopg2 import sql
+
+        spec = t.postgres_table
+        assert spec is not None
+        schema, _, name = spec.table.rpartition(".")
+        with transaction(os.environ[spec.dsn_env]) as cur:
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema=%s AND table_name=%s",
+                (schema or "public", name),
+            )
+            cols = {r["column_name"] for r in cur.fetchall()}
+            for p in people:
+                row = {
+                    spec.key_column: p.subject_id,
+                    "name": p.name,
+                    "phone": p.phone,
+                    "home_address": p.address,
+                }
+                row = {k: v for k, v in row.items() if k in cols}
+                cur.execute(
+                    sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+                        sql.Identifier(*(spec.table.split("."))),
+                        sql.SQL(", ").join(sql.Identifier(k) for k in row),
+                        sql.SQL(", ").join(sql.Placeholder() for _ in row),
+                    ),
+                    list(row.values()),
+                )
+
+    def _seed_warehouse(self) -> None:
+        rng = random.Random(self.cfg.tag + "wh")
+        for t in self.catalog.of_kind("warehouse_delta"):
+            spec = t.warehouse_delta
+            assert spec is not None
+            people = [p for p in self.people if p.subject_type in t.subject_types]
+            if not people:
+                continue
+            schema = self.spark.read.format("delta").load(spec.resolved_path()).schema
+            per = 1 if spec.mode == "mask" else (4 if "order" in spec.table else 25)
+            rows = []
+            for p in people:
+                for i in range(per):
+                    rows.append(
+                        {
+                            f.name: p.subject_id
+                            if f.name == spec.key_column
+                            else _spark_value(f.name, f.dataType, p, rng, i)
+                            for f in schema.fields
+                        }
+                    )
+            self.spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(
+                spec.resolved_path()
+            )
+            self.out.info(f"{spec.table}: appended {len(rows)} rows for {len(people)} demo people")
+
+    # ---------------------------------------------------------------- counts
+    def count_partners(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for t, base in self._http_targets():
+            stats = self.http.get(base + "/admin/stats").json()
+            present = []
+            for p in self.people:
+                if p.subject_type in t.subject_types:
+                    r = self.http.get(self._lookup_url(t, base, p.subject_id))
+                    if r.status_code == 200:
+                        present.append(p.subject_id)
+            out[t.name] = {"subjects": int(stats.get("subjects", 0)), "demo_present": present}
+        return out
+
+    def count_warehouse(self) -> dict[str, dict[str, int]]:
+        from pyspark.sql import functions as F
+
+        out = {}
+        for t in self.catalog.of_kind("warehouse_delta"):
+            spec = t.warehouse_delta
+            assert spec is not None
+            df = self.spark.read.format("delta").load(spec.resolved_path())
+            ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
+            demo = df.where(F.col(spec.key_column).isin(ids))
+            row = {"total": df.count(), "demo_rows": demo.count()}
+            for p in self.people:
+                row[p.subject_id] = demo.where(F.col(spec.key_column) == p.subject_id).count()
+            if spec.mode == "mask":
+                c0 = spec.mask_columns[0]
+                row["demo_unmasked"] = demo.where(F.col(c0).isNotNull()).count()
+                for p in self.people:
+                    row["unmasked:" + p.subject_id] = demo.where(
+                        (F.col(spec.key_column) == p.subject_id) & F.col(c0).isNotNull()
+                    ).count()
+            out[t.name] = row
+        return out
+
+    def count_hr(self) -> dict[str, int]:
+        from psycopg2 import sql
+
+        out = {}
+        for t in self.catalog.of_kind("postgres_table"):
+            spec = t.postgres_table
+            assert spec is not None
+            ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
+            with transaction(os.environ[spec.dsn_env]) as cur:
+                tbl = sql.Identifier(*spec.table.split("."))
+                cur.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(tbl))
+                total = int(cur.fetchone()["n"])
+                cur.execute(
+                    sql.SQL("SELECT count(*) AS n FROM {} WHERE {} = ANY(%s)").format(
+                        tbl, sql.Identifier(spec.key_column)
+                    ),
+                    (ids,),
+                )
+                out[t.name] = total
+                out[t.name + ":demo"] = int(cur.fetchone()["n"])
+        return out
+
+    # ---------------------------------------------------------------- 3. requests
+    def build_submissions(self) -> list[Submission]:
+        def req(p: Person, **over: Any) -> dict[str, Any]:
+            d = {
+                "external_id": p.external_id,
+                "subject_type": p.subject_type,
+                "subject_id": p.subject_id,
+                "requested_by": "privacy-portal",
+                "reason": "Art. 17 request via the privacy portal",
+                "jurisdiction": p.jurisdiction,
+            }
+            d.update(over)
+            return d
+
+        erase = self.erased_people
+        first, second = erase[0], erase[1]
+        subs = [
+            Submission("batch: valid requests", {"requests": [req(p) for p in erase]}, "registered"),
+            Submission(
+                "held subject (legal hold)", {"requests": [req(p) for p in self.held_people()]}, "held"
+            ),
+            Submission("duplicate: same external id", {"requests": [req(first)]}, "duplicate"),
+            Submission(
+                "duplicate: same subject, new external id",
+                {"requests": [req(second, external_id=second.external_id + "-again")]},
+                "duplicate",
+            ),
+            Submission(
+                "rejected by intake: id does not fit the subject type",
+                {
+                    "requests": [
+                        req(
+                            first,
+                            external_id=f"demo-{self.cfg.tag}-bad-id",
+                            subject_id=f"emp_{self.cfg.tag}1",
+                        )
+                    ]
+                },
+                "rejected",
+            ),
+            Submission(
+                "invalid conf: rejected by the DAG's Params",
+                {"requests": [{"subject_type": "customer"}]},
+                "http_4xx",
+            ),
+        ]
+        return subs
+
+    def submit(self) -> None:
+        self.out.step("submitting erasure requests through the REST API v2 (JWT from POST /auth/token)")
+        self.api.unpause(INTAKE_DAG)
+        self.submissions = self.build_submissions()
+        for s in self.submissions:
+            r = self.api.trigger(
+                INTAKE_DAG, conf=s.conf, run_id=f"demo_{self.cfg.tag}_{len(self.runs)}_{secrets.token_hex(2)}"
+            )
+            s.http_status = r.status_code
+            if r.status_code < 300:
+                s.run_id = r.json()["dag_run_id"]
+                self.runs.append((INTAKE_DAG, s.run_id, "queued", time.monotonic()))
+            self.out.info(f"POST /api/v2/dags/{INTAKE_DAG}/dagRuns  {s.label:<55} -> HTTP {r.status_code}")
+            if r.status_code >= 400:
+                self.out.info(f"    {r.text[:160]}")
+        for s in self.submissions:
+            if s.run_id:
+                run = self.api.wait_for_run(INTAKE_DAG, s.run_id, timeout=300)
+                s.run_state = run["state"]
+                s.outcome = self._intake_outcome(s.run_id)
+        self.out.info(
+            "intake runs finished: " + ", ".join(f"{s.run_state}" for s in self.submissions if s.run_id)
+        )
+
+    def _intake_outcome(self, run_id: str) -> dict[str, Any]:
+        """What the intake did for one run: from the tracking store (requests / rejections of the run)."""
+        with transaction(self.dsn) as cur:
+            cur.execute(
+                "SELECT id, external_id, status FROM erasure.request WHERE airflow_run_id=%s ORDER BY id",
+                (run_id,),
+            )
+            regs = [dict(r) for r in cur.fetchall()]
+            cur.execute(
+                "SELECT external_id, errors FROM erasure.rejected_request WHERE airflow_run_id=%s ORDER BY id",
+                (run_id,),
+            )
+            rej = [dict(r) for r in cur.fetchall()]
+        return {"registered": regs, "rejected": rej}
+
+    # ---------------------------------------------------------------- 4. drive the pipeline
+    def demo_requests(self) -> list[dict[str, Any]]:
+        ids = [p.subject_id for p in self.people]
+        with transaction(self.dsn) as cur:
+            cur.execute(
+                """SELECT r.id, r.external_id, r.subject_type, r.subject_id, r.jurisdiction, r.status, r.status_reason,
+                          r.received_at, r.due_at, r.completed_at
+                     FROM erasure.request r WHERE r.subject_id = ANY(%s) ORDER BY r.id""",
+                (ids,),
+            )
+            reqs = [dict(r) for r in cur.fetchall()]
+            cur.execute(
+                """SELECT t.request_id, t.target, t.kind, t.status, t.stage, t.attempts, t.last_error, t.evidence,
+                          t.next_attempt_at, t.completed_at
+                     FROM erasure.task t WHERE t.request_id = ANY(%s) ORDER BY t.request_id, t.target""",
+                ([r["id"] for r in reqs],),
+            )
+            tasks = [dict(t) for t in cur.fetchall()]
+        for r in reqs:
+            r["tasks"] = [t for t in tasks if t["request_id"] == r["id"]]
+        return reqs
+
+    def _trigger_and_wait(self, dag_ids: Iterable[str], timeout: float = 420) -> dict[str, str]:
+        started = {}
+        for d in dag_ids:
+            r = self.api.trigger(d, run_id=f"demo_{self.cfg.tag}_{d}_{secrets.token_hex(3)}")
+            if r.status_code >= 300:
+                raise RuntimeError(f"triggering {d} failed: HTTP {r.status_code} {r.text[:300]}")
+            started[d] = r.json()["dag_run_id"]
+        states = {}
+        for d, run_id in started.items():
+            t0 = time.monotonic()
+            run = self.api.wait_for_run(d, run_id, timeout=timeout)
+            states[d] = run["state"]
+            self.runs.append((d, run_id, run["state"], time.monotonic() - t0))
+            if run["state"] != "success":
+                failed = [
+                    ti["task_id"] for ti in self.api.task_instances(d, run_id) if ti["state"] == "failed"
+                ]
+                self.out.info(f"{d} run {run_id}: {run['state']} (failed tasks: {', '.join(failed) or '-'})")
+        return states
+
+    def inject_outage(self) -> None:
+        t = self.catalog.target(self.cfg.outage_target)
+        base = t.sync_api.base_url.rstrip("/") if t.sync_api else (t.kafka.lookup_url or "")  # type: ignore[union-attr]
+        r = self.http.put(base + "/admin/faults", json={"outage_seconds": self.cfg.outage_seconds})
+        r.raise_for_status()
+        self.outage = {"target": t.name, "seconds": self.cfg.outage_seconds, "at": datetime.now(UTC)}
+        self.out.step(
+            f"OUTAGE injected: partner '{t.name}' drops every connection for {self.cfg.outage_seconds}s "
+            f"(PUT {base}/admin/faults); the pipeline must retry and recover"
+        )
+
+    def drive(self) -> None:
+        self.out.step("unpausing the pipeline DAGs and triggering them until every request is finished")
+        for d in PIPELINE_DAGS:
+            self.api.unpause(d)
+        self.inject_outage()
+        deadline = time.monotonic() + self.cfg.timeout_min * 60
+        rnd = 0
+        while True:
+            rnd += 1
+            self._trigger_and_wait(["erasure_dispatch", "erasure_warehouse"])
+            self._trigger_and_wait(["erasure_reconcile"])
+            reqs = [r for r in self.demo_requests() if r["status"] != "rejected"]
+            open_ = [r for r in reqs if r["status"] in ("received", "in_progress")]
+            done = [r for r in reqs if r["status"] in ("completed", "failed")]
+            waiting = sorted(
+                {
+                    f"{t['target']}:{t['status']}"
+                    for r in open_
+                    for t in r["tasks"]
+                    if t["status"] != "succeeded"
+                }
+            )
+            self.out.step(
+                f"round {rnd}: {len(done)}/{len(reqs) - len(self.held_people())} requests finished, "
+                f"{len(self.held_people())} held; open tasks: {', '.join(waiting) or 'none'}"
+            )
+            if not open_:
+                break
+            if time.monotonic() > deadline:
+                self.out.step("timeout: stopping the rounds (the report shows what is still open)")
+                break
+            nxt = [
+                t["next_attempt_at"]
+                for r in open_
+                for t in r["tasks"]
+                if t["status"] in ("failed", "pending")
+            ]
+            if nxt:
+                wait = (min(nxt) - datetime.now(UTC)).total_seconds()
+                if wait > 0:
+                    wait = min(wait + 2, 75)
+                    self.out.info(f"next retry is due in {wait:.0f}s; waiting")
+                    time.sleep(wait)
+            else:
+                time.sleep(5)  # acks from Kafka partners / warehouse stages in flight
+        self.out.step("building the Delta event dataset")
+        self._trigger_and_wait(["erasure_event_dataset"])
+
+    # ---------------------------------------------------------------- canary
+    def canary_start(self) -> None:
+        if not self.cfg.canary:
+            return
+        self.out.step("canary: seeding a synthetic subject in every target and filing its request (delay 0)")
+        self.api.unpause(CANARY_DAG)
+        with transaction(self.dsn) as cur:
+            cur.execute("SELECT subject_id FROM erasure.canary_subject")
+            before = {r["subject_id"] for r in cur.fetchall()}
+        r = self.api.trigger(
+            CANARY_DAG,
+            conf={"delay_minutes": 0, "count": 1, "verify_timeout_minutes": 60},
+            run_id=f"demo_{self.cfg.tag}_canary_seed",
+        )
+        r.raise_for_status()
+        run = self.api.wait_for_run(CANARY_DAG, r.json()["dag_run_id"], timeout=420)
+        with transaction(self.dsn) as cur:
+            cur.execute("SELECT subject_id FROM erasure.canary_subject")
+            self.canary_subjects = sorted({r["subject_id"] for r in cur.fetchall()} - before)
+        self.out.info(
+            f"canary run {run['state']}; new canary subject(s): {', '.join(self.canary_subjects) or '-'}"
+        )
+
+    def canary_verify(self) -> list[dict[str, Any]]:
+        if not self.cfg.canary or not self.canary_subjects:
+            return []
+        self.out.step("canary: verifying the synthetic subject is gone from every target")
+        r = self.api.trigger(
+            CANARY_DAG,
+            conf={"count": 0, "verify_timeout_minutes": 60},
+            run_id=f"demo_{self.cfg.tag}_canary_verify",
+        )
+        r.raise_for_status()
+        self.api.wait_for_run(CANARY_DAG, r.json()["dag_run_id"], timeout=420)
+        from erasure.canary import summary
+
+        return [s for s in summary(self.dsn, limit=200) if s["subject_id"] in self.canary_subjects]
+
+    # ---------------------------------------------------------------- 5. report
+    def report(self, canaries: list[dict[str, Any]]) -> None:
+        o = self.out
+        reqs = self.demo_requests()
+        by_subject: dict[str, list[dict[str, Any]]] = {}
+        for r in reqs:
+            by_subject.setdefault(r["subject_id"], []).append(r)
+
+        o.heading("Submissions (REST API v2 -> erasure_intake)")
+        rows = []
+        for s in self.submissions:
+            oc = s.outcome or {}
+            got = (
+                f"HTTP {s.http_status}"
+                if s.expect == "http_4xx"
+                else f"run {s.run_state}; registered {len(oc.get('registered', []))}, rejected {len(oc.get('rejected', []))}"
+            )
+            rows.append([s.label, s.expect, got])
+        o.table(["submission", "expected", "result"], rows)
+        self._check_submissions()
+
+        o.heading("Requests: state, SLA and evidence per target")
+        now = datetime.now(UTC)
+        for r in reqs:
+            sla = (
+                "met"
+                if r["completed_at"] and r["completed_at"] <= r["due_at"]
+                else ("BREACHED" if now > r["due_at"] else f"open, {(r['due_at'] - now).days} days left")
+            )
+            o.line(
+                f"  request {r['id']} {r['external_id']}  {r['subject_type']} {r['subject_id']}  [{r['jurisdiction']}]  "
+                f"status={r['status'].upper()}  due {r['due_at']:%Y-%m-%d}  SLA {sla}"
+                + (f"  ({r['status_reason']})" if r["status_reason"] else "")
+            )
+            o.table(
+                ["target", "kind", "status", "attempts", "evidence"],
+                [
+                    [
+                        t["target"],
+                        t["kind"],
+                        t["status"] + (f"/{t['stage']}" if t["stage"] else ""),
+                        t["attempts"],
+                        _evidence(t),
+                    ]
+                    for t in r["tasks"]
+                ],
+            )
+        self._check_requests(reqs, now)
+
+        o.heading(f"Partner outage: {self.outage.get('target')} down for {self.outage.get('seconds')}s")
+        self._check_outage(reqs)
+
+        o.heading("Partner stores: demo subjects before -> after")
+        rows = []
+        for name, before in self.partner_before.items():
+            after = self.partner_after.get(name, {})
+            rows.append(
+                [
+                    name,
+                    before["subjects"],
+                    after.get("subjects"),
+                    len(before["demo_present"]),
+                    len(after.get("demo_present", [])),
+                    ", ".join(after.get("demo_present", [])) or "-",
+                ]
+            )
+        o.table(
+            ["partner", "records before", "after", "demo subjects before", "after", "still present"], rows
+        )
+        held = {p.subject_id for p in self.held_people()}
+        for name, after in self.partner_after.items():
+            present = set(after["demo_present"])
+            had = set(self.partner_before[name]["demo_present"])
+            self.check(
+                f"partner {name}: erased subjects gone, held subject kept",
+                present == (had & held) and bool(had - held),
+                f"present after: {sorted(present)}",
+            )
+        for name in [k for k in self.hr_before if not k.endswith(":demo")]:
+            o.line(
+                f"  {name} (Postgres): {self.hr_before[name]:,} rows -> {self.hr_after.get(name, 0):,}; demo employees "
+                f"{self.hr_before[name + ':demo']} -> {self.hr_after.get(name + ':demo')}"
+            )
+            self.check(f"postgres {name}: demo employee row gone", self.hr_after.get(name + ":demo") == 0)
+
+        o.heading("Warehouse Delta tables: rows before -> after")
+        rows = []
+        for name, b in self.wh_before.items():
+            a = self.wh_after.get(name, {})
+            t = self.catalog.target(name)
+            mode = t.warehouse_delta.mode if t.warehouse_delta else "?"
+            rows.append(
+                [
+                    name,
+                    mode,
+                    b["total"],
+                    a.get("total"),
+                    b["demo_rows"],
+                    a.get("demo_rows"),
+                    b.get("demo_unmasked", "-"),
+                    a.get("demo_unmasked", "-"),
+                ]
+            )
+            for p in self.people:
+                if p.subject_id not in b:
+                    continue
+                if mode == "mask":
+                    want = (
+                        b[p.subject_id]
+                        if p.role == "held" or p.subject_type not in t.subject_types
+                        else b[p.subject_id]
+                    )
+                    unm = a.get("unmasked:" + p.subject_id)
+                    ok = (
+                        (unm == b.get("unmasked:" + p.subject_id))
+                        if p.role == "held"
+                        else (unm == 0 and a.get(p.subject_id) == want)
+                    )
+                    self.check(
+                        f"warehouse {name}: {p.subject_id} {'kept (held)' if p.role == 'held' else 'masked'}",
+                        ok,
+                        f"rows {a.get(p.subject_id)}, unmasked {unm}",
+                    )
+                else:
+                    want = b[p.subject_id] if p.role == "held" else 0
+                    self.check(
+                        f"warehouse {name}: {p.subject_id} {'kept (held)' if p.role == 'held' else 'rows gone'}",
+                        a.get(p.subject_id) == want,
+                        f"{b[p.subject_id]} -> {a.get(p.subject_id)}",
+                    )
+        o.table(
+            [
+                "target",
+                "mode",
+                "rows before",
+                "after",
+                "demo rows before",
+                "after",
+                "unmasked before",
+                "after",
+            ],
+            rows,
+        )
+
+        o.heading("Delta event dataset (deltalake + DuckDB)")
+        self._event_dataset(reqs)
+
+        if canaries:
+            o.heading("Canary (synthetic subjects, erased and verified)")
+            for c in canaries:
+                o.line(f"  {c['subject_id']}: request {c['request_id']} result={c['result']}")
+                o.table(
+                    ["target", "passed", "detail"],
+                    [[t, v["passed"], v["detail"]] for t, v in sorted(c["checks"].items())],
+                )
+                self.check(
+                    f"canary {c['subject_id']} passes in every target",
+                    c["result"] == "pass",
+                    str(c["result"]),
+                )
+
+        o.heading("Expectations")
+        for e in self.expect:
+            o.line(
+                f"  [{'PASS' if e.ok else 'FAIL'}] {e.name}"
+                + (f"  ({e.detail})" if e.detail and not e.ok else "")
+            )
+        n_fail = sum(not e.ok for e in self.expect)
+        o.line()
+        o.line(
+            f"  {len(self.expect) - n_fail}/{len(self.expect)} expectations met"
+            + (f", {n_fail} FAILED" if n_fail else "")
+        )
+
+    def _check_submissions(self) -> None:
+        for s in self.submissions:
+            oc = s.outcome or {}
+            if s.expect == "http_4xx":
+                self.check(
+                    f"{s.label}: HTTP 4xx, no DAG run",
+                    s.http_status is not None and 400 <= s.http_status < 500,
+                    f"HTTP {s.http_status}",
+                )
+            elif s.expect == "rejected":
+                errs = json.dumps(oc.get("rejected", []))
+                self.check(
+                    f"{s.label}: recorded in erasure.rejected_request naming subject_id",
+                    s.run_state is not None and len(oc.get("rejected", [])) == 1 and "subject_id" in errs,
+                    errs[:200],
+                )
+            elif s.expect == "duplicate":
+                self.check(
+                    f"{s.label}: no second request",
+                    s.run_state == "success" and not oc.get("registered") and not oc.get("rejected"),
+                    f"run {s.run_state}, {oc}",
+                )
+            elif s.expect == "held":
+                regs = oc.get("registered", [])
+                self.check(
+                    f"{s.label}: registered as held",
+                    s.run_state == "success" and [r["status"] for r in regs] == ["held"],
+                    str(regs),
+                )
+            else:
+                want = len(s.conf.get("requests", []))
+                self.check(
+                    f"{s.label}: {want} requests registered",
+                    s.run_state == "success" and len(oc.get("registered", [])) == want,
+                    f"run {s.run_state}, registered {len(oc.get('registered', []))}",
+                )
+
+    def _check_requests(self, reqs: list[dict[str, Any]], now: datetime) -> None:
+        for p in self.people:
+            rs = [r for r in reqs if r["subject_id"] == p.subject_id]
+            self.check(f"{p.subject_id}: exactly one request", len(rs) == 1, f"{len(rs)} requests")
+            if not rs:
+                continue
+            r = rs[0]
+            if p.role == "held":
+                self.check(
+                    f"{p.subject_id}: held, nothing erased",
+                    r["status"] == "held" and all(t["status"] == "pending" for t in r["tasks"]),
+                    r["status"],
+                )
+                continue
+            self.check(f"request {r['external_id']}: completed", r["status"] == "completed", r["status"])
+            self.check(
+                f"request {r['external_id']}: every target succeeded with evidence",
+                bool(r["tasks"]) and all(t["status"] == "succeeded" and t["evidence"] for t in r["tasks"]),
+                ", ".join(f"{t['target']}={t['status']}" for t in r["tasks"]),
+            )
+            self.check(
+                f"request {r['external_id']}: SLA met",
+                r["completed_at"] is not None and r["completed_at"] <= r["due_at"],
+            )
+
+    def _check_outage(self, reqs: list[dict[str, Any]]) -> None:
+        name = self.outage.get("target")
+        tasks = [t for r in reqs for t in r["tasks"] if t["target"] == name]
+        retried = [t for t in tasks if t["attempts"] > 1 or "error" in json.dumps(t["evidence"]).lower()]
+        rows = [[t["request_id"], t["status"], t["attempts"], _evidence(t)] for t in tasks]
+        self.out.table(["request", "status", "attempts", "evidence"], rows)
+        with transaction(self.dsn) as cur:
+            cur.execute(
+                """SELECT count(*) AS n FROM erasure.event_log WHERE target=%s AND event_type IN ('task_failed','task_retried')
+                    AND request_id = ANY(%s)""",
+                (name, [r["id"] for r in reqs]),
+            )
+            n_fail = int(cur.fetchone()["n"])
+        self.out.line(f"  failures/retries logged for {name} during the outage: {n_fail}")
+        self.check(
+            f"outage on {name}: retried and recovered",
+            n_fail > 0
+            and all(
+                t["status"] == "succeeded"
+                for t in tasks
+                if t["request_id"] in {r["id"] for r in reqs if r["status"] != "held"}
+            ),
+            f"{n_fail} failure events; retried tasks {len(retried)}",
+        )
+
+    def _event_dataset(self, reqs: list[dict[str, Any]]) -> None:
+        try:
+            from erasure import event_dataset
+        except ImportError:
+            self.check("event dataset module present", False, "erasure.event_dataset is missing")
+            return
+        path = _dataset_path(event_dataset)
+        import duckdb
+        from deltalake import DeltaTable
+
+        dt = DeltaTable(path)
+        events = dt.to_pyarrow_dataset()  # noqa: F841 - queried by DuckDB below (replacement scan)
+        con = duckdb.connect()
+        ids = [r["id"] for r in reqs]
+        q = (
+            "SELECT request_id, count(*) AS events, string_agg(DISTINCT event_type, ', ' ORDER BY event_type) AS types, "
+            "max(occurred_at) AS last_event FROM events WHERE request_id IN (SELECT unnest(?::BIGINT[])) "
+            "GROUP BY request_id ORDER BY request_id"
+        )
+        self.out.line(f"  {path} (Delta version {dt.version()}):")
+        self.out.line(f"  {q}")
+        res = con.execute(q, [ids]).fetchall()
+        self.out.table(["request", "events", "event types", "last event"], [list(r) for r in res])
+        total = con.execute("SELECT count(*), count(DISTINCT request_id) FROM events").fetchone()
+        self.out.line(f"  whole dataset: {total[0]:,} events of {total[1]:,} requests")
+        got = {r[0] for r in res}
+        self.check(
+            "event dataset holds the events of every demo request",
+            set(ids) <= got,
+            f"missing {sorted(set(ids) - got)}",
+        )
+        done = {r["id"] for r in reqs if r["status"] == "completed"}
+        comp = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT request_id FROM events WHERE event_type='request_completed' AND request_id IN (SELECT unnest(?::BIGINT[]))",
+                [ids],
+            ).fetchall()
+        }
+        self.check(
+            "event dataset has request_completed for every completed request",
+            done <= comp,
+            f"missing {sorted(done - comp)}",
+        )
+
+    # ---------------------------------------------------------------- main
+    def run(self) -> int:
+        self.preflight()
+        self.prepare_warehouse()
+        self.seed()
+        self.out.step("counting the demo people's data everywhere (before)")
+        self.partner_before = self.count_partners()
+        self.wh_before = self.count_warehouse()
+        self.hr_before = self.count_hr()
+        self.canary_start()
+        self.submit()
+        self.drive()
+        canaries = self.canary_verify()
+        self.out.step("counting the demo people's data everywhere (after)")
+        self.partner_after = self.count_partners()
+        self.wh_after = self.count_warehouse()
+        self.hr_after = self.count_hr()
+        self.report(canaries)
+        self.out.line()
+        self.out.line(
+            f"Airflow UI: {self.api.base_url}  (user admin, password: scripts/stack.sh airflow-password)"
+        )
+        self.out.line(
+            "Runs of this demo: "
+            + ", ".join(sorted({d for d, *_ in self.runs}))
+            + f" (run ids start with demo_{self.cfg.tag})"
+        )
+        return 0 if all(e.ok for e in self.expect) else 1
+
+    def close(self) -> None:
+        self.http.close()
+        if self._spark is not None:
+            self._spark.stop()
+
+
+def _dataset_path(mod: Any) -> str:
+    for name in ("dataset_path", "default_path"):
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return str(fn())
+    for name in ("DATASET_PATH", "PATH"):
+        if hasattr(mod, name):
+            return str(getattr(mod, name))
+    return os.path.join(os.environ.get("ERASURE_DATASET_DIR", ".local/datasets"), "erasure_events")
+
+
+def _evidence(t: dict[str, Any]) -> str:
+    ev = dict(t.get("evidence") or {})
+    keep = []
+    for k in (
+        "http_status",
+        "status",
+        "deletion_id",
+        "rows_deleted",
+        "rows_masked",
+        "table_version",
+        "version",
+        "ack_id",
+        "outcome",
+        "event_id",
+        "purged",
+        "vacuumed",
+        "error",
+    ):
+        if k in ev and ev[k] not in (None, "", [], {}):
+            keep.append(f"{k}={ev[k]}")
+    if not keep:
+        keep = [f"{k}={v}" for k, v in list(ev.items())[:4]]
+    s = "; ".join(str(x) for x in keep)
+    if t.get("last_error") and t.get("status") != "succeeded":
+        s += f" | last error: {t['last_error'][:80]}"
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m erasure.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--customers", type=int, default=6, help="customers to erase (default 6; plus one held, one employee)"
+    )
+    ap.add_argument(
+        "--warehouse-rows",
+        type=int,
+        default=300_000,
+        help="rows of the generated warehouse tables (first run)",
+    )
+    ap.add_argument(
+        "--timeout-min", type=float, default=12.0, help="give up waiting for the pipeline after this"
+    )
+    ap.add_argument(
+        "--outage-target", default="billing_profiles", help="sync partner to take down for a while"
+    )
+    ap.add_argument("--outage-seconds", type=int, default=45)
+    ap.add_argument("--no-canary", action="store_true", help="skip the canary round")
+    args = ap.parse_args(argv)
+    if args.customers < 2:
+        ap.error("--customers: at least 2 (the duplicates need two)")
+    cfg = DemoConfig(
+        customers=args.customers,
+        warehouse_rows=args.warehouse_rows,
+        timeout_min=args.timeout_min,
+        outage_target=args.outage_target,
+        outage_seconds=args.outage_seconds,
+        canary=not args.no_canary,
+    )
+    demo = Demo(cfg)
+    try:
+        return demo.run()
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
