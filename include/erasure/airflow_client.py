@@ -123,3 +123,17 @@ class AirflowApi:
         if r.status_code == 404:
             r = self.request("POST", "/variables", json={"key": key, "value": value})
         r.raise_for_status()
+
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        """A task's XCom value (deserialized), or None when there is none."""
+        r = self.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index, "deserialize": True, "stringify": False},
+        )
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json().get("value")
