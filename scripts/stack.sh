@@ -274,6 +274,10 @@ up_airflow() {
     printf '{"admin": "%s"}\n' "$ERASURE_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
   fi
   airflow db migrate >"$LOGS/airflow-migrate.log" 2>&1 || die "airflow db migrate failed; see $LOGS/airflow-migrate.log"
+  # per-target pools from the catalog (issue 4); `pools import` upserts, so this is idempotent
+  "$ERASURE_VENV/bin/python" -m erasure.cli pools >"$RUN/pools.json" 2>"$LOGS/airflow-pools.log" &&
+    airflow pools import "$RUN/pools.json" >>"$LOGS/airflow-pools.log" 2>&1 ||
+    die "creating the Airflow pools failed; see $LOGS/airflow-pools.log"
   local c started=""
   for c in $AIRFLOW_COMPONENTS; do
     if pid_alive "$RUN/airflow-$c.pid"; then continue; fi

@@ -1,0 +1,315 @@
+"""Async HTTP client for partners' delete APIs.
+
+One :class:`SyncDeleteClient` per target and batch. It bounds concurrency (a fixed number of workers
+over one connection pool), spaces requests with a client-side rate limit, applies a timeout per
+request, sends an ``Idempotency-Key`` header (stable per erasure task, so a retried or replayed call
+is recognised by the partner) and classifies responses:
+
+==========================  ===================================================================
+2xx                          ``deleted``            success
+404, 410                     ``already_gone``       success (the subject's data is not there)
+409                          ``conflict``           success (the partner reports the erasure as done/in hand)
+429                          backpressure: every worker pauses for ``Retry-After`` (seconds or an
+                             HTTP date, capped), then the call is repeated; counted separately
+5xx, 408, timeouts,          retried with exponential backoff and jitter, up to ``max_retries``;
+connection errors            then ``retryable_failure``
+other 4xx, 3xx               ``permanent_failure`` (recorded with the response; not retried)
+==========================  ===================================================================
+
+No Airflow and no database here: callers (``erasure.dispatch``) record outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+
+Outcome = Literal["deleted", "already_gone", "conflict", "permanent_failure", "retryable_failure"]
+SUCCESS_OUTCOMES: tuple[str, ...] = ("deleted", "already_gone", "conflict")
+SNIPPET_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one subject's delete call is retried inside a batch."""
+
+    max_retries: int = 4
+    """Retries after 5xx / 408 / timeouts / connection errors (so ``max_retries + 1`` calls at most)."""
+    base_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+    max_throttle_waits: int = 30
+    """How many 429 responses one subject may see before it is given up for this batch."""
+    max_retry_after_s: float = 60.0
+    """Cap on a partner's ``Retry-After``."""
+
+    def backoff(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (1-based): exponential with 'equal jitter'."""
+        d = min(self.max_delay_s, self.base_delay_s * (2 ** (retry - 1)))
+        return d / 2 + random.uniform(0, d / 2)  # noqa: S311 - jitter, not crypto
+
+
+@dataclass
+class DeleteResult:
+    """Outcome of erasing one subject at one partner, with the evidence to keep."""
+
+    subject_id: str
+    idempotency_key: str
+    outcome: Outcome
+    http_status: int | None = None
+    response_id: str | None = None
+    response_snippet: str = ""
+    error: str | None = None
+    calls: int = 0
+    throttled: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+    elapsed_ms: float = 0.0
+    key: Any = None
+    """Caller's correlation key (e.g. the erasure task id); not sent anywhere."""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in SUCCESS_OUTCOMES
+
+    @property
+    def permanent(self) -> bool:
+        return self.outcome == "permanent_failure"
+
+    def evidence(self) -> dict[str, Any]:
+        """The JSON kept in the tracking store (no caller key)."""
+        d = asdict(self)
+        d.pop("key", None)
+        d.pop("subject_id", None)  # the task row already names the subject
+        return d
+
+
+class RateLimiter:
+    """Spaces call starts at ``rate`` per second (no bursts); ``None`` means unlimited."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self.interval = 1.0 / rate_per_s if rate_per_s else 0.0
+        self._next = 0.0
+        self._pause_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Backpressure from the partner (429): nobody starts a call for ``seconds``."""
+        self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now < self._pause_until:
+                await asyncio.sleep(self._pause_until - now)
+                continue
+            if not self.interval:
+                return
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            if time.monotonic() >= self._pause_until:
+                return
+
+
+def parse_retry_after(value: str | None, default: float, cap: float) -> float:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); ``default`` when absent/bad."""
+    if not value:
+        return min(default, cap)
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return min(default, cap)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        secs = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, min(secs, cap))
+
+
+def classify(status: int) -> Outcome | Literal["retry", "throttle"]:
+    """Map an HTTP status to an outcome, or to 'retry' / 'throttle'."""
+    if 200 <= status < 300:
+        return "deleted"
+    if status in (404, 410):
+        return "already_gone"
+    if status == 409:
+        return "conflict"
+    if status == 429:
+        return "throttle"
+    if status == 408 or status >= 500:
+        return "retry"
+    return "permanent_failure"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _response_id(headers: Any, body: str) -> str | None:
+    for h in ("X-Request-Id", "X-Deletion-Id", "Request-Id"):
+        if headers.get(h):
+            return str(headers[h])
+    if body.startswith("{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(data, dict):
+            for k in ("deletion_id", "request_id", "id"):
+                if data.get(k) is not None:
+                    return str(data[k])
+    return None
+
+
+@dataclass
+class SyncDeleteClient:
+    """Deletes subjects at one partner. Use as ``async with SyncDeleteClient(...) as c``."""
+
+    base_url: str
+    delete_path: str = "/subjects/{subject_id}"
+    concurrency: int = 16
+    rate_limit_per_s: float | None = None
+    timeout_s: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    token: str | None = None
+    user_agent: str = "erasure-pipeline/0.1"
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _limiter: RateLimiter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if "{subject_id}" not in self.delete_path:
+            raise ValueError(f"delete_path must contain {{subject_id}}, got {self.delete_path!r}")
+        self.base_url = self.base_url.rstrip("/")
+        self._limiter = RateLimiter(self.rate_limit_per_s)
+
+    @classmethod
+    def for_target(cls, target: Any, token: str | None = None, **overrides: Any) -> SyncDeleteClient:
+        """Build from a catalog ``Target`` of kind ``sync_api`` (token resolved by the caller)."""
+        spec = target.sync_api
+        if spec is None:
+            raise ValueError(f"target '{target.name}' is of kind '{target.kind}', not 'sync_api'")
+        kw: dict[str, Any] = {
+            "base_url": spec.base_url,
+            "delete_path": spec.delete_path,
+            "concurrency": spec.concurrency,
+            "rate_limit_per_s": spec.rate_limit_per_s,
+            "timeout_s": spec.timeout_s,
+            "retry": RetryPolicy(max_retries=spec.max_retries),
+            "token": token,
+        }
+        kw.update(overrides)
+        return cls(**kw)
+
+    async def __aenter__(self) -> SyncDeleteClient:
+        headers = {"User-Agent": self.user_agent}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            headers=headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, subject_id: str) -> str:
+        return self.base_url + self.delete_path.replace("{subject_id}", quote(subject_id, safe=""))
+
+    async def delete(self, subject_id: str, idempotency_key: str, key: Any = None) -> DeleteResult:
+        """Erase one subject, retrying per the policy. Never raises for HTTP/network problems."""
+        if self._session is None:
+            raise RuntimeError("use 'async with SyncDeleteClient(...)' before calling delete()")
+        res = DeleteResult(subject_id, idempotency_key, "retryable_failure", key=key, started_at=_now_iso())
+        t0 = time.monotonic()
+        url = self.url_for(subject_id)
+        retries = 0
+        while True:
+            await self._limiter.acquire()
+            res.calls += 1
+            try:
+                async with self._session.delete(
+                    url, headers={"Idempotency-Key": idempotency_key}, allow_redirects=False
+                ) as resp:
+                    body = await resp.text(errors="replace")
+                    status, headers = resp.status, resp.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                res.http_status, res.response_id, res.response_snippet = None, None, ""
+                res.error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+                verdict: str = "retry"
+            else:
+                res.http_status = status
+                res.response_id = _response_id(headers, body)
+                res.response_snippet = body[:SNIPPET_CHARS]
+                verdict = classify(status)
+                res.error = None if verdict in SUCCESS_OUTCOMES else f"HTTP {status}: {body[:200]}"
+                if verdict == "throttle":
+                    res.throttled += 1
+                    if res.throttled <= self.retry.max_throttle_waits:
+                        wait = parse_retry_after(
+                            headers.get("Retry-After"),
+                            self.retry.backoff(min(res.throttled, 8)),
+                            self.retry.max_retry_after_s,
+                        )
+                        self._limiter.pause(wait)
+                        continue
+                    verdict = "retryable_failure"
+            if verdict == "retry":
+                retries += 1
+                if retries <= self.retry.max_retries:
+                    await asyncio.sleep(self.retry.backoff(retries))
+                    continue
+                verdict = "retryable_failure"
+            res.outcome = verdict  # type: ignore[assignment]
+            break
+        res.finished_at = _now_iso()
+        res.elapsed_ms = round((time.monotonic() - t0) * 1000, 1)
+        return res
+
+    async def delete_many(
+        self,
+        items: Iterable[tuple[Any, str, str]],
+        on_result: Callable[[DeleteResult], Awaitable[None] | None] | None = None,
+    ) -> list[DeleteResult]:
+        """Erase ``(key, subject_id, idempotency_key)`` items with ``concurrency`` workers.
+
+        ``on_result`` is called as each subject finishes (so callers can record it at once).
+        """
+        queue: asyncio.Queue[tuple[Any, str, str]] = asyncio.Queue()
+        for it in items:
+            queue.put_nowait(it)
+        results: list[DeleteResult] = []
+
+        async def worker() -> None:
+            while True:
+                try:
+                    key, subject_id, idem = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                r = await self.delete(subject_id, idem, key=key)
+                results.append(r)
+                if on_result is not None:
+                    maybe = on_result(r)
+                    if maybe is not None:
+                        await maybe
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(1, queue.qsize())))))
+        return results

@@ -1,0 +1,363 @@
+"""Sync dispatch against real partner HTTP servers (our demo partners on free ports) and real Postgres.
+
+Scenarios: happy path (also one full ``erasure_dispatch`` run with ``dag.test()``), 5xx storm then
+recovery, permanent 4xx, 429 backpressure, partner down for a whole run then up, a batch killed
+mid-way (no subject lost, none deleted twice), held requests untouched, Postgres-table targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from erasure.dispatch import claim, plan_batches, run_batch
+from erasure.partners.http_service import PartnerServer
+from tests.helpers.sync_fixtures import create_requests, query, task_ids, tasks, write_catalog
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def partners(tmp_path):
+    """Factory: ``partners("crm", "billing")`` -> {name: running PartnerServer}."""
+    started: list[PartnerServer] = []
+
+    def make(*names: str) -> dict[str, PartnerServer]:
+        out = {}
+        for n in names:
+            srv = PartnerServer(n, tmp_path / "partners" / f"{n}.db").start()
+            started.append(srv)
+            out[n] = srv
+        return out
+
+    yield make
+    for s in started:
+        s.close()
+
+
+def seed(srv: PartnerServer, ids: list[str]) -> None:
+    httpx.post(f"{srv.url}/admin/seed", json={"subject_ids": ids}, timeout=30).raise_for_status()
+
+
+def faults(srv: PartnerServer, **kw) -> None:
+    httpx.put(f"{srv.url}/admin/faults", json=kw, timeout=10).raise_for_status()
+
+
+def deletions(srv: PartnerServer) -> list[dict]:
+    return httpx.get(f"{srv.url}/admin/deletions", timeout=30).json()["deletions"]
+
+
+def run_all(dsn, cat, target, claim_key="test", **kw):
+    """Plan + run every batch of one target (what one DAG run does); returns summaries."""
+    return [
+        run_batch(dsn, cat, target, b["task_ids"], claim_key=f"{claim_key}/{b['batch']}", **kw)
+        for b in plan_batches(dsn, cat, target)
+    ]
+
+
+def succeeded_events(dsn: str) -> Counter:
+    rows = query(dsn, "SELECT task_id FROM erasure.event_log WHERE event_type = 'task_succeeded'")
+    return Counter(r[0] for r in rows)
+
+
+def test_happy_path_and_rerun_skips(tracking_db, partners, tmp_path):
+    p = partners("crm", "billing")
+    subjects = [f"cus_{i:05d}" for i in range(250)]
+    for s in p.values():
+        seed(s, subjects)
+    _, cat = write_catalog(tmp_path, {n: s.url for n, s in p.items()})
+    create_requests(tracking_db, subjects, [("crm", "sync_api"), ("billing", "sync_api")])
+
+    plan = plan_batches(tracking_db, cat, "crm")
+    assert [len(b["task_ids"]) for b in plan] == [100, 100, 50] and plan[0]["of"] == 3
+    assert all(isinstance(i, int) for b in plan for i in b["task_ids"])  # ids only, no subject ids
+
+    for name in ("crm", "billing"):
+        sums = run_all(tracking_db, cat, name)
+        assert sum(x.succeeded for x in sums) == 250 and sum(x.failed for x in sums) == 0
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"succeeded"}
+    ev = rows[0]["evidence"]
+    assert ev["http_status"] == 200 and ev["outcome"] == "deleted" and ev["response_id"].startswith("del_")
+    assert ev["idempotency_key"] == f"erasure-{rows[0]['request_id']}-{rows[0]['id']}"
+    assert ev["attempt"] == 1 and rows[0]["attempts"] == 1 and rows[0]["completed_at"] is not None
+    for s in p.values():
+        assert httpx.get(f"{s.url}/subjects/{subjects[0]}").status_code == 404
+        logged = deletions(s)
+        assert len(logged) == 250 and {d["existed"] for d in logged} == {1}
+        assert all(d["idempotency_key"].startswith("erasure-") for d in logged)
+
+    # a re-run finds nothing due, and claiming the same ids again claims nothing
+    assert plan_batches(tracking_db, cat, "crm") == []
+    again = run_batch(tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="again")
+    assert again.claimed == 0
+    assert len(deletions(p["crm"])) == 250
+    assert set(succeeded_events(tracking_db).values()) == {1}
+
+
+def test_held_requests_are_never_touched(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url})
+    create_requests(tracking_db, ["cus_held1", "cus_held2"], [("crm", "sync_api")], status="held")
+    create_requests(tracking_db, ["cus_go"], [("crm", "sync_api")])
+    plan = plan_batches(tracking_db, cat, "crm")
+    assert sum(len(b["task_ids"]) for b in plan) == 1
+    # even when handed the held ids directly, the claim refuses them
+    summary = run_batch(tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="k")
+    assert summary.claimed == 1
+    by_subject = {r["subject_id"]: r for r in tasks(tracking_db)}
+    assert by_subject["cus_held1"]["status"] == "pending" and by_subject["cus_go"]["status"] == "succeeded"
+    assert [d["subject_id"] for d in deletions(p["crm"])] == ["cus_go"]
+
+
+def test_5xx_storm_then_recovery(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    subjects = [f"cus_s{i:03d}" for i in range(60)]
+    seed(p["crm"], subjects)
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url}, target={"retry_backoff_minutes": 1})
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+
+    faults(p["crm"], error_rate=1.0, error_status=503)
+    [s1] = run_all(tracking_db, cat, "crm", "storm")
+    assert s1.failed == 60 and s1.permanent == 0
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"failed"} and {r["attempts"] for r in rows} == {1}
+    assert all(r["last_error"].startswith("HTTP 503") for r in rows)
+    assert rows[0]["evidence"]["calls"] == 3  # 1 + max_retries(2) inside the batch
+    assert rows[0]["evidence"]["permanent"] is False
+    assert all(r["next_attempt_at"] > r["updated_at"] for r in rows)  # backoff recorded
+    assert plan_batches(tracking_db, cat, "crm") == []  # not due before the backoff elapsed
+
+    faults(p["crm"], error_rate=0.0)
+    backoff = query(tracking_db, "SELECT min(next_attempt_at - updated_at) FROM erasure.task")[0][0]
+    assert backoff.total_seconds() >= 55  # retry_backoff_minutes: 1, first failure
+    query(tracking_db, "UPDATE erasure.task SET next_attempt_at = now()")  # the minute has passed
+    [s2] = run_all(tracking_db, cat, "crm", "recovered")
+    assert s2.succeeded == 60
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"succeeded"} and {r["attempts"] for r in rows} == {2}
+    assert {r["last_error"] for r in rows} == {None} and rows[0]["evidence"]["attempt"] == 2
+    events = query(
+        tracking_db,
+        "SELECT event_type, count(*) FROM erasure.event_log WHERE task_id IS NOT NULL GROUP BY 1",
+    )
+    assert dict(events) == {
+        "task_created": 60,
+        "task_dispatched": 120,
+        "task_failed": 60,
+        "task_succeeded": 60,
+    }
+
+
+def test_permanent_4xx_recorded_and_not_retried(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    good, bad = [f"cus_ok{i}" for i in range(10)], ["bad_1", "bad_2"]
+    seed(p["crm"], good + bad)
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url})
+    create_requests(tracking_db, good + bad + ["cus_conflict"], [("crm", "sync_api")])
+    faults(p["crm"], reject_pattern="^bad_", reject_status=422, subject_status={"cus_conflict": 409})
+
+    [s] = run_all(tracking_db, cat, "crm")
+    assert (s.succeeded, s.failed, s.permanent) == (11, 2, 2)
+    by_subject = {r["subject_id"]: r for r in tasks(tracking_db)}
+    b = by_subject["bad_1"]
+    assert b["status"] == "failed" and b["attempts"] == 1
+    assert b["evidence"]["http_status"] == 422 and b["evidence"]["permanent"] is True
+    assert b["evidence"]["calls"] == 1  # never retried inside the batch
+    assert "invalid_subject" in b["evidence"]["response_snippet"] and b["last_error"].startswith("HTTP 422")
+    c = by_subject["cus_conflict"]
+    assert c["status"] == "succeeded" and c["evidence"]["outcome"] == "conflict"
+
+    time.sleep(0.1)  # past the backoff: still not dispatched again (reconcile escalates)
+    assert plan_batches(tracking_db, cat, "crm") == []
+    assert httpx.get(f"{p['crm'].url}/subjects/bad_1").status_code == 200  # data untouched
+
+
+def test_429_backpressure_honours_retry_after(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    subjects = [f"cus_r{i:03d}" for i in range(80)]
+    seed(p["crm"], subjects)
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url}, sync={"concurrency": 8, "batch_size": 500})
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+    faults(p["crm"], rate_limit_per_s=40, retry_after_s=0.25)
+
+    t0 = time.monotonic()
+    [s] = run_all(tracking_db, cat, "crm")
+    elapsed = time.monotonic() - t0
+    assert s.succeeded == 80 and s.failed == 0
+    stats = httpx.get(f"{p['crm'].url}/admin/stats").json()["responses"]
+    assert stats["200"] == 80 and stats.get("429", 0) > 0
+    # 80 deletes through a 40/s bucket (burst 40) need >= ~1 s: the client waited, not hammered
+    assert elapsed >= 0.9
+    assert stats["429"] < 80  # every worker paused on Retry-After instead of retrying at once
+    throttled = [r["evidence"]["throttled"] for r in tasks(tracking_db)]
+    assert sum(throttled) == stats["429"]
+
+
+def test_partner_down_for_a_whole_run_then_up(tracking_db, partners, tmp_path):
+    p = partners("crm", "billing")
+    subjects = [f"cus_d{i:03d}" for i in range(40)]
+    for s in p.values():
+        seed(s, subjects)
+    _, cat = write_catalog(tmp_path, {n: s.url for n, s in p.items()})
+    create_requests(tracking_db, subjects, [("crm", "sync_api"), ("billing", "sync_api")])
+
+    p["crm"].stop()  # connection refused for the whole run
+    [down] = run_all(tracking_db, cat, "crm", "run1")
+    [up] = run_all(tracking_db, cat, "billing", "run1")
+    assert down.failed == 40 and up.succeeded == 40  # one partner down does not block the other
+    crm_rows = tasks(tracking_db, "crm")
+    assert {r["status"] for r in crm_rows} == {"failed"}
+    assert "Connect" in crm_rows[0]["last_error"] and crm_rows[0]["evidence"]["http_status"] is None
+
+    p["crm"].start()
+    time.sleep(0.1)
+    [s] = run_all(tracking_db, cat, "crm", "run2")
+    assert s.succeeded == 40
+    assert {r["status"] for r in tasks(tracking_db)} == {"succeeded"}
+    assert len(deletions(p["crm"])) == 40
+
+
+def test_admin_outage_window_drops_connections(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    seed(p["crm"], ["cus_w1"])
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url})
+    create_requests(tracking_db, ["cus_w1"], [("crm", "sync_api")])
+    faults(p["crm"], outage_seconds=30)
+    assert httpx.get(f"{p['crm'].url}/healthz").status_code == 503
+    [s] = run_all(tracking_db, cat, "crm")
+    assert s.failed == 1 and "Disconnect" in tasks(tracking_db)[0]["last_error"]
+    httpx.delete(f"{p['crm'].url}/admin/faults")
+    time.sleep(0.1)
+    [s] = run_all(tracking_db, cat, "crm", "after")
+    assert s.succeeded == 1
+
+
+KILL_SCRIPT = """
+import json, sys
+from erasure.catalog import load_catalog
+from erasure.dispatch import run_batch
+a = json.loads(sys.argv[1])
+run_batch(a["dsn"], load_catalog(a["catalog"]), "crm", a["ids"], claim_key="killed-run")
+"""
+
+
+def test_batch_killed_mid_way_loses_nothing_and_deletes_once(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    subjects = [f"cus_k{i:03d}" for i in range(200)]
+    seed(p["crm"], subjects)
+    cat_path, cat = write_catalog(tmp_path, {"crm": p["crm"].url}, sync={"concurrency": 4, "batch_size": 500})
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+    faults(p["crm"], latency_ms=25)  # 200 subjects / 4 workers * 25 ms = ~1.3 s
+    ids = task_ids(tracking_db, "crm")
+
+    arg = json.dumps({"dsn": tracking_db, "catalog": str(cat_path), "ids": ids})
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, arg], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = query(tracking_db, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
+        if done >= 40:
+            break
+        assert proc.poll() is None, "batch finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    status = Counter(r["status"] for r in tasks(tracking_db))
+    assert status["succeeded"] >= 40 and status["in_progress"] > 0, status
+    assert plan_batches(tracking_db, cat, "crm") == []  # live lease: nobody else takes them yet
+    # an Airflow retry of the same batch (same claim key) takes its rows back at once ...
+    assert len(claim(tracking_db, cat.target("crm"), ids, "killed-run")) == status["in_progress"]
+    # ... and a later run after the lease (here: 0 minutes) finishes the rest
+    faults(p["crm"], latency_ms=0)
+    sums = [run_batch(tracking_db, cat, "crm", b["task_ids"], claim_key="rerun", lease_minutes=0)
+            for b in plan_batches(tracking_db, cat, "crm", lease_minutes=0)]  # fmt: skip
+    assert sum(s.claimed for s in sums) == status["in_progress"]
+
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"succeeded"} and len(rows) == 200  # no subject lost
+    assert set(succeeded_events(tracking_db).values()) == {1}  # each recorded as succeeded once
+    existed = Counter(d["subject_id"] for d in deletions(p["crm"]) if d["existed"])
+    assert len(existed) == 200 and set(existed.values()) == {1}  # each subject's data deleted once
+    replays = [r for r in rows if r["evidence"].get("claim") == "rerun"]
+    assert all(r["evidence"]["outcome"] in ("deleted", "already_gone") for r in replays)
+
+
+def test_postgres_table_target(tracking_db, tmp_path):
+    query(tracking_db, "CREATE SCHEMA IF NOT EXISTS hr_test")
+    query(tracking_db, "DROP TABLE IF EXISTS hr_test.directory")
+    query(tracking_db, "CREATE TABLE hr_test.directory (employee_id text, phone text)")
+    query(
+        tracking_db,
+        "INSERT INTO hr_test.directory SELECT 'emp_' || (g % 30), 'x' FROM generate_series(1, 90) g",
+    )
+    os.environ["ERASURE_TEST_HR_DSN"] = tracking_db
+    _, cat = write_catalog(
+        tmp_path, {}, postgres={"name": "hr", "dsn_env": "ERASURE_TEST_HR_DSN", "table": "hr_test.directory",
+                                "key_column": "employee_id"},
+    )  # fmt: skip
+    create_requests(tracking_db, ["emp_1", "emp_2", "emp_999"], [("hr", "postgres_table")])
+    [s] = run_all(tracking_db, cat, "hr")
+    assert s.succeeded == 3
+    by_subject = {r["subject_id"]: r for r in tasks(tracking_db)}
+    assert by_subject["emp_1"]["evidence"]["rows_deleted"] == 3 and by_subject["emp_1"]["stage"] == "deleted"
+    assert by_subject["emp_999"]["evidence"]["outcome"] == "already_gone"
+    assert query(tracking_db, "SELECT count(*) FROM hr_test.directory")[0][0] == 84
+    assert (
+        query(tracking_db, "SELECT count(*) FROM erasure.event_log WHERE event_type = 'rows_deleted'")[0][0]
+        == 3
+    )
+
+    # a missing table is a permanent failure recorded on every subject
+    _, bad = write_catalog(
+        tmp_path / "bad", {}, postgres={"name": "hr2", "dsn_env": "ERASURE_TEST_HR_DSN",
+                                        "table": "hr_test.nope", "key_column": "employee_id"},
+    )  # fmt: skip
+    create_requests(tracking_db, ["emp_5"], [("hr2", "postgres_table")])
+    [s] = run_all(tracking_db, bad, "hr2")
+    row = tasks(tracking_db, "hr2")[0]
+    assert s.permanent == 1 and row["status"] == "failed" and "UndefinedTable" in row["last_error"]
+
+
+def test_dispatch_dag_full_run(tracking_db, partners, tmp_path, monkeypatch):
+    """One full ``erasure_dispatch`` run with dag.test(): plan + mapped batches per target."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    p = partners("crm", "billing")
+    subjects = [f"cus_g{i:03d}" for i in range(30)]
+    for s in p.values():
+        seed(s, subjects)
+    cat_path, _ = write_catalog(tmp_path, {n: s.url for n, s in p.items()}, sync={"batch_size": 10})
+    monkeypatch.setenv("ERASURE_CATALOG", str(cat_path))
+    create_requests(tracking_db, subjects, [("crm", "sync_api"), ("billing", "sync_api")])
+    create_requests(tracking_db, ["cus_hold"], [("crm", "sync_api")], status="held")
+
+    bag = DagBag(str(ROOT / "dags" / "erasure_dispatch.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["erasure_dispatch"]
+    assert {"plan_crm", "delete_crm", "plan_billing", "delete_billing"} <= set(dag.task_ids)
+    assert dag.get_task("delete_crm").pool == "erasure_crm"
+    run = dag.test()
+    assert run.state == "success", run.state
+
+    rows = tasks(tracking_db)
+    assert Counter((r["target"], r["status"]) for r in rows) == {
+        ("crm", "succeeded"): 30, ("billing", "succeeded"): 30, ("crm", "pending"): 1,
+    }  # fmt: skip
+    claims = {r["evidence"]["claim"].rsplit("/", 1)[0] for r in rows if r["status"] == "succeeded"}
+    assert claims == {f"{run.run_id}/crm", f"{run.run_id}/billing"}
+    tis = [ti for ti in run.get_task_instances() if ti.task_id == "delete_crm"]
+    assert len(tis) == 3  # 30 subjects / batch_size 10: one mapped instance per batch
+    assert sorted(ti.rendered_map_index for ti in tis) == [
+        f"crm batch {i}/3 (10 subjects)" for i in (1, 2, 3)
+    ]
