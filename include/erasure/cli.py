@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     cat = sub.add_parser("catalog", help="catalog commands")
     cat.add_argument("action", choices=["validate"])
     cat.add_argument("path", nargs="?", default=None)
+    # issue 4 (sync dispatch): per-target Airflow pools generated from the catalog
+    pools = sub.add_parser("pools", help="print per-target Airflow pools as JSON (airflow pools import)")
+    pools.add_argument("--catalog", default=None)
     args = parser.parse_args(argv)
 
     if args.cmd == "db":
@@ -41,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
 
         created = ensure_topics(os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092"))
         print("created topics:", ", ".join(created) if created else "(none, all exist)")
+    elif args.cmd == "pools":
+        import json
+
+        from erasure.dispatch import pool_specs
+
+        try:
+            print(json.dumps(pool_specs(load_catalog(args.catalog)), indent=2))
+        except CatalogError as exc:
+            print(exc, file=sys.stderr)
+            return 1
     elif args.cmd == "catalog":
         try:
             cat_ = load_catalog(args.path)

@@ -1,0 +1,76 @@
+"""Reconcile the tracking store every 10 minutes: replay, retry/escalate, complete requests, SLA, alerts.
+
+Thin DAG file: the logic lives in ``erasure.reconcile`` and ``erasure.alerts`` (no Airflow in the core).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import dag, task
+
+from erasure.airflow.deadlines import run_deadline
+
+DOC = """
+### erasure_reconcile
+Every 10 minutes, against the tracking store (`erasure_tracking` connection):
+
+1. **replay_and_retry** - events published but not acknowledged within the target's
+   `kafka.ack_timeout_minutes` are handed back to the outbox publisher (same event id, attempt + 1);
+   failed tasks whose backoff elapsed go back to `pending` for `erasure_dispatch`; after a target's
+   `max_attempts` the task is **escalated** and one alert goes to the owning team.
+2. **recompute_requests** - a request completes only when every target succeeded *with evidence*;
+   a completed request never changes again.
+3. **sla** - one alert when a request is within `ERASURE_SLA_WARN_DAYS` (default 5) of `due_at`, one when
+   it is past due, to the pipeline owner, naming the blocking targets.
+4. **send_alerts** - unsent alerts (also from Deadline Alerts) go out through the team's channel
+   (log, webhook, email); failed sends are retried next run.
+
+Every step is idempotent: once everything is complete a run changes nothing.
+A Deadline Alert fires if a run has not finished 10 minutes after it was queued.
+"""
+
+
+@dag(
+    dag_id="erasure_reconcile",
+    schedule=timedelta(minutes=10),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["erasure", "reconcile", "alerts"],
+    default_args={"owner": "privacy-platform", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    deadline=run_deadline(timedelta(minutes=10), description="erasure_reconcile did not finish in 10 min"),
+)
+def erasure_reconcile():
+    @task
+    def replay_and_retry() -> dict:
+        from erasure.airflow.conn import tracking_dsn
+        from erasure.reconcile import reconcile
+
+        return reconcile(tracking_dsn(), steps=("replay", "retry")).as_dict()
+
+    @task
+    def recompute_requests() -> dict:
+        from erasure.airflow.conn import tracking_dsn
+        from erasure.reconcile import reconcile
+
+        return reconcile(tracking_dsn(), steps=("recompute",)).as_dict()
+
+    @task
+    def sla() -> dict:
+        from erasure.airflow.conn import tracking_dsn
+        from erasure.reconcile import reconcile
+
+        return reconcile(tracking_dsn(), steps=("sla",)).as_dict()
+
+    @task
+    def send_alerts() -> dict:
+        from erasure.airflow.conn import tracking_dsn
+        from erasure.reconcile import reconcile
+
+        return reconcile(tracking_dsn(), steps=("deliver",)).as_dict()
+
+    replay_and_retry() >> recompute_requests() >> sla() >> send_alerts()
+
+
+erasure_reconcile()

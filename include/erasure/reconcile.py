@@ -1,0 +1,485 @@
+"""Reconcile: replay unacknowledged events, retry or escalate failed tasks, complete requests, SLA alerts.
+
+One ``reconcile()`` run does, in order (each step in its own transaction, every change guarded by the
+previous status so a concurrent dispatch / ack consumer is never overwritten):
+
+1. **replay** - the newest outbox event of an ``awaiting_ack`` task, published but not acknowledged
+   within the target's ``kafka.ack_timeout_minutes``, is marked for re-publication
+   (``erasure.outbox.mark_for_replay``: ``published_at = NULL``, same ``event_id`` and payload so
+   partners dedupe, an ``event_replayed`` event-log row); the outbox publisher re-sends it and counts
+   ``publish_count``. Once ``publish_count`` reached the target's ``max_attempts`` the task is escalated.
+2. **retry / escalate** - a ``failed`` task whose backoff has elapsed goes back to ``pending`` (dispatch
+   picks up ``pending`` and ``failed`` tasks with ``next_attempt_at <= now``); while the backoff runs,
+   ``next_attempt_at`` is pushed to its end so dispatch waits too. Backoff after the n-th failed attempt:
+   ``retry_backoff_minutes * 2**(n-1)`` (capped at 24 h). A task with ``attempts >= max_attempts`` or a
+   permanent failure (``evidence.permanent = true``) is ``escalated`` and one alert goes to the target's
+   owner team. Tasks escalated by other steps (e.g. dispatch) get their one alert here too.
+3. **recompute** - a request is ``completed`` only when every task ``succeeded`` *with* evidence; it is
+   ``failed`` when every task is terminal and at least one is escalated; ``received`` becomes
+   ``in_progress`` once work started; a ``failed`` request whose escalated task was re-opened becomes
+   ``in_progress`` again. ``completed`` is never touched again; ``held`` requests are left alone.
+4. **SLA** - an open request within ``sla_warn_days`` of ``due_at`` raises one ``sla_approaching`` alert,
+   one past ``due_at`` one ``sla_breached`` alert, to the catalog's pipeline owner, naming the blocking
+   targets.
+5. **deliver** - unsent alerts are sent (``erasure.alerts.deliver_pending``); failures retry next run.
+
+Running it again once everything is complete changes nothing (no row is updated, no alert is sent).
+Alerts name the request (id, external id) and target, never the subject identifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from erasure.alerts import DeliveryResult, Notifier, deliver_pending, raise_team_alert
+from erasure.catalog import Catalog, Target, load_catalog
+from erasure.db import transaction
+from erasure.outbox import mark_for_replay
+from erasure.tracking.store import transition_task
+
+log = logging.getLogger("erasure.reconcile")
+
+ACTIVE_REQUEST_STATUSES = ("received", "in_progress")
+"""Requests whose tasks reconcile retries, replays and escalates (not held, not finished)."""
+SLA_REQUEST_STATUSES = ("received", "in_progress", "failed")
+"""Requests that still count against their SLA (a failed request is not erased yet)."""
+MAX_BACKOFF = timedelta(hours=24)
+DEFAULT_SLA_WARN_DAYS = 5.0
+DEFAULT_BATCH = 5000
+STEPS = ("replay", "retry", "recompute", "sla", "deliver")
+
+
+@dataclass
+class ReconcileResult:
+    replayed: int = 0
+    retried: int = 0
+    backoff_scheduled: int = 0
+    escalated: int = 0
+    escalation_alerts: int = 0
+    completed: int = 0
+    failed: int = 0
+    started: int = 0
+    reopened: int = 0
+    sla_alerts: int = 0
+    alerts_sent: int = 0
+    alerts_failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def changes(self) -> int:
+        """How many rows this run changed (0 once everything is complete)."""
+        return (
+            self.replayed
+            + self.retried
+            + self.backoff_scheduled
+            + self.escalated
+            + self.escalation_alerts
+            + self.completed
+            + self.failed
+            + self.started
+            + self.reopened
+            + self.sla_alerts
+            + self.alerts_sent
+        )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _target(catalog: Catalog, name: str) -> Target | None:
+    try:
+        return catalog.target(name)
+    except KeyError:
+        return None
+
+
+def _owner(catalog: Catalog, target: Target | None) -> str:
+    return target.owner if target is not None else catalog.pipeline_owner
+
+
+def backoff(target: Target | None, attempts: int) -> timedelta:
+    """Wait after the ``attempts``-th failed attempt: ``retry_backoff_minutes * 2**(attempts-1)``, capped."""
+    base = target.retry_backoff_minutes if target is not None else 5.0
+    n = max(int(attempts), 1)
+    minutes = base * (2 ** min(n - 1, 20))
+    return min(timedelta(minutes=minutes), MAX_BACKOFF)
+
+
+def max_attempts(target: Target | None) -> int:
+    return target.max_attempts if target is not None else 5
+
+
+def ack_timeout(target: Target | None) -> timedelta:
+    if target is not None and target.kafka is not None:
+        return timedelta(minutes=target.kafka.ack_timeout_minutes)
+    return timedelta(minutes=60)
+
+
+def escalation_key(task_id: int, attempts: int) -> str:
+    """One escalation alert per task and attempt count (a re-opened, re-tried task can escalate again)."""
+    return f"task_escalated:{task_id}:a{attempts}"
+
+
+def _escalation_message(row: Mapping[str, Any], reason: str) -> str:
+    return (
+        f"Erasure task for target '{row['target']}' of request {row['request_id']} "
+        f"(external id {row['external_id']}) escalated: {reason}"
+    )
+
+
+def _escalate(
+    cur: Any, catalog: Catalog, row: Mapping[str, Any], from_status: str, reason: str, result: ReconcileResult
+) -> None:
+    """Escalate one task and record its one alert, in the caller's transaction."""
+    target = _target(catalog, row["target"])
+    moved = transition_task(
+        cur,
+        row["task_id"],
+        "escalated",
+        (from_status,),
+        evidence={"escalation": {"reason": reason, "at": _utcnow().isoformat()}},
+        last_error=row.get("last_error") or reason,
+    )
+    if not moved:
+        return
+    result.escalated += 1
+    if raise_team_alert(
+        cur,
+        catalog,
+        team=_owner(catalog, target),
+        dedupe_key=escalation_key(row["task_id"], row["attempts"]),
+        kind="task_escalated",
+        message=_escalation_message(row, reason),
+        request_id=row["request_id"],
+        task_id=row["task_id"],
+        target=row["target"],
+        details={
+            "reason": reason,
+            "attempts": row["attempts"],
+            "last_error": (row.get("last_error") or "")[:1000],
+            "external_id": row["external_id"],
+            "kind": row.get("kind"),
+        },
+    ):
+        result.escalation_alerts += 1
+    log.warning(
+        "escalated task %s (%s, request %s): %s", row["task_id"], row["target"], row["request_id"], reason
+    )
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def replay_unacked(
+    dsn: str | None, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
+) -> None:
+    """Step 1: unpublish events whose ack timed out (same event id), or escalate after max attempts."""
+    with transaction(dsn) as cur:
+        cur.execute(
+            """
+            SELECT o.event_id, o.attempt, o.publish_count, o.published_at, t.id AS task_id, t.request_id,
+                   t.target, t.kind, t.attempts, t.last_error, r.external_id
+              FROM erasure.task t
+              JOIN erasure.request r ON r.id = t.request_id
+              JOIN LATERAL (SELECT ob.event_id, ob.attempt, ob.publish_count, ob.published_at, ob.acked_at
+                              FROM erasure.outbox ob WHERE ob.task_id = t.id
+                             ORDER BY ob.created_at DESC LIMIT 1) o ON true
+             WHERE t.status = 'awaiting_ack' AND r.status = ANY(%(active)s)
+               AND o.acked_at IS NULL AND o.published_at IS NOT NULL
+               AND o.published_at < %(now)s - interval '1 minute'
+             ORDER BY o.published_at
+             LIMIT %(batch)s
+             FOR UPDATE OF t SKIP LOCKED
+            """,
+            {"active": list(ACTIVE_REQUEST_STATUSES), "now": now, "batch": batch},
+        )
+        rows = cur.fetchall()
+        for row in rows:
+            target = _target(catalog, row["target"])
+            timeout = ack_timeout(target)
+            if row["published_at"] + timeout > now:
+                continue
+            if row["publish_count"] >= max_attempts(target):
+                reason = (
+                    f"no acknowledgement of event {row['event_id']} after {row['publish_count']} publication(s) "
+                    f"(ack timeout {int(timeout.total_seconds() // 60)} min, max_attempts {max_attempts(target)})"
+                )
+                _escalate(cur, catalog, {**row, "last_error": reason}, "awaiting_ack", reason, result)
+                continue
+            mins = int(timeout.total_seconds() // 60)
+            if mark_for_replay(cur, [row["event_id"]], reason=f"no ack within {mins} min (ack timeout)"):
+                result.replayed += 1
+
+
+def retry_or_escalate(
+    dsn: str | None, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
+) -> None:
+    """Step 2: failed tasks -> pending once their backoff elapsed, or escalated after max attempts."""
+    with transaction(dsn) as cur:
+        cur.execute(
+            """
+            SELECT t.id AS task_id, t.request_id, t.target, t.kind, t.attempts, t.last_error,
+                   t.next_attempt_at, t.updated_at, t.evidence, r.external_id
+              FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
+             WHERE t.status = 'failed' AND r.status = ANY(%(active)s)
+             ORDER BY t.id
+             LIMIT %(batch)s
+             FOR UPDATE OF t SKIP LOCKED
+            """,
+            {"active": list(ACTIVE_REQUEST_STATUSES), "batch": batch},
+        )
+        for row in cur.fetchall():
+            target = _target(catalog, row["target"])
+            evidence = row["evidence"] or {}
+            if target is None:
+                _escalate(
+                    cur, catalog, row, "failed", f"target '{row['target']}' is not in the catalog", result
+                )
+            elif evidence.get("permanent") is True:
+                _escalate(cur, catalog, row, "failed", f"permanent failure: {row['last_error']}", result)
+            elif row["attempts"] >= max_attempts(target):
+                reason = (
+                    f"failed {row['attempts']} of max_attempts {max_attempts(target)}: {row['last_error']}"
+                )
+                _escalate(cur, catalog, row, "failed", reason, result)
+            else:
+                due = max(row["next_attempt_at"], row["updated_at"] + backoff(target, row["attempts"]))
+                if due <= now:
+                    if transition_task(cur, row["task_id"], "pending", ("failed",), next_attempt_at=now):
+                        result.retried += 1
+                elif row["next_attempt_at"] < due:
+                    cur.execute(
+                        "UPDATE erasure.task SET next_attempt_at = %s WHERE id = %s AND status = 'failed'",
+                        (due, row["task_id"]),
+                    )
+                    result.backoff_scheduled += cur.rowcount
+
+        # Tasks escalated elsewhere (e.g. a permanent 4xx in dispatch) still get their one alert.
+        cur.execute(
+            """
+            SELECT t.id AS task_id, t.request_id, t.target, t.kind, t.attempts, t.last_error, r.external_id
+              FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
+             WHERE t.status = 'escalated'
+               AND NOT EXISTS (SELECT 1 FROM erasure.alert a
+                                WHERE a.dedupe_key = 'task_escalated:' || t.id || ':a' || t.attempts)
+             ORDER BY t.id
+             LIMIT %(batch)s
+            """,
+            {"batch": batch},
+        )
+        for row in cur.fetchall():
+            target = _target(catalog, row["target"])
+            reason = row["last_error"] or "escalated"
+            if raise_team_alert(
+                cur,
+                catalog,
+                team=_owner(catalog, target),
+                dedupe_key=escalation_key(row["task_id"], row["attempts"]),
+                kind="task_escalated",
+                message=_escalation_message(row, reason),
+                request_id=row["request_id"],
+                task_id=row["task_id"],
+                target=row["target"],
+                details={
+                    "reason": reason[:1000],
+                    "attempts": row["attempts"],
+                    "external_id": row["external_id"],
+                },
+            ):
+                result.escalation_alerts += 1
+
+
+def recompute_requests(dsn: str | None, result: ReconcileResult) -> None:
+    """Step 3: request status from its tasks (set-based, guarded; completed is final)."""
+    ok = "(t.status = 'succeeded' AND t.evidence <> '{}'::jsonb)"
+    with transaction(dsn) as cur:
+        cur.execute(
+            f"""
+            UPDATE erasure.request r
+               SET status = 'completed', completed_at = now(), updated_at = now(),
+                   status_reason = 'all targets erased with evidence'
+             WHERE r.status IN ('received', 'in_progress', 'failed')
+               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id)
+               AND NOT EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id AND NOT {ok})
+            """  # noqa: S608 - constant SQL fragment, no input
+        )
+        result.completed += cur.rowcount
+        cur.execute(
+            """
+            UPDATE erasure.request r
+               SET status = 'failed', updated_at = now(),
+                   status_reason = 'escalated: ' || (SELECT string_agg(t.target, ', ' ORDER BY t.target)
+                                                      FROM erasure.task t
+                                                     WHERE t.request_id = r.id AND t.status = 'escalated')
+             WHERE r.status IN ('received', 'in_progress')
+               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id AND t.status = 'escalated')
+               AND NOT EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
+                                  AND t.status NOT IN ('succeeded', 'escalated'))
+            """
+        )
+        result.failed += cur.rowcount
+        cur.execute(
+            """
+            UPDATE erasure.request r SET status = 'in_progress', updated_at = now(), status_reason = NULL
+             WHERE r.status = 'received'
+               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
+                              AND (t.status <> 'pending' OR t.attempts > 0))
+            """
+        )
+        result.started += cur.rowcount
+        cur.execute(
+            """
+            UPDATE erasure.request r
+               SET status = 'in_progress', updated_at = now(), status_reason = 'reopened: a task is active again'
+             WHERE r.status = 'failed'
+               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
+                              AND t.status NOT IN ('succeeded', 'escalated'))
+               AND NOT EXISTS (SELECT 1 FROM erasure.request o
+                                WHERE o.subject_type = r.subject_type AND o.subject_id = r.subject_id
+                                  AND o.id <> r.id AND o.status IN ('received', 'held', 'in_progress'))
+            """
+        )
+        result.reopened += cur.rowcount
+
+
+def blocking_targets(cur: Any, request_id: int) -> list[dict[str, Any]]:
+    """Tasks of a request that keep it from completing (not succeeded with evidence)."""
+    cur.execute(
+        """
+        SELECT target, kind, status, attempts, left(last_error, 300) AS last_error, next_attempt_at
+          FROM erasure.task
+         WHERE request_id = %s AND NOT (status = 'succeeded' AND evidence <> '{}'::jsonb)
+         ORDER BY target
+        """,
+        (request_id,),
+    )
+    return [dict(r) for r in cur.fetchall()]
+
+
+def sla_warn_days_from_env() -> float:
+    raw = os.environ.get("ERASURE_SLA_WARN_DAYS")
+    if raw is None or raw == "":
+        return DEFAULT_SLA_WARN_DAYS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"ERASURE_SLA_WARN_DAYS: '{raw}' is not a number of days") from None
+    if value < 0:
+        raise ValueError(f"ERASURE_SLA_WARN_DAYS: must be >= 0, got {value}")
+    return value
+
+
+def check_sla(
+    dsn: str | None,
+    catalog: Catalog,
+    now: datetime,
+    result: ReconcileResult,
+    warn_days: float,
+    batch: int = DEFAULT_BATCH,
+) -> None:
+    """Step 4: one alert when a request nears ``due_at`` and one when it is past, to the pipeline owner."""
+    team = catalog.pipeline_owner
+    with transaction(dsn) as cur:
+        cur.execute(
+            """
+            SELECT r.id, r.external_id, r.subject_type, r.jurisdiction, r.status, r.received_at, r.due_at
+              FROM erasure.request r
+             WHERE r.status = ANY(%(st)s) AND r.due_at <= %(horizon)s
+               AND NOT EXISTS (SELECT 1 FROM erasure.alert a WHERE a.dedupe_key = 'sla_breached:' || r.id)
+               AND (r.due_at <= %(now)s
+                    OR NOT EXISTS (SELECT 1 FROM erasure.alert a WHERE a.dedupe_key = 'sla_approaching:' || r.id))
+             ORDER BY r.due_at
+             LIMIT %(batch)s
+            """,
+            {
+                "st": list(SLA_REQUEST_STATUSES),
+                "horizon": now + timedelta(days=warn_days),
+                "now": now,
+                "batch": batch,
+            },
+        )
+        for req in cur.fetchall():
+            breached = req["due_at"] <= now
+            kind = "sla_breached" if breached else "sla_approaching"
+            blocking = blocking_targets(cur, req["id"])
+            names = ", ".join(f"{b['target']} ({b['status']}, {b['attempts']} attempts)" for b in blocking)
+            when = req["due_at"].isoformat()
+            if breached:
+                msg = f"Request {req['id']} (external id {req['external_id']}) is PAST its due date {when}"
+            else:
+                left = req["due_at"] - now
+                msg = (
+                    f"Request {req['id']} (external id {req['external_id']}) is due {when} "
+                    f"(in {left.days} d {left.seconds // 3600} h)"
+                )
+            msg += f"; blocking targets: {names}" if blocking else "; no tasks exist yet"
+            if raise_team_alert(
+                cur,
+                catalog,
+                team=team,
+                dedupe_key=f"{kind}:{req['id']}",
+                kind=kind,
+                message=msg,
+                request_id=req["id"],
+                details={
+                    "external_id": req["external_id"],
+                    "jurisdiction": req["jurisdiction"],
+                    "status": req["status"],
+                    "due_at": when,
+                    "blocking_targets": [
+                        {**b, "owner": _owner(catalog, _target(catalog, b["target"]))} for b in blocking
+                    ],
+                },
+            ):
+                result.sla_alerts += 1
+
+
+def reconcile(
+    dsn: str | None = None,
+    catalog: Catalog | None = None,
+    *,
+    now: datetime | None = None,
+    sla_warn_days: float | None = None,
+    notifiers: Mapping[str, Notifier] | None = None,
+    steps: Collection[str] = STEPS,
+    batch: int = DEFAULT_BATCH,
+) -> ReconcileResult:
+    """Run the given ``steps`` (default: all, in order) once.
+
+    ``now`` may be given (tests simulate time passing); default: the current UTC time.
+    """
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"reconcile steps: unknown step(s) {unknown} (known: {list(STEPS)})")
+    catalog = catalog or load_catalog()
+    now = now or _utcnow()
+    if now.tzinfo is None:
+        raise ValueError("reconcile now: must be timezone-aware (UTC)")
+    warn = sla_warn_days_from_env() if sla_warn_days is None else sla_warn_days
+    result = ReconcileResult()
+    if "replay" in steps:
+        replay_unacked(dsn, catalog, now, result, batch)
+    if "retry" in steps:
+        retry_or_escalate(dsn, catalog, now, result, batch)
+    if "recompute" in steps:
+        recompute_requests(dsn, result)
+    if "sla" in steps:
+        check_sla(dsn, catalog, now, result, warn, batch)
+    if "deliver" in steps:
+        merge_delivery(result, deliver_pending(dsn, notifiers=notifiers))
+    log.info("reconcile: %s", {k: v for k, v in result.as_dict().items() if v})
+    return result
+
+
+def merge_delivery(result: ReconcileResult, delivery: DeliveryResult) -> ReconcileResult:
+    result.alerts_sent += delivery.sent
+    result.alerts_failed += delivery.failed
+    result.errors.extend(delivery.errors)
+    return result
