@@ -1,0 +1,273 @@
+"""End to end: the canary creates synthetic subjects with data in every catalog target, they are erased
+by the real pipeline functions, and the canary verifies every target no longer holds them.
+
+Everything is real: HTTP partner services (aiohttp, own SQLite stores) on free ports, the Kafka partners
+consuming real Kafka topics (unique per test) and acknowledging, Delta tables written and erased by
+Spark, the HR directory in Postgres, the tracking store in the session's own database. The pipeline
+steps are the functions the DAGs call (dispatch, outbox, ack consumer, warehouse, reconcile).
+
+Test 2: one partner answers deletes like a real one but keeps the data (``silent_delete_failure``):
+the request completes, yet the canary's lookup still finds the subject, records ``fail`` for that
+target and alerts the partner's owning team.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from erasure import canary
+from erasure.catalog import Catalog, load_catalog
+from erasure.db import transaction
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_PARTNER = "erasure.partners.kafka_partner"
+
+
+@dataclass
+class World:
+    catalog: Catalog
+    partners: dict[str, Any] = field(default_factory=dict)  # target -> PartnerServer
+    partners_urls: dict[str, str] = field(default_factory=dict)
+    kafka_stop: list[Any] = field(default_factory=list)
+    events_topic: str | None = None
+    acks_topic: str | None = None
+
+
+def _catalog(
+    tmp: Path, urls: dict[str, str], events: str | None, acks: str | None, only: set[str] | None
+) -> Catalog:
+    """The demo catalog, pointed at this test's partners, topics and warehouse directory."""
+    data = load_catalog(ROOT / "include" / "catalog").model_dump()
+    targets = []
+    for t in data["targets"]:
+        if only is not None and t["name"] not in only:
+            continue
+        t = dict(t)
+        t["retry_backoff_minutes"] = 0.001
+        if t["kind"] == "sync_api":
+            t["sync_api"] = {**t["sync_api"], "base_url": urls[t["name"]], "max_retries": 1, "timeout_s": 5}
+        elif t["kind"] == "kafka":
+            t["kafka"] = {**t["kafka"], "topic": events, "ack_topic": acks, "lookup_url": urls[t["name"]]}
+        elif t["kind"] == "warehouse_delta":
+            t["warehouse_delta"] = {
+                **t["warehouse_delta"],
+                "path": str(tmp / "warehouse" / t["warehouse_delta"]["path"]),
+            }
+        targets.append(t)
+    data["targets"] = targets
+    return Catalog.model_validate(data)
+
+
+def _start_kafka_partners(world: World, bootstrap: str) -> None:
+    """Run the Kafka partners of the catalog (module of the Kafka helper) on this test's topics."""
+    mod = __import__(KAFKA_PARTNER, fromlist=["*"])
+    for t in world.catalog.of_kind("kafka"):
+        stop = threading.Event()
+        runner = getattr(mod, "run_in_thread", None)
+        if runner is not None:
+            handle = runner(
+                t, world.catalog, bootstrap=bootstrap, stop=stop, http_url=world.partners_urls[t.name]
+            )
+            world.kafka_stop.append(handle)
+        else:
+            th = threading.Thread(target=mod.run, args=(t, world.catalog), kwargs={"stop": stop}, daemon=True)
+            th.start()
+            world.kafka_stop.append(stop)
+
+
+@pytest.fixture
+def world_factory(tmp_path: Path, kafka_bootstrap: str, unique_topic, monkeypatch) -> Iterator[Any]:
+    from erasure.partners.http_service import PartnerServer
+
+    made: list[World] = []
+
+    def make(only: set[str] | None = None, with_kafka: bool = True) -> World:
+        base = load_catalog(ROOT / "include" / "catalog")
+        names = [t.name for t in base.targets if t.enabled and (only is None or t.name in only)]
+        servers: dict[str, Any] = {}
+        for t in base.targets:
+            if t.name not in names or t.kind not in ("sync_api", "kafka"):
+                continue
+            spec = t.sync_api
+            kw = (
+                {
+                    "delete_path": spec.delete_path,
+                    "lookup_path": spec.lookup_path,
+                    "create_path": spec.create_path,
+                }
+                if spec
+                else {}
+            )
+            servers[t.name] = PartnerServer(t.name, tmp_path / "partners" / f"{t.name}.db", **kw).start()
+        events = unique_topic("canary.events", 3) if with_kafka else None
+        acks = unique_topic("canary.acks", 1) if with_kafka else None
+        cat = _catalog(tmp_path, {n: s.url for n, s in servers.items()}, events, acks, set(names))
+        w = World(cat, servers, {n: s.url for n, s in servers.items()}, events_topic=events, acks_topic=acks)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        for h in w.kafka_stop:
+            for m in ("set", "stop", "close"):
+                if hasattr(h, m):
+                    getattr(h, m)()
+                    break
+        for s in w.partners.values():
+            s.close()
+
+
+def _run_pipeline(world: World, dsn: str, bootstrap: str, spark: Any | None, rounds: int = 6) -> None:
+    """What the scheduled DAGs do, in order, until every request is finished."""
+    from erasure import dispatch, outbox, reconcile, warehouse
+
+    cat = world.catalog
+    for i in range(rounds):
+        for t in [*cat.of_kind("sync_api"), *cat.of_kind("postgres_table")]:
+            for b in dispatch.plan_batches(dsn, cat, t.name):
+                dispatch.run_batch(
+                    dsn, cat, t.name, b["task_ids"], claim_key=f"e2e/{i}/{t.name}/{b['batch']}"
+                )
+        if cat.of_kind("kafka"):
+            outbox.enqueue_due(dsn, cat)
+            outbox.publish_pending(dsn, bootstrap)
+            time.sleep(1.0)  # the partners consume, erase and acknowledge
+            outbox.consume_acks(
+                dsn, bootstrap, catalog=cat, group_id=f"e2e-acks-{world.acks_topic}", max_seconds=20
+            )
+        if spark is not None and cat.of_kind("warehouse_delta"):
+            warehouse.erase_warehouse(spark, cat, dsn, run_id=f"e2e-{i}")
+        reconcile.reconcile(dsn, cat)
+        with transaction(dsn) as cur:
+            cur.execute(
+                "SELECT count(*) AS n FROM erasure.request WHERE status IN ('received', 'in_progress')"
+            )
+            if cur.fetchone()["n"] == 0:
+                return
+
+
+def _requests(dsn: str) -> list[dict[str, Any]]:
+    with transaction(dsn) as cur:
+        cur.execute(
+            """SELECT r.id, r.subject_id, r.status, r.is_canary, r.source,
+                      json_object_agg(t.target, t.status) AS tasks
+                 FROM erasure.request r JOIN erasure.task t ON t.request_id = r.id GROUP BY r.id ORDER BY r.id"""
+        )
+        return [dict(r) for r in cur.fetchall()]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec(KAFKA_PARTNER) is None, reason=f"{KAFKA_PARTNER} not available yet"
+)
+def test_canary_seeds_every_target_and_verifies_erasure(
+    tracking_db, spark, kafka_bootstrap, world_factory, tmp_path
+):
+    from erasure import warehouse_gen
+
+    dsn = tracking_db
+    world = world_factory()
+    cat = world.catalog
+    warehouse_gen.generate_tables(spark, cat, rows="tiny")
+    _start_kafka_partners(world, kafka_bootstrap)
+
+    t0 = datetime.now(UTC)
+    seeded = canary.seed_subjects(
+        dsn, cat, subject_types=["customer", "employee"], delay=timedelta(seconds=2), now=t0
+    )
+    appended = canary.seed_warehouse(spark, dsn, cat)
+    ids = {s["subject_id"]: s["subject_type"] for s in seeded}
+    assert sorted(ids.values()) == ["customer", "employee"]
+    assert appended == {t.name: 1 for t in cat.of_kind("warehouse_delta")}
+
+    # every target of each subject type holds the canary's data now
+    with transaction(dsn) as cur:
+        cur.execute("SELECT subject_id, count(*) AS n FROM erasure.canary_check GROUP BY subject_id")
+        checks = {r["subject_id"]: r["n"] for r in cur.fetchall()}
+    for sid, st in ids.items():
+        assert checks[sid] == len(cat.targets_for(st))
+    assert not canary.ready_to_verify(dsn, cat)
+
+    # not requested before the delay, then through the normal intake
+    assert canary.file_requests(dsn, cat, now=t0 + timedelta(seconds=1)) == []
+    filed = canary.file_requests(dsn, cat, now=t0 + timedelta(seconds=3))
+    assert {f["subject_id"] for f in filed} == set(ids)
+    assert canary.file_requests(dsn, cat, now=t0 + timedelta(seconds=4)) == []  # idempotent
+    reqs = _requests(dsn)
+    assert all(r["is_canary"] and r["source"] == "canary" for r in reqs)
+
+    # nothing to verify while the requests are open
+    early = canary.verify_subjects(dsn, cat, spark=spark)
+    assert [r.result for r in early] == [None, None]
+
+    _run_pipeline(world, dsn, kafka_bootstrap, spark)
+    assert [r["status"] for r in _requests(dsn)] == ["completed", "completed"], _requests(dsn)
+
+    results = canary.verify_subjects(dsn, cat, spark=spark)
+    assert {r.subject_id: r.result for r in results} == {sid: "pass" for sid in ids}, [
+        r.as_dict() for r in results
+    ]
+    kinds = {c.kind for r in results for c in r.checks}
+    assert kinds == {"sync_api", "kafka", "warehouse_delta", "postgres_table"}
+    with transaction(dsn) as cur:
+        cur.execute("SELECT target, passed, detail FROM erasure.canary_check ORDER BY subject_id, target")
+        rows = cur.fetchall()
+        cur.execute("SELECT count(*) AS n FROM erasure.alert")
+        assert cur.fetchone()["n"] == 0
+    assert rows and all(r["passed"] is True for r in rows), rows
+    # a second verification run changes nothing
+    assert canary.verify_subjects(dsn, cat, spark=spark) == []
+
+
+def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_factory, monkeypatch):
+    """Sync + Postgres targets only (fast); crm_contacts claims deletes but keeps the data."""
+    dsn = tracking_db
+    world = world_factory(
+        only={"crm_contacts", "billing_profiles", "support_desk", "hr_directory"}, with_kafka=False
+    )
+    cat = world.catalog
+    world.partners["crm_contacts"].service.faults.update({"silent_delete_failure": True})
+
+    t0 = datetime.now(UTC)
+    (seeded,) = canary.seed_subjects(dsn, cat, delay=timedelta(0), now=t0)
+    sid = seeded["subject_id"]
+    assert sid.startswith("canary_")
+    assert sorted(seeded["seeded"]) == ["billing_profiles", "crm_contacts", "support_desk"]
+    canary.file_requests(dsn, cat, now=t0)
+    _run_pipeline(world, dsn, "", None)
+    (req,) = _requests(dsn)
+    assert req["status"] == "completed"  # the pipeline believes the partner
+    assert req["tasks"]["crm_contacts"] == "succeeded"
+
+    (res,) = canary.verify_subjects(dsn, cat)
+    assert res.result == "fail"
+    outcome = {c.target: c.outcome for c in res.checks}
+    assert outcome == {"crm_contacts": "fail", "billing_profiles": "pass", "support_desk": "pass"}
+    with transaction(dsn) as cur:
+        cur.execute("SELECT target, passed, detail FROM erasure.canary_check WHERE subject_id=%s", (sid,))
+        checks = {r["target"]: r for r in cur.fetchall()}
+        cur.execute("SELECT result, verified_at FROM erasure.canary_subject WHERE subject_id=%s", (sid,))
+        subj = cur.fetchone()
+        cur.execute("SELECT kind, team, channel, target, message FROM erasure.alert")
+        alerts = cur.fetchall()
+    assert checks["crm_contacts"]["passed"] is False and "200" in checks["crm_contacts"]["detail"]
+    assert checks["billing_profiles"]["passed"] is True
+    assert subj["result"] == "fail" and subj["verified_at"] is not None
+    assert [(a["kind"], a["team"], a["target"]) for a in alerts] == [("canary_failed", "crm", "crm_contacts")]
+    assert cat.team("crm").channel == alerts[0]["channel"]
+
+    # re-running verification neither re-checks nor alerts again
+    assert canary.verify_subjects(dsn, cat) == []
+    with transaction(dsn) as cur:
+        cur.execute("SELECT count(*) AS n FROM erasure.alert")
+        assert cur.fetchone()["n"] == 1
