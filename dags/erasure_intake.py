@@ -111,9 +111,7 @@ def erasure_intake():
         from erasure.intake import register_requests, requests_from_conf
 
         try:
-            requests = requests_from_conf(
-                dict(context["params"]), context["dag_run"].conf or {}, list(PARAMS)
-            )
+            requests = requests_from_conf(dict(context["dag_run"].conf or {}), list(PARAMS))
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         result = register_requests(

@@ -341,6 +341,8 @@ def field_schemas(catalog: Catalog) -> dict[str, dict[str, Any]]:
     request is checked as "matches some subject type's pattern"; the batch form checks it per type).
     """
     id_patterns = "|".join(f"(?:{s.id_pattern})" for s in catalog.subject_types) or "^$"
+    # Python's `$` also matches before a final newline: refuse control characters explicitly.
+    no_ctl = {"not": {"type": "string", "pattern": r"[\u0000-\u001f\u007f-\u009f]"}}
     return {
         "subject_type": {"type": "string", "enum": [s.name for s in catalog.subject_types]},
         "subject_id": {
@@ -348,18 +350,21 @@ def field_schemas(catalog: Catalog) -> dict[str, dict[str, Any]]:
             "minLength": 1,
             "maxLength": MAX_LEN["subject_id"],
             "pattern": id_patterns,
+            **no_ctl,
         },
         "external_id": {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_LEN["external_id"],
             "pattern": EXTERNAL_ID_PATTERN,
+            **no_ctl,
         },
         "requested_by": {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_LEN["requested_by"],
             "pattern": REQUESTED_BY_PATTERN,
+            **no_ctl,
         },
         "reason": {
             "type": "string",
@@ -682,16 +687,16 @@ def ingest_pending(
 # -- helpers for the DAGs (plain data in, plain data out) ----------------------------------------
 
 
-def requests_from_conf(params: dict[str, Any], conf: dict[str, Any], declared: list[str]) -> list[Any]:
+def requests_from_conf(conf: dict[str, Any], declared: list[str]) -> list[Any]:
     """The request list of one ``erasure_intake`` run: the ``requests`` batch or the single request.
 
-    ``params`` are the run's resolved params, ``conf`` the raw trigger conf, ``declared`` the param
-    names. In single mode, undeclared conf keys become part of the request (and get it rejected as an
-    unknown field). Raises ``ValueError`` (nothing is written) when the conf has no request, or mixes
-    the batch with single-request fields.
+    ``conf`` is the run's trigger conf (already validated against the Params by Airflow), ``declared``
+    the param names. In single mode, undeclared conf keys become part of the request (and get it
+    rejected as an unknown field). Raises ``ValueError`` (nothing is written) when the conf has no
+    request, or mixes the batch with single-request fields.
     """
-    batch = params.get("requests")
-    single = {k: params[k] for k in FIELDS if params.get(k) is not None}
+    batch = conf.get("requests")
+    single = {k: conf[k] for k in FIELDS if conf.get(k) is not None}
     extra = {k: v for k, v in conf.items() if k not in declared}
     if batch:
         if single or extra:
