@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 INTAKE_DAG = "erasure_intake"
 PIPELINE_DAGS = ("erasure_dispatch", "erasure_reconcile", "erasure_warehouse", "erasure_event_dataset")
+WORK_DAGS = ("erasure_dispatch", "erasure_warehouse")  # each round: these (and any other erasure DAG), then
+SETTLE_DAGS = ("erasure_reconcile",)  # reconcile; at the end the event dataset
+FINAL_DAGS = ("erasure_event_dataset",)
+NOT_DRIVEN = ("erasure_intake", "erasure_intake_scheduled", "erasure_canary", "erasure_smoke")
 CANARY_DAG = "erasure_canary"
 
 FIRST = [
@@ -285,6 +289,7 @@ class Demo:
         self.runs: list[tuple[str, str, str, float]] = []
         self._spark: SparkSession | None = None
         self.canary_subjects: list[str] = []
+        self.work_dags: list[str] = list(WORK_DAGS)
 
     # ---------------------------------------------------------------- helpers
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
@@ -332,7 +337,15 @@ class Demo:
             raise SystemExit(f"Airflow API at {self.api.base_url} is not healthy: run scripts/stack.sh up")
         for dag_id in (INTAKE_DAG, *PIPELINE_DAGS, *((CANARY_DAG,) if self.cfg.canary else ())):
             self.api.wait_for_dag(dag_id, timeout=180)
-        self.out.info(f"DAGs parsed: {INTAKE_DAG}, {', '.join(PIPELINE_DAGS)}")
+        r = self.api.request("GET", "/dags", params={"tags": "erasure", "limit": 100})
+        r.raise_for_status()
+        found = {d["dag_id"] for d in r.json()["dags"]}
+        extra = sorted(found - set(PIPELINE_DAGS) - set(NOT_DRIVEN))
+        self.work_dags = [*WORK_DAGS, *extra]
+        self.out.info(
+            f"DAGs parsed: {INTAKE_DAG}, {', '.join(PIPELINE_DAGS)}"
+            + (f", {', '.join(extra)}" if extra else "")
+        )
         for t, base in self._http_targets():
             deadline = time.monotonic() + 60
             while True:
@@ -385,7 +398,28 @@ class Demo:
         )
         for p in self.people:
             self.out.info(f"{p.subject_type:<8} {p.subject_id:<22} {p.name:<20} {p.email:<34} ({p.role})")
-        # partners (sync APIs and Kafka consumers' stores)
+        # partners (sync APIs and Kafka consumers' stores): the customer population of the warehouse
+        # tables (cus_00000000 ...) as background, once, then the demo people
+        population = max(100, self.cfg.warehouse_rows // 10)
+        for t, base in self._http_targets():
+            stats = self.http.get(base + "/admin/stats")
+            if (
+                "customer" in t.subject_types
+                and stats.status_code == 200
+                and stats.json().get("subjects", 0) < population
+            ):
+                r = self.http.post(
+                    base + "/admin/seed",
+                    json={
+                        "prefix": "cus_",
+                        "count": population,
+                        "start": 0,
+                        "data": {"source": "demo background"},
+                    },
+                    timeout=120,
+                )
+                r.raise_for_status()
+                self.out.info(f"{t.name}: {population:,} background customer records")
         for t, base in self._http_targets():
             for p in self.people:
                 if p.subject_type not in t.subject_types:
@@ -425,6 +459,13 @@ class Demo:
                 (schema or "public", name),
             )
             cols = {r["column_name"] for r in cur.fetchall()}
+            if {spec.key_column, "name"} <= cols and spec.key_column == "employee_id":
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (employee_id, name) SELECT 'emp_' || lpad(i::text, 6, '0'), 'Employee ' || i "
+                        "FROM generate_series(1, 250) i ON CONFLICT DO NOTHING"
+                    ).format(sql.Identifier(*(spec.table.split("."))))
+                )
             for p in people:
                 row = {
                     spec.key_column: p.subject_id,
@@ -681,15 +722,15 @@ class Demo:
 
     def drive(self) -> None:
         self.out.step("unpausing the pipeline DAGs and triggering them until every request is finished")
-        for d in PIPELINE_DAGS:
+        for d in [*self.work_dags, *SETTLE_DAGS, *FINAL_DAGS]:
             self.api.unpause(d)
         self.inject_outage()
         deadline = time.monotonic() + self.cfg.timeout_min * 60
         rnd = 0
         while True:
             rnd += 1
-            self._trigger_and_wait(["erasure_dispatch", "erasure_warehouse"])
-            self._trigger_and_wait(["erasure_reconcile"])
+            self._trigger_and_wait(self.work_dags)
+            self._trigger_and_wait(SETTLE_DAGS)
             reqs = [r for r in self.demo_requests() if r["status"] != "rejected"]
             open_ = [r for r in reqs if r["status"] in ("received", "in_progress")]
             done = [r for r in reqs if r["status"] in ("completed", "failed")]
@@ -725,7 +766,7 @@ class Demo:
             else:
                 time.sleep(5)  # acks from Kafka partners / warehouse stages in flight
         self.out.step("building the Delta event dataset")
-        self._trigger_and_wait(["erasure_event_dataset"])
+        self._trigger_and_wait(FINAL_DAGS)
 
     # ---------------------------------------------------------------- canary
     def canary_start(self) -> None:
