@@ -3,6 +3,8 @@
 db upgrade|downgrade     apply / roll back tracking-store migrations
 kafka-topics             create the pipeline's topics
 catalog validate [PATH]  validate a catalog file or directory
+intake submit|ingest     register requests / the intake table's pending rows (see erasure.intake_cli)
+hold place|release|list|recheck   legal holds
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     # issue 4 (sync dispatch): per-target Airflow pools generated from the catalog
     pools = sub.add_parser("pools", help="print per-target Airflow pools as JSON (airflow pools import)")
     pools.add_argument("--catalog", default=None)
+    # issue 3 (intake): intake submit|ingest, hold place|release|list|recheck
+    from erasure.intake_cli import add_parsers as add_intake_parsers
+
+    add_intake_parsers(sub)
     args = parser.parse_args(argv)
 
     if args.cmd == "db":
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types"
         )
+    elif args.cmd in ("intake", "hold"):  # issue 3
+        from erasure.intake_cli import run as run_intake_command
+
+        return run_intake_command(args)
     return 0
 
 
