@@ -443,3 +443,53 @@ def test_triggered_dag_under_dag_test_single_and_batch(tracking_db, catalog):
         q(tracking_db, "SELECT count(*) AS n FROM erasure.request WHERE subject_id = 'cus_dagt04'")[0]["n"]
         == 0
     )
+
+
+def test_cli_submit_and_holds(tracking_db, tmp_path, capsys):
+    from erasure.cli import main
+
+    assert (
+        main(["hold", "place", "--subject", "customer:cus_cli001", "--reason", "litigation", "--by", "dpo"])
+        == 0
+    )
+    assert "placed on customer:cus_cli001" in capsys.readouterr().out
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps([req("cus_cli001"), req("cus_cli002"), req("cus_cli002"), req("nope")]))
+    assert main(["intake", "submit", "--file", str(batch)]) == 2  # one rejected
+    out = capsys.readouterr().out
+    assert "received=4 registered=2 (held=1) duplicates=1 rejected=1" in out and "REJECTED request #3" in out
+    assert main(["hold", "list"]) == 0 and "held requests: 1" in capsys.readouterr().out
+    assert main(["hold", "release", "--subject", "customer:cus_cli001", "--by", "dpo"]) == 0
+    assert "requests released: [" in capsys.readouterr().out
+    assert main(["hold", "place", "--subject", "customer", "--reason", "x", "--by", "dpo"]) == 1
+    assert "--subject: expected TYPE:ID" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "intake",
+                "submit",
+                "--subject-type",
+                "customer",
+                "--subject-id",
+                "cus_cli003",
+                "--requested-by",
+                "me",
+            ]
+        )
+        == 0
+    )
+    q(
+        tracking_db,
+        "INSERT INTO erasure.intake (subject_type, subject_id, requested_by) VALUES ('customer', 'cus_cli004', 'x')",
+    )
+    assert main(["intake", "ingest"]) == 0 and "registered=1" in capsys.readouterr().out
+    statuses = {
+        r["subject_id"]: (r["status"], r["source"])
+        for r in q(tracking_db, "SELECT subject_id, status, source FROM erasure.request")
+    }
+    assert statuses == {
+        "cus_cli001": ("in_progress", "cli"),
+        "cus_cli002": ("in_progress", "cli"),
+        "cus_cli003": ("in_progress", "cli"),
+        "cus_cli004": ("in_progress", "intake_table"),
+    }
