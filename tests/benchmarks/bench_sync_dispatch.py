@@ -1,0 +1,238 @@
+"""Benchmark (issue 4): N subjects x T sync targets through the pipeline's dispatch path vs a bare
+asyncio script making the same DELETE calls against the same partner servers, same concurrency.
+
+Run (default N=2000, T=5, ~1 min)::
+
+    .local/venv/bin/python -m pytest tests/benchmarks/bench_sync_dispatch.py -q -s
+
+Full size (the goal: pipeline >= 0.7x the bare script at N=10,000, T=5)::
+
+    BENCH_SYNC_N=10000 .local/venv/bin/python -m pytest tests/benchmarks/bench_sync_dispatch.py -q -s
+
+Knobs: ``BENCH_SYNC_N``, ``BENCH_SYNC_T``, ``BENCH_SYNC_CONCURRENCY`` (per batch, default 16),
+``BENCH_SYNC_POOL_SLOTS`` (batches per target at once, default 2), ``BENCH_SYNC_BATCH`` (500),
+``BENCH_SYNC_ROUNDS`` (1; rounds alternate which side goes first, the best of each side is reported).
+
+Setup: the T partners run in ONE separate process (``python -m erasure.partners.run``, as the stack
+runs them), seeded with the N subjects before each side.
+
+* **pipeline**: for every target, ``plan_batches`` then ``run_batch`` per batch — claim in Postgres,
+  async deletes with the catalog's retry policy, every outcome written to ``erasure.task`` through
+  ``transition_task`` — with at most ``pool_slots`` batches of a target at a time (what the Airflow
+  pool allows), all targets in parallel, batches in threads of one process (conservative: Airflow runs
+  each mapped instance in its own process). Airflow's own scheduling overhead per task instance is not
+  included; the measured path is everything our code does per subject.
+* **bare**: one asyncio loop, per target ``concurrency x pool_slots`` calls in flight over one
+  aiohttp session, no retries and no bookkeeping.
+
+Both throughputs (deletes/s) and their ratio go to ``.local/bench/sync_dispatch.json``; no assertion
+on time (the figures depend on the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+import yaml
+
+from erasure.catalog import load_catalog
+from erasure.dispatch import plan_batches, run_batch
+from tests.helpers.sync_fixtures import create_requests, query
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
+
+N = int(os.environ.get("BENCH_SYNC_N", "2000"))
+T = int(os.environ.get("BENCH_SYNC_T", "5"))
+CONCURRENCY = int(os.environ.get("BENCH_SYNC_CONCURRENCY", "16"))
+POOL_SLOTS = int(os.environ.get("BENCH_SYNC_POOL_SLOTS", "2"))
+BATCH = int(os.environ.get("BENCH_SYNC_BATCH", "500"))
+ROUNDS = int(os.environ.get("BENCH_SYNC_ROUNDS", "1"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_catalog(path: Path, urls: dict[str, str]) -> None:
+    targets = [
+        {
+            "name": name,
+            "kind": "sync_api",
+            "owner": "bench",
+            "subject_types": ["customer"],
+            "identity_key": "customer_id",
+            "sync_api": {
+                "base_url": url,
+                "batch_size": BATCH,
+                "concurrency": CONCURRENCY,
+                "pool_slots": POOL_SLOTS,
+                "timeout_s": 30,
+            },
+        }
+        for name, url in urls.items()
+    ]
+    data = {
+        "version": 1,
+        "pipeline_owner": "bench",
+        "subject_types": [{"name": "customer"}],
+        "teams": [{"name": "bench"}],
+        "targets": targets,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _seed(urls: dict[str, str], subjects: list[str]) -> None:
+    for url in urls.values():
+        httpx.post(f"{url}/admin/seed", json={"subject_ids": subjects}, timeout=120).raise_for_status()
+
+
+async def _bare(urls: dict[str, str], subjects: list[str]) -> dict[int, int]:
+    """The baseline: every DELETE, per target ``CONCURRENCY * POOL_SLOTS`` in flight, nothing else."""
+    statuses: dict[int, int] = {}
+    per_target = CONCURRENCY * POOL_SLOTS
+
+    async def target(url: str) -> None:
+        conn = aiohttp.TCPConnector(limit=per_target, limit_per_host=per_target)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
+            it = iter(subjects)
+
+            async def worker() -> None:
+                for sid in it:
+                    async with s.delete(
+                        f"{url}/subjects/{sid}", headers={"Idempotency-Key": f"bare-{sid}"}
+                    ) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+
+            await asyncio.gather(*(worker() for _ in range(per_target)))
+
+    await asyncio.gather(*(target(u) for u in urls.values()))
+    return statuses
+
+
+def _pipeline(dsn: str, catalog_path: Path, names: list[str], run_id: str) -> dict[str, int]:
+    """The dispatch path: plan + run_batch per batch, pool_slots batches per target at a time."""
+    catalog = load_catalog(catalog_path)
+    slots = {n: threading.Semaphore(POOL_SLOTS) for n in names}
+    totals: dict[str, int] = {"succeeded": 0, "failed": 0, "claimed": 0}
+    lock = threading.Lock()
+
+    def one(name: str, batch: dict) -> None:
+        with slots[name]:
+            s = run_batch(
+                dsn, catalog, name, batch["task_ids"], claim_key=f"{run_id}/{name}/{batch['batch']}"
+            )
+        with lock:
+            for k in totals:
+                totals[k] += getattr(s, k)
+
+    plans = {n: plan_batches(dsn, catalog, n) for n in names}
+    jobs = [(n, b) for n in names for b in plans[n]]
+    # interleave targets so every target starts at once (like the scheduler filling each pool)
+    jobs.sort(key=lambda j: j[1]["batch"])
+    with ThreadPoolExecutor(max_workers=len(names) * POOL_SLOTS) as ex:
+        for f in [ex.submit(one, n, b) for n, b in jobs]:
+            f.result()
+    return totals
+
+
+def test_bench_sync_dispatch(pg_dsn, tmp_path):
+    names = [f"bench_{i}" for i in range(T)]
+    ports = {n: _free_port() for n in names}
+    urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+    cat_path = tmp_path / "catalog.yaml"
+    _write_catalog(cat_path, urls)
+    index = _free_port()
+    log = (tmp_path / "partners.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "erasure.partners.run", "--catalog", str(cat_path),
+         "--data-dir", str(tmp_path / "partners"), "--index-port", str(index)],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{index}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "partners did not start"
+            time.sleep(0.2)
+
+        subjects = [f"cus_{i:08d}" for i in range(N)]
+        calls = N * T
+        bare_best = pipe_best = float("inf")
+        bare_status: dict[int, int] = {}
+        pipe_totals: dict[str, int] = {}
+        for rnd in range(ROUNDS):
+            # alternate which side goes first, so neither always meets a fresher partner store
+            for side in ("bare", "pipeline") if rnd % 2 == 0 else ("pipeline", "bare"):
+                _seed(urls, subjects)
+                if side == "bare":
+                    t0 = time.perf_counter()
+                    bare_status = asyncio.run(_bare(urls, subjects))
+                    bare_best = min(bare_best, time.perf_counter() - t0)
+                    assert bare_status.get(200) == calls, bare_status
+                    continue
+                query(pg_dsn, "TRUNCATE erasure.request, erasure.task, erasure.event_log CASCADE")
+                create_requests(pg_dsn, subjects, [(n, "sync_api") for n in names])
+                query(pg_dsn, "ANALYZE erasure.task")
+                t0 = time.perf_counter()
+                pipe_totals = _pipeline(pg_dsn, cat_path, names, f"bench{rnd}")
+                pipe_best = min(pipe_best, time.perf_counter() - t0)
+                assert pipe_totals["succeeded"] == calls, pipe_totals
+                done = query(pg_dsn, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
+                assert done == calls
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+    result = {
+        "benchmark": "sync_dispatch",
+        "subjects": N,
+        "targets": T,
+        "calls": calls,
+        "concurrency_per_batch": CONCURRENCY,
+        "pool_slots": POOL_SLOTS,
+        "in_flight_per_target": CONCURRENCY * POOL_SLOTS,
+        "batch_size": BATCH,
+        "rounds": ROUNDS,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "bare_seconds": round(bare_best, 3),
+        "bare_deletes_per_s": round(calls / bare_best, 1),
+        "pipeline_seconds": round(pipe_best, 3),
+        "pipeline_deletes_per_s": round(calls / pipe_best, 1),
+        "ratio_pipeline_vs_bare": round(bare_best / pipe_best, 3),
+        "goal_ratio": 0.7,
+        "goal_size": "N=10000, T=5",
+        "pipeline_totals": pipe_totals,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = ROOT / ".local" / "bench" / "sync_dispatch.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
