@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
+from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
 from erasure.catalog import load_catalog
 
 CATALOG = load_catalog()
@@ -51,6 +52,7 @@ Failed subjects get `attempts + 1` and `next_attempt_at` from the target's `retr
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
+    deadline=run_deadline(timedelta(minutes=5)),  # issue 6: alert if a run is not done in time
     doc_md=DOC,
     tags=["erasure", "dispatch"],
     default_args={"owner": "privacy-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
+
 DOC = """
 ### erasure_intake_scheduled
 Every 5 minutes:
@@ -31,6 +33,7 @@ Rejected rows do not fail the run (upstream reads them from the intake table); a
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    deadline=run_deadline(timedelta(minutes=5)),  # issue 6: alert if a run is not done in time
     dagrun_timeout=timedelta(minutes=30),
     doc_md=DOC,
     tags=["erasure", "intake", "legal-hold"],
