@@ -170,7 +170,7 @@ class Submission:
 @dataclass
 class DemoConfig:
     customers: int = 6
-    warehouse_rows: int = 300_000
+    warehouse_rows: int = 200_000
     timeout_min: float = 12.0
     outage_target: str = "billing_profiles"
     outage_seconds: int = 45
@@ -1220,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warehouse-rows",
         type=int,
-        default=300_000,
+        default=200_000,
         help="rows of the generated warehouse tables (first run)",
     )
     ap.add_argument(
