@@ -679,8 +679,8 @@ class Demo:
         return {"registered": regs, "rejected": rej}
 
     # ---------------------------------------------------------------- 4. drive the pipeline
-    def demo_requests(self) -> list[dict[str, Any]]:
-        ids = [p.subject_id for p in self.people]
+    def demo_requests(self, with_canaries: bool = False) -> list[dict[str, Any]]:
+        ids = [p.subject_id for p in self.people] + (self.canary_subjects if with_canaries else [])
         with transaction(self.dsn) as cur:
             cur.execute(
                 """SELECT r.id, r.external_id, r.subject_type, r.subject_id, r.jurisdiction, r.status, r.status_reason,
@@ -742,17 +742,23 @@ class Demo:
             rnd += 1
             self._trigger_and_wait(self.work_dags)
             self._trigger_and_wait(SETTLE_DAGS)
-            reqs = [r for r in self.demo_requests() if r["status"] != "rejected"]
-            open_ = [r for r in reqs if r["status"] in ("received", "in_progress")]
+            everything = self.demo_requests(with_canaries=True)
+            reqs = [
+                r
+                for r in everything
+                if r["status"] != "rejected" and r["subject_id"] not in self.canary_subjects
+            ]
+            open_ = [r for r in everything if r["status"] in ("received", "in_progress")]
             done = [r for r in reqs if r["status"] in ("completed", "failed")]
-            waiting = sorted(
-                {
-                    f"{t['target']}:{t['status']}"
-                    for r in open_
-                    for t in r["tasks"]
-                    if t["status"] != "succeeded"
-                }
+            from collections import Counter
+
+            waiting_c = Counter(
+                f"{t['target']} {t['status']}" + (f"/{t['stage']}" if t["stage"] else "")
+                for r in open_
+                for t in r["tasks"]
+                if t["status"] != "succeeded"
             )
+            waiting = [f"{k} x{n}" for k, n in sorted(waiting_c.items())]
             self.out.step(
                 f"round {rnd}: {len(done)}/{len(reqs) - len(self.held_people())} requests finished, "
                 f"{len(self.held_people())} held; open tasks: {', '.join(waiting) or 'none'}"
