@@ -1,0 +1,720 @@
+"""Transactional outbox for Kafka-kind targets: enqueue, publish, consume acknowledgements.
+
+Three idempotent steps, each safe to re-run or to run concurrently:
+
+1. ``enqueue_due``: for every due ``pending`` task of a Kafka target, in ONE transaction, write an
+   ``erasure.outbox`` row (a new event id, the validated event as payload) and move the task
+   ``pending -> awaiting_ack`` (guarded ``transition_task``). Either both happen or neither.
+2. ``publish_pending``: produce every outbox row with ``published_at IS NULL`` (idempotent producer,
+   ``acks=all``, keyed by subject), wait for every delivery report, and mark a row published
+   (``published_at``, partition, offset, ``publish_count + 1``) only after the broker acknowledged it.
+   A failed or missing delivery report raises ``PublishError`` after the delivered rows were marked:
+   nothing is marked that the broker did not take, and the failing rows stay unpublished for the next run.
+3. ``consume_acks``: read ``erasure.acks`` in a bounded poll, record every message in
+   ``erasure.ack_log`` (matched | duplicate | unknown | malformed | mismatch), and for a matched ack set
+   ``outbox.acked_at/ack`` and move the task to ``succeeded`` (erased / not_found) or ``failed``
+   (failed) with the ack as evidence. Unknown and malformed acks are recorded and skipped. Consumer
+   offsets are committed only after the database transaction; a redelivered message (crash between
+   the two) is recognised by ``ack_log``'s unique (topic, partition, offset) and not applied twice.
+
+Replay (issue "reconcile"): re-publishing an event keeps its event id. ``mark_for_replay`` sets
+``published_at = NULL`` on unacked rows (and logs ``event_replayed``); the next ``publish_pending``
+re-sends them with the same id and increments ``publish_count``. ``republish`` does both at once.
+
+Delivery is at-least-once end to end: the idempotent producer removes duplicates caused by its own
+retries (e.g. a broker restart mid-publish), but a publisher that dies after the broker acked and
+before the database commit re-sends the row on its next run. Partners therefore dedupe by event id,
+and the pipeline records a second ack for the same event as ``duplicate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import psycopg2.extras
+
+from erasure.catalog import Catalog, Target
+from erasure.db import transaction
+from erasure.events import SUCCESS_OUTCOMES, SchemaError, new_event, parse_ack, parse_event
+from erasure.tracking.store import transition_task
+
+log = logging.getLogger(__name__)
+
+ACK_GROUP_ID = "erasure-pipeline-acks"
+DEFAULT_ACK_TOPIC = "erasure.acks"
+ANALYZE_AFTER = 1000
+"""Enqueues of at least this many rows refresh the outbox's planner statistics."""
+RAW_LIMIT = 4000
+"""At most this many characters of a malformed ack are kept in ack_log.raw."""
+
+# Settings the publisher always uses, whatever the connection says (the delivery guarantee).
+ENFORCED_PRODUCER_CONFIG: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "queue.buffering.max.messages": 200000,
+    "message.timeout.ms": 300000,  # keep retrying (idempotently) through a broker restart
+    "retry.backoff.ms": 200,
+}
+DEFAULT_CONSUMER_CONFIG: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": True,
+    "session.timeout.ms": 45000,
+}
+
+
+class PublishError(RuntimeError):
+    """At least one outbox row was not acknowledged by the broker; those rows stay unpublished."""
+
+    def __init__(self, failures: list[tuple[str, str]], published: int) -> None:
+        self.failures = failures
+        self.published = published
+        shown = "; ".join(f"{eid}: {err}" for eid, err in failures[:5])
+        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(
+            f"{len(failures)} outbox event(s) were not delivered to Kafka ({published} were): {shown}{more}"
+        )
+
+
+def kafka_client_config(kafka: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A bootstrap string or a full librdkafka config (e.g. an Airflow connection's extra) -> dict."""
+    if isinstance(kafka, str):
+        if not kafka:
+            raise ValueError("kafka: bootstrap servers must not be empty")
+        return {"bootstrap.servers": kafka}
+    cfg = dict(kafka)
+    if not cfg.get("bootstrap.servers"):
+        raise ValueError("kafka config: 'bootstrap.servers' is missing")
+    return cfg
+
+
+def producer_config(kafka: str | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The publisher's producer config: defaults < caller's config < overrides < enforced guarantees."""
+    cfg = {**DEFAULT_PRODUCER_CONFIG, **kafka_client_config(kafka), **overrides, **ENFORCED_PRODUCER_CONFIG}
+    return cfg
+
+
+def kafka_targets(catalog: Catalog, targets: Iterable[str] | None = None) -> list[Target]:
+    """Enabled Kafka-kind targets of the catalog (optionally only the named ones)."""
+    ts = catalog.of_kind("kafka")
+    if targets is not None:
+        wanted = set(targets)
+        unknown = wanted - {t.name for t in ts}
+        if unknown:
+            raise ValueError(f"targets: not enabled kafka targets of the catalog: {sorted(unknown)}")
+        ts = [t for t in ts if t.name in wanted]
+    return ts
+
+
+# ------------------------------------------------------------------------------------ enqueue
+@dataclass
+class EnqueueResult:
+    enqueued: int = 0
+    invalid: int = 0
+    event_ids: list[str] = field(default_factory=list)
+    by_target: dict[str, int] = field(default_factory=dict)
+
+
+def enqueue_due(
+    dsn: str,
+    catalog: Catalog,
+    *,
+    targets: Iterable[str] | None = None,
+    limit: int = 10000,
+    now: datetime | None = None,
+) -> EnqueueResult:
+    """Write an outbox row for each due pending Kafka task and move it to awaiting_ack, atomically.
+
+    Due: task status ``pending``, ``next_attempt_at <= now``, its request open (received or
+    in_progress; a held request is never dispatched). Rows are locked with SKIP LOCKED, so
+    concurrent runs never enqueue a task twice. A task whose event cannot be built (e.g. a subject
+    type the event schema rejects) is moved to ``failed`` with the reason instead of blocking others.
+    """
+    if limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    ts = {t.name: t for t in kafka_targets(catalog, targets)}
+    result = EnqueueResult()
+    if not ts:
+        return result
+    with transaction(dsn) as cur:
+        cur.execute(
+            """
+            SELECT t.id AS task_id, t.target, t.attempts, r.id AS request_id, r.subject_type, r.subject_id
+              FROM erasure.task t
+              JOIN erasure.request r ON r.id = t.request_id
+             WHERE t.kind = 'kafka' AND t.status = 'pending'
+               AND t.next_attempt_at <= COALESCE(%(now)s, now())
+               AND t.target = ANY(%(targets)s)
+               AND r.status IN ('received', 'in_progress')
+             ORDER BY t.next_attempt_at, t.id
+             LIMIT %(limit)s
+               FOR UPDATE OF t SKIP LOCKED
+            """,
+            {"now": now, "targets": list(ts), "limit": limit},
+        )
+        rows = cur.fetchall()
+        outbox_rows = []
+        for row in rows:
+            spec = ts[row["target"]].kafka
+            assert spec is not None
+            try:
+                ev = new_event(
+                    subject_type=row["subject_type"],
+                    subject_id=row["subject_id"],
+                    target=row["target"],
+                    request_id=row["request_id"],
+                    attempt=row["attempts"] + 1,
+                )
+            except SchemaError as exc:
+                transition_task(
+                    cur,
+                    row["task_id"],
+                    "failed",
+                    ("pending",),
+                    last_error=f"cannot build erasure event: {exc}",
+                )
+                result.invalid += 1
+                continue
+            moved = transition_task(
+                cur,
+                row["task_id"],
+                "awaiting_ack",
+                ("pending",),
+                increment_attempts=True,
+                evidence={
+                    "event_id": str(ev.event_id),
+                    "topic": spec.topic,
+                    "enqueued_at": ev.issued_at.isoformat(),
+                },
+            )
+            if not moved:  # cannot happen under the row lock; kept as a guard
+                continue
+            outbox_rows.append(
+                (ev.event_id, row["task_id"], spec.topic, ev.key, ev.to_json(), ev.attempt, ev.issued_at)
+            )
+            result.event_ids.append(str(ev.event_id))
+            result.by_target[row["target"]] = result.by_target.get(row["target"], 0) + 1
+        if outbox_rows:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO erasure.outbox (event_id, task_id, topic, message_key, payload, attempt, created_at) "
+                "VALUES %s",
+                outbox_rows,
+                template="(%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                page_size=1000,
+            )
+        result.enqueued = len(outbox_rows)
+    if result.enqueued >= ANALYZE_AFTER:
+        _analyze(dsn)
+    return result
+
+
+def _analyze(dsn: str) -> None:
+    """Refresh planner statistics after a large enqueue, so the publisher's ordered index scan is chosen
+    at once instead of after autovacuum's next round. Best effort: never waits long for the lock."""
+    from erasure.db import connect
+
+    conn = connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '2s'")
+            cur.execute("ANALYZE erasure.outbox")
+    except Exception as exc:  # statistics are an optimisation only
+        log.info("ANALYZE erasure.outbox skipped: %s", exc)
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------ publish
+@dataclass
+class PublishResult:
+    published: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+_SELECT_UNPUBLISHED = """
+    SELECT o.event_id::text AS event_id, o.topic, o.message_key, o.payload::text AS payload
+      FROM erasure.outbox o
+     WHERE o.published_at IS NULL AND o.acked_at IS NULL
+       AND (SELECT t.status FROM erasure.task t WHERE t.id = o.task_id) = 'awaiting_ack'
+       AND (%(ids)s::uuid[] IS NULL OR o.event_id = ANY(%(ids)s::uuid[]))
+     ORDER BY o.created_at
+     LIMIT %(n)s
+       FOR UPDATE SKIP LOCKED
+"""
+# The task status is a correlated scalar subquery (always a task_pkey lookup) rather than a join: a
+# join's plan flips with stale statistics right after a large enqueue (seen: minutes per batch).
+
+_MARK_PUBLISHED = """
+    UPDATE erasure.outbox o
+       SET published_at = now(), publish_count = o.publish_count + 1,
+           kafka_partition = v.p, kafka_offset = v.o
+      FROM unnest(%s::uuid[], %s::int[], %s::bigint[]) AS v(eid, p, o)
+     WHERE o.event_id = v.eid
+"""
+
+
+@dataclass
+class _Batch:
+    """One batch in flight: its transaction holds the rows' locks until its reports are in."""
+
+    conn: Any
+    rows: list[tuple[str, str, str, str]]
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (event id, topic)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    reports: dict[str, tuple[Any, int, int]] = field(default_factory=dict)
+
+    def on_delivery(self, eid: str, err: Any, msg: Any) -> None:
+        self.reports[eid] = (err, msg.partition(), msg.offset())
+
+
+def publish_pending(
+    dsn: str,
+    kafka: str | Mapping[str, Any],
+    *,
+    limit: int | None = None,
+    batch_size: int = 2000,
+    pipeline_depth: int = 2,
+    flush_timeout_s: float = 330.0,
+    event_ids: Iterable[str | uuid.UUID] | None = None,
+    producer: Any = None,
+) -> PublishResult:
+    """Publish unpublished outbox rows; mark each published only after its delivery report succeeded.
+
+    Batches are pipelined: while a finisher thread waits for batch N's delivery reports and marks
+    its rows (its transaction holds the rows' locks until then), the caller's thread reads and
+    produces batch N+1 on another connection (SKIP LOCKED keeps the batches disjoint).
+
+    Raises ``PublishError`` if any delivery failed or was not reported within ``flush_timeout_s``
+    (rows delivered are marked published; the failed ones stay unpublished for the next run).
+    ``event_ids`` restricts the run to those rows (used by tests and ``republish``).
+    """
+    from confluent_kafka import Producer
+
+    from erasure.db import connect
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if pipeline_depth < 1:
+        raise ValueError(f"pipeline_depth: must be >= 1, got {pipeline_depth}")
+    started = time.monotonic()
+    own_producer = producer is None
+    if own_producer:
+        producer = Producer(producer_config(kafka))
+    ids = [str(e) for e in event_ids] if event_ids is not None else None
+    result = PublishResult()
+    conns: list[Any] = []
+    inflight: deque[tuple[_Batch, Future[None]]] = deque()
+    failures: list[tuple[str, str]] = []
+    selected = 0
+    exhausted = False
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="outbox-finish")
+    try:
+        while True:
+            if not exhausted and not failures and len(inflight) < pipeline_depth:
+                n = batch_size if limit is None else min(batch_size, limit - selected)
+                if n <= 0:
+                    exhausted = True
+                    continue
+                if not conns:
+                    conns.append(connect(dsn))
+                conn = conns.pop()
+                try:
+                    batch = _start_batch(conn, producer, n, ids)
+                except BaseException:
+                    conn.close()
+                    raise
+                selected += len(batch.rows)
+                exhausted = len(batch.rows) < n
+                if not batch.rows:
+                    conn.rollback()
+                    conns.append(conn)
+                    continue
+                fut = finisher.submit(_finish_batch, batch, producer, flush_timeout_s, result)
+                inflight.append((batch, fut))
+                continue
+            if not inflight:
+                break
+            batch, fut = inflight.popleft()
+            fut.result()
+            failures.extend(batch.failures)
+            conns.append(batch.conn)
+    finally:
+        finisher.shutdown(wait=True)  # a batch still in flight is finished (marked or rolled back)
+        for b, _ in inflight:
+            conns.append(b.conn)
+        for c in conns:
+            c.close()
+        if own_producer:
+            producer.flush(5)
+        result.seconds = time.monotonic() - started
+    if failures:
+        for eid, err in failures[:20]:
+            log.error("outbox event %s not published: %s", eid, err)
+        raise PublishError(failures, result.published)
+    return result
+
+
+def _start_batch(conn: Any, producer: Any, n: int, ids: list[str] | None) -> _Batch:
+    """Lock up to ``n`` unpublished rows (SKIP LOCKED: not those of a batch in flight) and produce them.
+
+    The value sent is the stored payload (validated again here: producing side), so a replay sends
+    exactly the same bytes; the key is the subject.
+    """
+    with conn.cursor() as cur:
+        cur.execute(_SELECT_UNPUBLISHED, {"ids": ids, "n": n})
+        batch = _Batch(conn, cur.fetchall())
+    messages = []
+    for eid, topic, key, payload in batch.rows:
+        try:
+            ev = parse_event(payload)
+            if str(ev.event_id) != eid:
+                raise SchemaError(
+                    "event", [f"field 'event_id': payload has {ev.event_id}, outbox row has {eid}"]
+                )
+        except SchemaError as exc:
+            batch.failures.append((eid, str(exc)))
+            continue
+        messages.append(
+            (
+                topic,
+                {"value": payload.encode(), "key": key.encode(), "callback": partial(batch.on_delivery, eid)},
+            )
+        )
+        batch.sent.append((eid, topic))
+    _produce_all(producer, messages)
+    return batch
+
+
+def _produce_all(producer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Queue the messages (``produce_batch`` per topic run); waits for room when the local queue is full."""
+    i = 0
+    while i < len(messages):
+        topic = messages[i][0]
+        j = i
+        while j < len(messages) and messages[j][0] == topic:
+            j += 1
+        chunk = [m for _, m in messages[i:j]]
+        while chunk:
+            try:
+                queued = producer.produce_batch(topic, chunk)
+            except BufferError:
+                queued = 0
+            failed = [m for m in chunk if "_error" in m]
+            if len(failed) != len(chunk) - queued:  # defensive: fall back to one by one
+                failed = chunk[queued:]
+            if not failed:
+                break
+            if any("QUEUE_FULL" not in str(m.get("_error", "QUEUE_FULL")) for m in failed):
+                errs = {str(m["_error"]) for m in failed if "_error" in m}
+                raise RuntimeError(f"cannot queue {len(failed)} message(s) to {topic}: {sorted(errs)[:3]}")
+            for m in failed:
+                m.pop("_error", None)
+            chunk = failed
+            producer.poll(0.1)  # local queue full: serve delivery reports, then retry the rest
+        i = j
+
+
+def _finish_batch(batch: _Batch, producer: Any, timeout_s: float, result: PublishResult) -> None:
+    """Wait for the batch's delivery reports, mark the delivered rows, commit (finisher thread)."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(batch.reports) < len(batch.sent) and time.monotonic() < deadline:
+            producer.poll(0.05)
+        ok_ids: list[str] = []
+        parts: list[int] = []
+        offs: list[int] = []
+        by_topic: dict[str, int] = {}
+        for eid, topic in batch.sent:
+            rep = batch.reports.get(eid)
+            if rep is None:
+                batch.failures.append((eid, f"no delivery report within {timeout_s:.0f}s"))
+            elif rep[0] is not None:
+                batch.failures.append((eid, f"delivery failed: {rep[0]}"))
+            else:
+                ok_ids.append(eid)
+                parts.append(rep[1])
+                offs.append(rep[2])
+                by_topic[topic] = by_topic.get(topic, 0) + 1
+        if ok_ids:
+            with batch.conn.cursor() as cur:
+                cur.execute(_MARK_PUBLISHED, (ok_ids, parts, offs))
+        batch.conn.commit()
+    except BaseException:
+        batch.conn.rollback()
+        raise
+    result.published += len(ok_ids)
+    result.batches += 1
+    for t, c in by_topic.items():
+        result.by_topic[t] = result.by_topic.get(t, 0) + c
+
+
+def mark_for_replay(
+    cur: Any, event_ids: Iterable[str | uuid.UUID], *, reason: str = "ack timeout"
+) -> list[str]:
+    """Mark unacked, published outbox rows to be published again (same event id). Runs in the caller's
+    transaction; logs ``event_replayed`` per row. Returns the event ids actually marked."""
+    ids = [str(e) for e in event_ids]
+    if not ids:
+        return []
+    cur.execute(
+        """
+        WITH marked AS (
+            UPDATE erasure.outbox o SET published_at = NULL
+             WHERE o.event_id = ANY(%(ids)s::uuid[]) AND o.acked_at IS NULL AND o.published_at IS NOT NULL
+            RETURNING o.event_id, o.task_id, o.attempt, o.publish_count
+        )
+        INSERT INTO erasure.event_log (request_id, task_id, target, event_type, status, attempt, details)
+        SELECT t.request_id, t.id, t.target, 'event_replayed', t.status, m.attempt,
+               jsonb_build_object('kafka_event_id', m.event_id, 'publish_count', m.publish_count,
+                                  'reason', %(reason)s::text)
+          FROM marked m JOIN erasure.task t ON t.id = m.task_id
+        RETURNING details ->> 'kafka_event_id' AS event_id
+        """,
+        {"ids": ids, "reason": reason},
+    )
+    return [r["event_id"] if isinstance(r, dict) else r[0] for r in cur.fetchall()]
+
+
+def republish(
+    dsn: str, event_ids: Iterable[str | uuid.UUID], kafka: str | Mapping[str, Any], *, reason: str = "replay"
+) -> PublishResult:
+    """Replay: mark the given unacked events for re-publication and publish them now (same event ids)."""
+    ids = [str(e) for e in event_ids]
+    with transaction(dsn) as cur:
+        mark_for_replay(cur, ids, reason=reason)
+    return publish_pending(dsn, kafka, event_ids=ids)
+
+
+# ------------------------------------------------------------------------------------ acks
+ACK_STATUSES = ("matched", "duplicate", "unknown", "malformed", "mismatch")
+
+
+@dataclass
+class AckResult:
+    messages: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACK_STATUSES, 0))
+    already_seen: int = 0
+    """Messages redelivered after they were recorded (crash between DB commit and offset commit)."""
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    seconds: float = 0.0
+
+
+def ack_topics(catalog: Catalog) -> list[str]:
+    topics = sorted({t.kafka.ack_topic for t in catalog.of_kind("kafka") if t.kafka is not None})
+    return topics or [DEFAULT_ACK_TOPIC]
+
+
+def consume_acks(
+    dsn: str,
+    kafka: str | Mapping[str, Any],
+    *,
+    catalog: Catalog | None = None,
+    topics: list[str] | None = None,
+    group_id: str = ACK_GROUP_ID,
+    max_messages: int = 100_000,
+    max_seconds: float = 120.0,
+    idle_timeout_s: float = 3.0,
+    batch_size: int = 500,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> AckResult:
+    """Consume acks in a bounded poll and apply them to the tracking store (see module doc).
+
+    Stops when every assigned partition reached its end, after ``idle_timeout_s`` without messages
+    (once assigned), after ``max_messages`` or after ``max_seconds``. Offsets are committed
+    synchronously after each batch's database transaction committed.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    topics = topics or (ack_topics(catalog) if catalog is not None else [DEFAULT_ACK_TOPIC])
+    targets = {t.name: t for t in catalog.of_kind("kafka")} if catalog is not None else {}
+    cfg = {
+        **DEFAULT_CONSUMER_CONFIG,
+        **kafka_client_config(kafka),
+        **(consumer_config or {}),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+    }
+    consumer = Consumer(cfg)
+    assigned: set[tuple[str, int]] = set()
+    at_eof: set[tuple[str, int]] = set()
+
+    def on_assign(c: Any, parts: list[Any]) -> None:
+        assigned.update((p.topic, p.partition) for p in parts)
+
+    def on_revoke(c: Any, parts: list[Any]) -> None:
+        for p in parts:
+            assigned.discard((p.topic, p.partition))
+            at_eof.discard((p.topic, p.partition))
+
+    consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+    result = AckResult()
+    started = time.monotonic()
+    last_activity = started
+    try:
+        while result.messages < max_messages and time.monotonic() - started < max_seconds:
+            msgs = consumer.consume(min(batch_size, max_messages - result.messages), timeout=0.5)
+            batch = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    batch.append(m)
+                    at_eof.discard((m.topic(), m.partition()))
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add((m.topic(), m.partition()))
+                elif err.fatal():
+                    raise KafkaException(err)
+                else:
+                    log.warning("ack consumer: %s", err)
+            if batch:
+                _apply_ack_batch(dsn, batch, targets, result)
+                # offsets only after the DB transaction committed (at-least-once, deduped by ack_log)
+                last: dict[tuple[str, int], int] = {}
+                for m in batch:
+                    last[(m.topic(), m.partition())] = max(
+                        last.get((m.topic(), m.partition()), -1), m.offset()
+                    )
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False
+                )
+                last_activity = time.monotonic()
+            elif assigned:
+                if assigned <= at_eof or time.monotonic() - last_activity > idle_timeout_s:
+                    break
+            elif time.monotonic() - started > max(idle_timeout_s, 30.0):
+                break  # never got an assignment (e.g. no such topic): stop, it is not fatal
+    finally:
+        consumer.close()
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def _apply_ack_batch(dsn: str, msgs: list[Any], targets: dict[str, Target], result: AckResult) -> None:
+    with transaction(dsn) as cur:
+        for m in msgs:
+            _apply_ack(cur, m, targets, result)
+            result.messages += 1
+
+
+def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) -> None:
+    topic, part, off = m.topic(), m.partition(), m.offset()
+    raw = m.value()
+    status, error, ack, row = "malformed", None, None, None
+    try:
+        ack = parse_ack(raw)
+    except SchemaError as exc:
+        error = str(exc)
+    if ack is not None:
+        cur.execute(
+            """
+            SELECT o.event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts
+              FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id
+             WHERE o.event_id = %s
+               FOR UPDATE OF o, t
+            """,
+            (ack.event_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            status, error = "unknown", "no outbox event with this event_id"
+        elif row["target"] != ack.target:
+            status, error = (
+                "mismatch",
+                f"ack is for target '{ack.target}' but event {ack.event_id} was sent to '{row['target']}'",
+            )
+        elif row["acked_at"] is not None:
+            status, error = "duplicate", f"event already acknowledged at {row['acked_at'].isoformat()}"
+        else:
+            status = "matched"
+    cur.execute(
+        """
+        INSERT INTO erasure.ack_log (topic, kafka_partition, kafka_offset, event_id, target, outcome, status, error, raw)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
+        RETURNING id
+        """,
+        (
+            topic,
+            part,
+            off,
+            ack.event_id if ack else None,
+            ack.target if ack else None,
+            ack.outcome if ack else None,
+            status,
+            error,
+            _raw_text(raw) if status == "malformed" else None,
+        ),
+    )
+    if cur.fetchone() is None:
+        result.already_seen += 1
+        return
+    result.counts[status] += 1
+    if status != "matched":
+        if status != "duplicate":
+            log.warning("ack %s/%s@%s %s: %s", topic, part, off, status, error)
+        return
+    assert ack is not None and row is not None
+    evidence_ack = {
+        "event_id": str(ack.event_id),
+        "outcome": ack.outcome,
+        "details": ack.details,
+        "acked_at": ack.acked_at.isoformat(),
+        "topic": topic,
+        "partition": part,
+        "offset": off,
+        "attempt": row["attempt"],
+    }
+    cur.execute(
+        "UPDATE erasure.outbox SET acked_at = now(), ack = %s::jsonb WHERE event_id = %s",
+        (json.dumps(evidence_ack), ack.event_id),
+    )
+    if ack.outcome in SUCCESS_OUTCOMES:
+        moved = transition_task(
+            cur,
+            row["task_id"],
+            "succeeded",
+            ("awaiting_ack", "failed", "escalated"),
+            evidence={"ack": evidence_ack},
+        )
+        result.tasks_succeeded += int(moved)
+    else:
+        target = targets.get(row["target"])
+        backoff = target.retry_backoff_minutes if target else 5.0
+        nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
+        moved = transition_task(
+            cur,
+            row["task_id"],
+            "failed",
+            ("awaiting_ack",),
+            evidence={"ack": evidence_ack},
+            last_error=f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
+            next_attempt_at=nxt,
+        )
+        result.tasks_failed += int(moved)
+    if not moved:
+        cur.execute(
+            "UPDATE erasure.ack_log SET error = %s WHERE topic = %s AND kafka_partition = %s AND kafka_offset = %s",
+            (f"task was '{row['status']}'; status not changed", topic, part, off),
+        )
+
+
+def _raw_text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    return text[:RAW_LIMIT].replace("\x00", "\\u0000")
