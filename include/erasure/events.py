@@ -132,10 +132,13 @@ def _load(raw: bytes | str | dict[str, Any] | None, what: str) -> dict[str, Any]
         raise SchemaError(what, ["message has no value (null/tombstone)"])
     if isinstance(raw, dict):
         return raw
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SchemaError(what, [f"not UTF-8 text: {exc}"]) from None
     try:
         data = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise SchemaError(what, [f"not UTF-8: {exc}"]) from None
     except ValueError as exc:
         raise SchemaError(what, [f"not valid JSON: {exc}"]) from None
     if not isinstance(data, dict):
