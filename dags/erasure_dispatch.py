@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
+from erasure.airflow.kafka_tasks import enqueue_kafka_events, publish_kafka_events  # issue 5
 from erasure.catalog import load_catalog
 
 CATALOG = load_catalog()
@@ -39,7 +40,11 @@ Every 5 minutes (no catch-up, one run at a time):
    `postgres_table` batch runs one `DELETE ... WHERE key = ANY(...)`. Every subject's outcome and
    evidence is written to `erasure.task` as it happens: a killed batch loses nothing and a re-run
    skips what already succeeded.
-3. **Kafka outbox** (issue 5) – publishes due events for Kafka targets.
+3. **kafka_enqueue → kafka_publish** (issue 5) – for due `pending` tasks of Kafka targets, writes an
+   outbox row (a versioned erasure event) in the same transaction as the task's move to `awaiting_ack`,
+   then publishes every unpublished row (idempotent producer, `acks=all`, keyed by subject) and marks it
+   published only after the broker acknowledged it; a failed delivery fails the task. Acks are consumed
+   by `erasure_acks`; see docs/kafka.md.
 
 Failed subjects get `attempts + 1` and `next_attempt_at` from the target's `retry_backoff_minutes`
 (exponential); escalation after `max_attempts` is done by `erasure_reconcile`.
@@ -84,6 +89,11 @@ def erasure_dispatch():
     # --- Kafka outbox (issue 5) ---
     # Owned by the Kafka helper (issue 5): outbox / publish tasks for kind 'kafka' targets go here.
     # Keep this marker; the sync dispatch above does not depend on anything in this section.
+    # kafka_enqueue: due pending Kafka tasks -> erasure.outbox rows + awaiting_ack (one transaction);
+    # kafka_publish: every unpublished row (new events and reconcile's replays) -> Kafka, marked published
+    # only after the broker acknowledged; a failed delivery fails the task. Acks: dags/erasure_acks.py.
+    if CATALOG.of_kind("kafka"):
+        enqueue_kafka_events() >> publish_kafka_events()
 
 
 erasure_dispatch()
