@@ -41,6 +41,69 @@ os.environ.setdefault("ERASURE_SPARK_MASTER", "local[2]")
 MAIN_TRACKING_DSN = os.environ["ERASURE_TRACKING_DSN"]
 
 
+def _admin_connect():
+    import psycopg2
+
+    conn = psycopg2.connect(MAIN_TRACKING_DSN.rpartition("/")[0] + "/postgres")
+    conn.autocommit = True
+    return conn
+
+
+def _private_airflow_db() -> str | None:
+    """Give this pytest session an Airflow metadata DB of its own.
+
+    ``dag.test()`` writes serialized DAGs (built from whatever catalog a test points at), runs and
+    deadlines into the metadata DB; in the stack's DB that would change what the running scheduler
+    and REST API see (e.g. the intake DAG's Params) while other tests use them. The private DB is a
+    copy of a migrated template (fast), created once per Airflow version. REST tests still talk to
+    the running api-server, which keeps the stack's own DB.
+    """
+    if os.environ.get("ERASURE_TEST_SHARED_AIRFLOW_DB") == "1":
+        return None
+    from importlib.metadata import version
+
+    url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    base = url.rpartition("/")[0]
+    template = "airflow_tmpl_" + version("apache-airflow").replace(".", "_")
+    name = f"airflow_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = _admin_connect()
+    except Exception:  # the stack is down: unit tests still run, integration fixtures will say why
+        return None
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(4242)")  # one session builds the template at a time
+        try:
+            cur.execute("SELECT datname FROM pg_database WHERE datname = %s", (template,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{template}_building"')
+                env = dict(os.environ, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"{base}/{template}_building")
+                subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+                cur.execute(f'ALTER DATABASE "{template}_building" RENAME TO "{template}"')
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(4242)")
+    admin.close()
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{base}/{name}"
+    return name
+
+
+_AIRFLOW_TEST_DB = _private_airflow_db()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _AIRFLOW_TEST_DB:
+        try:
+            from airflow import settings
+
+            settings.dispose_orm()
+        except Exception:
+            pass
+        admin = _admin_connect()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{_AIRFLOW_TEST_DB}" WITH (FORCE)')
+        admin.close()
+
+
 def _admin_dsn(db: str) -> str:
     base, _, _ = MAIN_TRACKING_DSN.rpartition("/")
     return f"{base}/{db}"
