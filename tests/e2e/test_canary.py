@@ -13,8 +13,6 @@ target and alerts the partner's owning team.
 
 from __future__ import annotations
 
-import importlib.util
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,6 @@ from erasure.db import transaction
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-KAFKA_PARTNER = "erasure.partners.kafka_partner"
 
 
 @dataclass
@@ -39,7 +36,7 @@ class World:
     catalog: Catalog
     partners: dict[str, Any] = field(default_factory=dict)  # target -> PartnerServer
     partners_urls: dict[str, str] = field(default_factory=dict)
-    kafka_stop: list[Any] = field(default_factory=list)
+    kafka: list[Any] = field(default_factory=list)  # KafkaPartner handles
     events_topic: str | None = None
     acks_topic: str | None = None
 
@@ -69,61 +66,56 @@ def _catalog(
     return Catalog.model_validate(data)
 
 
-def _start_kafka_partners(world: World, bootstrap: str) -> None:
-    """Run the Kafka partners of the catalog (module of the Kafka helper) on this test's topics."""
-    mod = __import__(KAFKA_PARTNER, fromlist=["*"])
-    for t in world.catalog.of_kind("kafka"):
-        stop = threading.Event()
-        runner = getattr(mod, "run_in_thread", None)
-        if runner is not None:
-            handle = runner(
-                t, world.catalog, bootstrap=bootstrap, stop=stop, http_url=world.partners_urls[t.name]
-            )
-            world.kafka_stop.append(handle)
-        else:
-            th = threading.Thread(target=mod.run, args=(t, world.catalog), kwargs={"stop": stop}, daemon=True)
-            th.start()
-            world.kafka_stop.append(stop)
-
-
 @pytest.fixture
-def world_factory(tmp_path: Path, kafka_bootstrap: str, unique_topic, monkeypatch) -> Iterator[Any]:
+def world_factory(tmp_path: Path, kafka_bootstrap: str, unique_topic) -> Iterator[Any]:
+    """Builds a World: the demo catalog's targets (or ``only``) served by real partners of this test."""
     from erasure.partners.http_service import PartnerServer
+    from erasure.partners.kafka_partner import KafkaPartner
 
     made: list[World] = []
 
-    def make(only: set[str] | None = None, with_kafka: bool = True) -> World:
+    def make(only: set[str] | None = None) -> World:
         base = load_catalog(ROOT / "include" / "catalog")
-        names = [t.name for t in base.targets if t.enabled and (only is None or t.name in only)]
+        names = {t.name for t in base.targets if t.enabled and (only is None or t.name in only)}
         servers: dict[str, Any] = {}
-        for t in base.targets:
-            if t.name not in names or t.kind not in ("sync_api", "kafka"):
-                continue
-            spec = t.sync_api
-            kw = (
-                {
-                    "delete_path": spec.delete_path,
-                    "lookup_path": spec.lookup_path,
-                    "create_path": spec.create_path,
-                }
-                if spec
-                else {}
-            )
-            servers[t.name] = PartnerServer(t.name, tmp_path / "partners" / f"{t.name}.db", **kw).start()
-        events = unique_topic("canary.events", 3) if with_kafka else None
-        acks = unique_topic("canary.acks", 1) if with_kafka else None
-        cat = _catalog(tmp_path, {n: s.url for n, s in servers.items()}, events, acks, set(names))
-        w = World(cat, servers, {n: s.url for n, s in servers.items()}, events_topic=events, acks_topic=acks)
+        for t in base.of_kind("sync_api"):
+            if t.name in names:
+                spec = t.sync_api
+                servers[t.name] = PartnerServer(
+                    t.name,
+                    tmp_path / "partners" / f"{t.name}.db",
+                    delete_path=spec.delete_path,
+                    lookup_path=spec.lookup_path,
+                    create_path=spec.create_path,
+                ).start()
+        urls = {n: s.url for n, s in servers.items()}
+        has_kafka = any(t.name in names for t in base.of_kind("kafka"))
+        events = unique_topic("canary.events", 3) if has_kafka else None
+        acks = unique_topic("canary.acks", 1) if has_kafka else None
+        w = World(base, servers, urls, events_topic=events, acks_topic=acks)
         made.append(w)
+        if has_kafka:
+            # the Kafka partners consume this test's topics and serve their lookup API on free ports
+            placeholder = {t.name: "http://127.0.0.1:1" for t in base.of_kind("kafka")}
+            staged = _catalog(tmp_path, {**urls, **placeholder}, events, acks, names)
+            for t in staged.of_kind("kafka"):
+                kp = KafkaPartner(
+                    t,
+                    bootstrap=kafka_bootstrap,
+                    data_dir=tmp_path / "partners",
+                    group_id=f"e2e-{t.name}-{events}",
+                    http_port=0,
+                ).start()
+                w.kafka.append(kp)
+                urls[t.name] = kp.url
+        w.catalog = _catalog(tmp_path, urls, events, acks, names)
+        w.partners_urls = urls
         return w
 
     yield make
     for w in made:
-        for h in w.kafka_stop:
-            for m in ("set", "stop", "close"):
-                if hasattr(h, m):
-                    getattr(h, m)()
-                    break
+        for kp in w.kafka:
+            kp.stop()
         for s in w.partners.values():
             s.close()
 
@@ -133,28 +125,54 @@ def _run_pipeline(world: World, dsn: str, bootstrap: str, spark: Any | None, rou
     from erasure import dispatch, outbox, reconcile, warehouse
 
     cat = world.catalog
+    t0 = time.monotonic()
+
+    def lap(what: str) -> None:
+        print(f"[e2e {time.monotonic() - t0:6.1f}s] {what}")
+
     for i in range(rounds):
         for t in [*cat.of_kind("sync_api"), *cat.of_kind("postgres_table")]:
             for b in dispatch.plan_batches(dsn, cat, t.name):
                 dispatch.run_batch(
                     dsn, cat, t.name, b["task_ids"], claim_key=f"e2e/{i}/{t.name}/{b['batch']}"
                 )
+        lap(f"round {i}: sync + postgres dispatched")
         if cat.of_kind("kafka"):
             outbox.enqueue_due(dsn, cat)
             outbox.publish_pending(dsn, bootstrap)
-            time.sleep(1.0)  # the partners consume, erase and acknowledge
-            outbox.consume_acks(
-                dsn, bootstrap, catalog=cat, group_id=f"e2e-acks-{world.acks_topic}", max_seconds=20
-            )
+            lap(f"round {i}: events published")
+            _wait_for_acks(world, bootstrap, dsn)
+            lap(f"round {i}: acks consumed")
         if spark is not None and cat.of_kind("warehouse_delta"):
             warehouse.erase_warehouse(spark, cat, dsn, run_id=f"e2e-{i}")
+            lap(f"round {i}: warehouse erased")
         reconcile.reconcile(dsn, cat)
         with transaction(dsn) as cur:
             cur.execute(
                 "SELECT count(*) AS n FROM erasure.request WHERE status IN ('received', 'in_progress')"
             )
             if cur.fetchone()["n"] == 0:
+                lap("all requests finished")
                 return
+
+
+def _wait_for_acks(world: World, bootstrap: str, dsn: str, timeout: float = 60) -> None:
+    """Consume acks until no Kafka task awaits one (the partners answer within seconds)."""
+    from erasure import outbox
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outbox.consume_acks(
+            dsn, bootstrap, catalog=world.catalog, group_id=f"e2e-acks-{world.acks_topic}", max_seconds=10,
+            idle_timeout_s=1.0,
+        )  # fmt: skip
+        with transaction(dsn) as cur:
+            cur.execute(
+                "SELECT count(*) AS n FROM erasure.task WHERE kind = 'kafka' AND status = 'awaiting_ack'"
+            )
+            if cur.fetchone()["n"] == 0:
+                return
+        time.sleep(0.5)
 
 
 def _requests(dsn: str) -> list[dict[str, Any]]:
@@ -167,9 +185,6 @@ def _requests(dsn: str) -> list[dict[str, Any]]:
         return [dict(r) for r in cur.fetchall()]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec(KAFKA_PARTNER) is None, reason=f"{KAFKA_PARTNER} not available yet"
-)
 def test_canary_seeds_every_target_and_verifies_erasure(
     tracking_db, spark, kafka_bootstrap, world_factory, tmp_path
 ):
@@ -179,7 +194,6 @@ def test_canary_seeds_every_target_and_verifies_erasure(
     world = world_factory()
     cat = world.catalog
     warehouse_gen.generate_tables(spark, cat, rows="tiny")
-    _start_kafka_partners(world, kafka_bootstrap)
 
     t0 = datetime.now(UTC)
     seeded = canary.seed_subjects(
@@ -232,9 +246,7 @@ def test_canary_seeds_every_target_and_verifies_erasure(
 def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_factory, monkeypatch):
     """Sync + Postgres targets only (fast); crm_contacts claims deletes but keeps the data."""
     dsn = tracking_db
-    world = world_factory(
-        only={"crm_contacts", "billing_profiles", "support_desk", "hr_directory"}, with_kafka=False
-    )
+    world = world_factory(only={"crm_contacts", "billing_profiles", "support_desk", "hr_directory"})
     cat = world.catalog
     world.partners["crm_contacts"].service.faults.update({"silent_delete_failure": True})
 
