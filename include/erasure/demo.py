@@ -740,7 +740,10 @@ class Demo:
         rnd = 0
         while True:
             rnd += 1
-            self._trigger_and_wait(self.work_dags)
+            self._trigger_and_wait(WORK_DAGS)
+            extra = [d for d in self.work_dags if d not in WORK_DAGS]  # e.g. erasure_acks
+            if extra:
+                self._trigger_and_wait(extra)
             self._trigger_and_wait(SETTLE_DAGS)
             everything = self.demo_requests(with_canaries=True)
             reqs = [
