@@ -411,7 +411,7 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _arrow_schema() -> pa.Schema:
+def _arrow_schema(columns: Iterable[tuple[str, str, bool]] = EVENT_COLUMNS) -> pa.Schema:
     import pyarrow as pa
 
     m = {
@@ -422,7 +422,7 @@ def _arrow_schema() -> pa.Schema:
         "INT": pa.int32(),
         "BOOLEAN": pa.bool_(),
     }
-    return pa.schema([pa.field(n, m[t], nullable) for n, t, nullable in EVENT_COLUMNS])
+    return pa.schema([pa.field(n, m[t], nullable) for n, t, nullable in columns])
 
 
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -432,17 +432,58 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------------------
-# write (Spark + Delta)
+# write (Spark + Delta MERGE); delta-rs for cheap metadata reads and VACUUM
 # --------------------------------------------------------------------------------------------------
+def _partition_dates(path: str, column: str) -> list[date]:
+    """Partition values of a table (from the log, no data read)."""
+    from deltalake import DeltaTable
+
+    return sorted(date.fromisoformat(p[column]) for p in DeltaTable(path).partitions() if p.get(column))
+
+
+def _read_rs(path: str, columns: list[str], since: date | None = None, filters: Any = None) -> pa.Table:
+    """Read a few columns of a dataset table with delta-rs, partitions >= ``since`` only."""
+    from deltalake import DeltaTable
+
+    col = "event_date" if path.endswith(EVENTS_TABLE) else "erasure_date"
+    parts = [(col, ">=", since.isoformat())] if since is not None else None
+    return DeltaTable(path).to_pyarrow_table(partitions=parts, columns=columns, filters=filters)
+
+
+def changed_rows(batch: pa.Table, dataset_dir: str | os.PathLike[str]) -> pa.Table:
+    """Rows of ``batch`` that are not in erasure_events yet or differ from it (by ``row_hash``).
+
+    Read with delta-rs (event_id + row_hash of the batch's partitions only), so a re-run whose events
+    are all known costs no Spark job and no empty Delta commit.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if batch.num_rows == 0:
+        return batch
+    existing = _read_rs(
+        events_path(dataset_dir), ["event_id", "row_hash"], pc.min(batch["event_date"]).as_py()
+    )
+    if existing.num_rows == 0:
+        return batch
+    known = dict(zip(existing["event_id"].to_pylist(), existing["row_hash"].to_pylist(), strict=True))
+    keep = [
+        known.get(e) != h
+        for e, h in zip(batch["event_id"].to_pylist(), batch["row_hash"].to_pylist(), strict=True)
+    ]
+    return batch.filter(pa.array(keep, pa.bool_()))
+
+
 def merge_events(spark: SparkSession, batch: pa.Table, dataset_dir: str | os.PathLike[str]) -> dict[str, int]:
     """MERGE a validated batch into erasure_events on event_id: insert new, update changed, keep identical."""
     import pyarrow.compute as pc
 
-    if batch.num_rows == 0:
+    todo = changed_rows(batch, dataset_dir)
+    if todo.num_rows == 0:
         return {"inserted": 0, "updated": 0}
-    min_date = pc.min(batch["event_date"]).as_py()
+    min_date = pc.min(todo["event_date"]).as_py()
     view = "erasure_events_batch"
-    spark.createDataFrame(batch).createOrReplaceTempView(view)
+    spark.createDataFrame(todo).createOrReplaceTempView(view)
     try:
         res = spark.sql(
             f"""
@@ -459,31 +500,81 @@ def merge_events(spark: SparkSession, batch: pa.Table, dataset_dir: str | os.Pat
     return {"inserted": int(res["num_inserted_rows"]), "updated": int(res["num_updated_rows"])}
 
 
-def refresh_erased_subjects(
-    spark: SparkSession, dataset_dir: str | os.PathLike[str], *, since_date: date, cutoff_date: date
-) -> dict[str, int]:
-    """MERGE completed requests (from erasure_events, event_date >= since_date) into erased_subjects.
+SUBJECT_SOURCE_COLUMNS = [
+    "event_id",
+    "event_date",
+    "request_id",
+    "external_id",
+    "subject_type",
+    "subject_id",
+    "jurisdiction",
+    "is_canary",
+    "received_at",
+    "occurred_at",
+]
 
-    Derived from the Delta events table (not the batch), so a run that failed between the two MERGEs
-    is healed by the next one. Insert-only: a subject stays listed until retention removes it.
+
+def refresh_erased_subjects(
+    spark: SparkSession,
+    dataset_dir: str | os.PathLike[str],
+    *,
+    cutoff_date: date,
+    built_at: datetime | None = None,
+) -> dict[str, int]:
+    """Insert the completed requests of erasure_events (event_date >= cutoff) missing from erased_subjects.
+
+    Derived from the Delta events table over the whole retention window (not from the batch), so a
+    build that failed between the two MERGEs is healed by the next one. The missing set is computed
+    with delta-rs (two narrow reads); Spark MERGEs only when something is missing (insert-only on
+    ``request_id``: a subject stays listed until retention removes it).
     """
-    res = spark.sql(
-        f"""
-        MERGE INTO delta.`{subjects_path(dataset_dir)}` AS t
-        USING (
-            SELECT event_date AS erasure_date, request_id, external_id, subject_type, subject_id,
-                   jurisdiction, is_canary, received_at, occurred_at AS completed_at,
-                   current_timestamp() AS built_at
-              FROM (SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, event_id) AS rn
-                      FROM delta.`{events_path(dataset_dir)}`
-                     WHERE event_type = 'request_completed' AND event_date >= DATE'{since_date.isoformat()}'
-                       AND subject_id IS NOT NULL)
-             WHERE rn = 1
-        ) AS s
-           ON t.request_id = s.request_id
-         WHEN NOT MATCHED AND s.erasure_date >= DATE'{cutoff_date.isoformat()}' THEN INSERT *
-        """  # noqa: S608 - paths checked by _dir(), dates are date objects
-    ).first()
+    import pyarrow as pa
+
+    completed = _read_rs(
+        events_path(dataset_dir),
+        SUBJECT_SOURCE_COLUMNS,
+        cutoff_date,
+        filters=[("event_type", "=", "request_completed")],
+    )
+    if completed.num_rows == 0:
+        return {"inserted": 0}
+    listed = set(_read_rs(subjects_path(dataset_dir), ["request_id"]).column(0).to_pylist())
+    first: dict[int, dict[str, Any]] = {}
+    for r in sorted(completed.to_pylist(), key=lambda r: (r["occurred_at"], r["event_id"])):
+        if r["request_id"] is not None and r["subject_id"] is not None and r["request_id"] not in listed:
+            first.setdefault(r["request_id"], r)
+    if not first:
+        return {"inserted": 0}
+    built = built_at or datetime.now(UTC)
+    rows = [
+        {
+            "erasure_date": r["event_date"],
+            "request_id": r["request_id"],
+            "external_id": r["external_id"],
+            "subject_type": r["subject_type"],
+            "subject_id": r["subject_id"],
+            "jurisdiction": r["jurisdiction"],
+            "is_canary": r["is_canary"],
+            "received_at": r["received_at"],
+            "completed_at": r["occurred_at"],
+            "built_at": built,
+        }
+        for r in first.values()
+    ]
+    source = pa.Table.from_pylist(rows, schema=_arrow_schema(SUBJECT_COLUMNS))
+    view = "erased_subjects_batch"
+    spark.createDataFrame(source).createOrReplaceTempView(view)
+    try:
+        res = spark.sql(
+            f"""
+            MERGE INTO delta.`{subjects_path(dataset_dir)}` AS t
+            USING {view} AS s
+               ON t.request_id = s.request_id
+             WHEN NOT MATCHED THEN INSERT *
+            """  # noqa: S608 - paths checked by _dir()
+        ).first()
+    finally:
+        spark.catalog.dropTempView(view)
     return {"inserted": int(res["num_inserted_rows"])}
 
 
@@ -497,9 +588,11 @@ def enforce_retention(
 ) -> dict[str, Any]:
     """Delete rows older than ``retention_days`` (by event/erasure date, UTC) and VACUUM both tables.
 
-    VACUUM keeps removed files for the table's ``delta.deletedFileRetentionDuration`` (so readers of a
-    recent snapshot do not break), then deletes them: identifiers are physically gone at most
-    ``retention_days`` + that duration + one build interval after the event.
+    The DELETE (Spark, partition predicate: whole files are dropped) runs only when a partition older
+    than the cutoff exists. VACUUM (delta-rs, ``full``: every unreferenced file) keeps removed files for
+    the table's ``delta.deletedFileRetentionDuration`` so readers of a recent snapshot do not break, then
+    deletes them: identifiers are physically gone at most ``retention_days`` + that duration + one
+    build interval after the event.
     """
     from deltalake import DeltaTable
 
@@ -515,13 +608,20 @@ def enforce_retention(
         name = path.rsplit("/", 1)[-1]
         if not _table_exists(path):
             continue
-        res = spark.sql(f"DELETE FROM delta.`{path}` WHERE {col} < DATE'{cutoff.isoformat()}'").first()  # noqa: S608
-        out["deleted"][name] = int(res[0]) if res is not None and res[0] is not None else 0
+        deleted = 0
+        if any(d < cutoff for d in _partition_dates(path, col)):
+            res = spark.sql(f"DELETE FROM delta.`{path}` WHERE {col} < DATE'{cutoff.isoformat()}'").first()  # noqa: S608
+            deleted = int(res[0]) if res is not None and res[0] is not None else 0
+        out["deleted"][name] = deleted
         if vacuum:
-            conf = DeltaTable(path).metadata().configuration
-            hours = _interval_hours(conf.get("delta.deletedFileRetentionDuration", "interval 168 hours"))
-            rows = spark.sql(f"VACUUM delta.`{path}` RETAIN {hours} HOURS").collect()
-            out["vacuumed"][name] = {"retain_hours": hours, "result": [str(r[0]) for r in rows][:3]}
+            dt = DeltaTable(path)
+            hours = _interval_hours(
+                dt.metadata().configuration.get("delta.deletedFileRetentionDuration", "interval 168 hours")
+            )
+            files = dt.vacuum(
+                retention_hours=hours, dry_run=False, enforce_retention_duration=True, full=True
+            )
+            out["vacuumed"][name] = {"retain_hours": hours, "files_deleted": len(files)}
     return out
 
 
@@ -560,8 +660,21 @@ class BuildReport:
         return asdict(self)
 
 
+def newest_event(dataset_dir: str | os.PathLike[str]) -> datetime | None:
+    """The newest ``occurred_at`` in erasure_events (reads only the newest partition, with delta-rs)."""
+    import pyarrow.compute as pc
+
+    path = events_path(dataset_dir)
+    if not _table_exists(path):
+        return None
+    dates = _partition_dates(path, "event_date")
+    if not dates:
+        return None
+    newest = pc.max(_read_rs(path, ["occurred_at"], dates[-1])["occurred_at"]).as_py()
+    return newest.astimezone(UTC) if newest is not None else None
+
+
 def _since(
-    spark: SparkSession,
     dataset_dir: str | os.PathLike[str],
     *,
     now: datetime,
@@ -570,14 +683,8 @@ def _since(
     overlap: timedelta,
 ) -> datetime:
     floor = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), tzinfo=UTC)
-    path = events_path(dataset_dir)
-    if full_refresh or not _table_exists(path):
-        return floor
-    micros = spark.sql(f"SELECT unix_micros(max(occurred_at)) FROM delta.`{path}`").first()[0]  # noqa: S608
-    if micros is None:
-        return floor
-    newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))
-    return max(floor, newest - overlap)
+    newest = None if full_refresh else newest_event(dataset_dir)
+    return floor if newest is None else max(floor, newest - overlap)
 
 
 def build_event_dataset(
@@ -599,9 +706,7 @@ def build_event_dataset(
     """
     days = retention_days if retention_days is not None else retention_days_from_env()
     now = now or datetime.now(UTC)
-    since = _since(
-        spark, dataset_dir, now=now, retention_days=days, full_refresh=full_refresh, overlap=overlap
-    )
+    since = _since(dataset_dir, now=now, retention_days=days, full_refresh=full_refresh, overlap=overlap)
     batch = extract_events(dsn, since)
     rows = enrich(batch.rows, catalog, built_at=now)
     frame = to_frame(rows)
@@ -618,7 +723,7 @@ def build_event_dataset(
     )
     merged = merge_events(spark, to_arrow(frame), dataset_dir)
     subjects = refresh_erased_subjects(
-        spark, dataset_dir, since_date=since.date(), cutoff_date=now.date() - timedelta(days=days)
+        spark, dataset_dir, cutoff_date=now.date() - timedelta(days=days), built_at=now
     )
     report = BuildReport(
         events_path=events_path(dataset_dir),

@@ -1,0 +1,82 @@
+"""spark-submit entry point: build the erasure event dataset (Delta) from the tracking store.
+
+    spark-submit spark_jobs/build_event_dataset.py [--full-refresh] [--retention-days N] [--no-retention]
+
+or ``python spark_jobs/build_event_dataset.py ...`` (the session comes from ``erasure.spark.get_spark``,
+which adds the Delta and Postgres jars). The tracking store DSN is read from the environment variable
+named by ``--dsn-env`` (default ``ERASURE_TRACKING_DSN``), never from the command line (it holds a
+password). Prints the build report as JSON on stdout.
+
+Exit codes: 0 built; 2 the batch failed data quality (report on stderr, nothing written); 1 other errors.
+No Airflow here: the DAG ``erasure_event_dataset`` calls the same ``erasure.event_dataset`` functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import timedelta
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Build the erasure event dataset (Delta) from the tracking store."
+    )
+    p.add_argument("--dataset-dir", help="dataset root (default: ERASURE_DATASET_DIR)")
+    p.add_argument("--catalog", help="catalog file or directory (default: ERASURE_CATALOG)")
+    p.add_argument("--dsn-env", default="ERASURE_TRACKING_DSN", help="environment variable holding the DSN")
+    p.add_argument("--full-refresh", action="store_true", help="re-read the whole retention window")
+    p.add_argument("--retention-days", type=int, help="default: ERASURE_DATASET_RETENTION_DAYS or 90")
+    p.add_argument("--overlap-hours", type=float, default=6.0, help="incremental re-read window (default 6)")
+    p.add_argument("--no-retention", action="store_true", help="skip the retention DELETE + VACUUM")
+    p.add_argument("--master", help="Spark master (default: ERASURE_SPARK_MASTER or local[*])")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from erasure.catalog import load_catalog
+    from erasure.config import Settings
+    from erasure.dq import DataQualityError
+    from erasure.event_dataset import build_event_dataset
+    from erasure.spark import get_spark
+
+    dsn = os.environ.get(args.dsn_env)
+    if not dsn:
+        print(f"error: environment variable {args.dsn_env} (tracking store DSN) is not set", file=sys.stderr)
+        return 1
+    if args.retention_days is not None and not 1 <= args.retention_days <= 3650:
+        print(
+            f"error: --retention-days must be between 1 and 3650, got {args.retention_days}", file=sys.stderr
+        )
+        return 1
+    settings = Settings.from_env()
+    catalog = load_catalog(args.catalog or settings.catalog_path)
+    spark = get_spark("erasure-event-dataset", master=args.master)
+    try:
+        report = build_event_dataset(
+            spark,
+            dsn,
+            catalog,
+            args.dataset_dir or settings.dataset_dir,
+            full_refresh=args.full_refresh,
+            retention_days=args.retention_days,
+            overlap=timedelta(hours=args.overlap_hours),
+            apply_retention=not args.no_retention,
+        )
+    except DataQualityError as exc:
+        print(str(exc), file=sys.stderr)
+        print(json.dumps(exc.summary.to_dict(), default=str), file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(json.dumps(report.to_dict(), default=str, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
