@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 
 ACK_GROUP_ID = "erasure-pipeline-acks"
 DEFAULT_ACK_TOPIC = "erasure.acks"
-ANALYZE_AFTER = 1000
-"""Enqueues of at least this many rows refresh the outbox's planner statistics."""
 RAW_LIMIT = 4000
 """At most this many characters of a malformed ack are kept in ack_log.raw."""
 
@@ -215,26 +213,7 @@ def enqueue_due(
                 page_size=1000,
             )
         result.enqueued = len(outbox_rows)
-    if result.enqueued >= ANALYZE_AFTER:
-        _analyze(dsn)
     return result
-
-
-def _analyze(dsn: str) -> None:
-    """Refresh planner statistics after a large enqueue, so the publisher's ordered index scan is chosen
-    at once instead of after autovacuum's next round. Best effort: never waits long for the lock."""
-    from erasure.db import connect
-
-    conn = connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SET lock_timeout = '2s'")
-            cur.execute("ANALYZE erasure.outbox")
-    except Exception as exc:  # statistics are an optimisation only
-        log.info("ANALYZE erasure.outbox skipped: %s", exc)
-    finally:
-        conn.close()
 
 
 # ------------------------------------------------------------------------------------ publish
@@ -250,14 +229,16 @@ _SELECT_UNPUBLISHED = """
     SELECT o.event_id::text AS event_id, o.topic, o.message_key, o.payload::text AS payload
       FROM erasure.outbox o
      WHERE o.published_at IS NULL AND o.acked_at IS NULL
-       AND (SELECT t.status FROM erasure.task t WHERE t.id = o.task_id) = 'awaiting_ack'
        AND (%(ids)s::uuid[] IS NULL OR o.event_id = ANY(%(ids)s::uuid[]))
      ORDER BY o.created_at
      LIMIT %(n)s
        FOR UPDATE SKIP LOCKED
 """
-# The task status is a correlated scalar subquery (always a task_pkey lookup) rather than a join: a
-# join's plan flips with stale statistics right after a large enqueue (seen: minutes per batch).
+# One table, ordered like the partial index ``outbox_unpublished``: an index scan that stops after n rows
+# whatever the statistics say. Rows are written only together with the task's move to awaiting_ack and
+# re-armed only by replay, so the task's status is not re-checked here (a join made the plan depend on
+# fresh statistics: minutes per batch right after a large enqueue). Publishing an event whose task has
+# meanwhile finished is harmless: the partner dedupes by event id and the ack is recorded.
 
 _MARK_PUBLISHED = """
     UPDATE erasure.outbox o
@@ -322,7 +303,7 @@ def publish_pending(
     failures: list[tuple[str, str]] = []
     selected = 0
     exhausted = False
-    finisher = ThreadPoolExecutor(1, thread_name_prefix="outbox-finish")
+    finisher = ThreadPoolExecutor(max(1, pipeline_depth - 1), thread_name_prefix="outbox-finish")
     try:
         while True:
             if not exhausted and not failures and len(inflight) < pipeline_depth:

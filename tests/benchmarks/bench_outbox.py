@@ -1,0 +1,187 @@
+"""Benchmark (issue 5): the outbox publisher vs a raw confluent-kafka producer loop on the same broker.
+
+Run (default N=20,000 events, 3 rounds, ~1 min)::
+
+    .local/venv/bin/python -m pytest tests/benchmarks/bench_outbox.py -q -s
+
+Knobs: ``BENCH_OUTBOX_N`` (events), ``BENCH_OUTBOX_ROUNDS``, ``BENCH_OUTBOX_BATCH`` (publisher batch size).
+
+* **outbox**: ``erasure.outbox.publish_pending`` over N enqueued outbox rows in the session's tracking
+  database: lock a batch (``FOR UPDATE SKIP LOCKED``), validate every payload with the event schema,
+  produce (idempotent, ``acks=all``, keyed by subject), wait for every delivery report, and mark the
+  rows published (partition, offset, ``publish_count``) in the batch's transaction.
+* **raw**: the same N messages (same bytes, same keys) already in memory, one ``Producer.produce()``
+  per message with a delivery callback that checks the error, then ``flush()`` — same producer
+  settings (``enable.idempotence=true``, ``acks=all``, ``linger.ms``), no database.
+
+Each round publishes both sides to fresh topics (6 partitions) on the stack's broker, alternating
+which side goes first; the outbox rows are reset (``published_at = NULL``, vacuumed) between rounds.
+Best and median throughput (events/s) of each side and their ratios go to ``.local/bench/outbox.json``
+(goal: outbox >= 0.8x raw). For transparency a third line measures ``produce_batch`` without the
+database (``raw_batch``): the client-side ceiling the outbox's own batching can approach.
+No assertion on time (figures depend on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from erasure import outbox
+from erasure.kafka_admin import TopicSpec, ensure_topics
+from tests.integration._outbox_support import kafka_catalog, query, seed_kafka_tasks
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
+
+N = int(os.environ.get("BENCH_OUTBOX_N", "20000"))
+ROUNDS = int(os.environ.get("BENCH_OUTBOX_ROUNDS", "3"))
+BATCH = int(os.environ.get("BENCH_OUTBOX_BATCH", "2000"))
+
+
+def _topic(bootstrap: str) -> str:
+    name = f"bench.outbox.{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [TopicSpec(name, 6, 3600 * 1000, "benchmark")])
+    return name
+
+
+def _warm(producer: Any, topic: str) -> None:
+    producer.list_topics(topic, timeout=10)  # metadata known before the clock starts (both sides)
+
+
+def _raw(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
+    from confluent_kafka import Producer
+
+    topic = _topic(bootstrap)
+    p = Producer(outbox.producer_config(bootstrap))
+    _warm(p, topic)
+    errors: list[Any] = []
+    delivered = [0]
+
+    def cb(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered[0] += 1
+
+    t0 = time.perf_counter()
+    for value, key in messages:
+        while True:
+            try:
+                p.produce(topic, value=value, key=key, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.05)
+    left = p.flush(120)
+    secs = time.perf_counter() - t0
+    assert left == 0 and not errors and delivered[0] == len(messages), (left, errors[:3])
+    return secs
+
+
+def _raw_batch(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
+    from confluent_kafka import Producer
+
+    topic = _topic(bootstrap)
+    p = Producer(outbox.producer_config(bootstrap))
+    _warm(p, topic)
+    errors: list[Any] = []
+
+    def cb(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    t0 = time.perf_counter()
+    for i in range(0, len(messages), BATCH):
+        chunk = [{"value": v, "key": k} for v, k in messages[i : i + BATCH]]
+        while chunk:
+            n = p.produce_batch(topic, chunk, on_delivery=cb)
+            chunk = [m for m in chunk if "_error" in m] if n < len(chunk) else []
+            for m in chunk:
+                m.pop("_error")
+            if chunk:
+                p.poll(0.05)
+    left = p.flush(120)
+    secs = time.perf_counter() - t0
+    assert left == 0 and not errors, (left, errors[:3])
+    return secs
+
+
+def _outbox(dsn: str, bootstrap: str) -> float:
+    from confluent_kafka import Producer
+
+    topic = _topic(bootstrap)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("UPDATE erasure.outbox SET topic = %s, published_at = NULL", (topic,))
+        cur.execute("VACUUM ANALYZE erasure.outbox")
+    conn.close()
+    p = Producer(outbox.producer_config(bootstrap))
+    _warm(p, topic)
+    t0 = time.perf_counter()
+    res = outbox.publish_pending(dsn, bootstrap, batch_size=BATCH, producer=p)
+    secs = time.perf_counter() - t0
+    p.flush(30)
+    assert res.published == N, res
+    assert query(dsn, "SELECT count(*)::int AS n FROM erasure.outbox WHERE published_at IS NULL")[0]["n"] == 0
+    return secs
+
+
+def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path):
+    dsn = tracking_db
+    _, cat = kafka_catalog(tmp_path, "bench.placeholder", "bench.acks", {"mkt": None})
+    seed_kafka_tasks(dsn, ["mkt"], N)
+    assert outbox.enqueue_due(dsn, cat, limit=N).enqueued == N
+    rows = query(dsn, "SELECT payload::text AS v, message_key AS k FROM erasure.outbox ORDER BY created_at")
+    messages = [(r["v"].encode(), r["k"].encode()) for r in rows]
+
+    times: dict[str, list[float]] = {"outbox": [], "raw": [], "raw_batch": []}
+    for rnd in range(ROUNDS):
+        sides = ["outbox", "raw", "raw_batch"] if rnd % 2 == 0 else ["raw", "raw_batch", "outbox"]
+        for side in sides:
+            if side == "outbox":
+                times[side].append(_outbox(dsn, kafka_bootstrap))
+            elif side == "raw":
+                times[side].append(_raw(kafka_bootstrap, messages))
+            else:
+                times[side].append(_raw_batch(kafka_bootstrap, messages))
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {N / v[-1]:,.0f}/s" for k, v in times.items()))
+
+    best = {k: N / min(v) for k, v in times.items()}
+    median = {k: N / statistics.median(v) for k, v in times.items()}
+    result = {
+        "benchmark": "outbox publisher vs raw confluent-kafka producer loop",
+        "events": N,
+        "rounds": ROUNDS,
+        "batch_size": BATCH,
+        "broker": kafka_bootstrap,
+        "producer": {
+            k: v for k, v in outbox.producer_config(kafka_bootstrap).items() if k != "bootstrap.servers"
+        },
+        "outbox_events_per_s": round(best["outbox"]),
+        "raw_events_per_s": round(best["raw"]),
+        "ratio": round(best["outbox"] / best["raw"], 3),
+        "ratio_median": round(median["outbox"] / median["raw"], 3),
+        "outbox_events_per_s_median": round(median["outbox"]),
+        "raw_events_per_s_median": round(median["raw"]),
+        "raw_batch_events_per_s": round(best["raw_batch"]),
+        "ratio_vs_raw_batch": round(best["outbox"] / best["raw_batch"], 3),
+        "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "goal": ">= 0.8x raw",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(os.environ.get("ERASURE_LOCAL", ROOT / ".local")) / "bench" / "outbox.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("outbox_events_per_s", "raw_events_per_s", "ratio", "ratio_median",
+                                            "raw_batch_events_per_s", "ratio_vs_raw_batch")}))  # fmt: skip
