@@ -269,7 +269,7 @@ def publish_pending(
     *,
     limit: int | None = None,
     batch_size: int = 2000,
-    pipeline_depth: int = 2,
+    pipeline_depth: int = 3,
     flush_timeout_s: float = 330.0,
     event_ids: Iterable[str | uuid.UUID] | None = None,
     producer: Any = None,
@@ -433,6 +433,9 @@ def _finish_batch(batch: _Batch, producer: Any, timeout_s: float, result: Publis
                 by_topic[topic] = by_topic.get(topic, 0) + 1
         if ok_ids:
             with batch.conn.cursor() as cur:
+                # index lookups by event id, never a scan of the whole outbox per batch (2x faster at 20k
+                # rows, and the outbox only grows); SET LOCAL ends with this batch's transaction
+                cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
                 cur.execute(_MARK_PUBLISHED, (ok_ids, parts, offs))
         batch.conn.commit()
     except BaseException:
@@ -535,8 +538,11 @@ def consume_acks(
     assigned: set[tuple[str, int]] = set()
     at_eof: set[tuple[str, int]] = set()
 
+    activity = [time.monotonic()]  # last message or (re)assignment: the idle timeout counts from there
+
     def on_assign(c: Any, parts: list[Any]) -> None:
         assigned.update((p.topic, p.partition) for p in parts)
+        activity[0] = time.monotonic()
 
     def on_revoke(c: Any, parts: list[Any]) -> None:
         for p in parts:
@@ -546,7 +552,6 @@ def consume_acks(
     consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
     result = AckResult()
     started = time.monotonic()
-    last_activity = started
     try:
         while result.messages < max_messages and time.monotonic() - started < max_seconds:
             msgs = consumer.consume(min(batch_size, max_messages - result.messages), timeout=0.5)
@@ -573,9 +578,9 @@ def consume_acks(
                 consumer.commit(
                     offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False
                 )
-                last_activity = time.monotonic()
+                activity[0] = time.monotonic()
             elif assigned:
-                if assigned <= at_eof or time.monotonic() - last_activity > idle_timeout_s:
+                if assigned <= at_eof or time.monotonic() - activity[0] > idle_timeout_s:
                     break
             elif time.monotonic() - started > max(idle_timeout_s, 30.0):
                 break  # never got an assignment (e.g. no such topic): stop, it is not fatal
