@@ -309,6 +309,7 @@ class Demo:
 
             self.out.info("starting Spark (local, Delta) for the warehouse tables ...")
             self._spark = get_spark("erasure-demo")
+            self._spark.sparkContext.setLogLevel("ERROR")
         return self._spark
 
     def person(self, role: str) -> list[Person]:
@@ -977,6 +978,18 @@ class Demo:
                     str(c["result"]),
                 )
 
+        o.heading("DAG runs driven by the demo (REST API v2)")
+        by_dag: dict[str, list[tuple[str, float]]] = {}
+        for d, _run, state, secs in self.runs:
+            by_dag.setdefault(d, []).append((state, secs))
+        o.table(
+            ["DAG", "runs", "states", "total wait s"],
+            [
+                [d, len(v), ", ".join(sorted({st for st, _ in v})), round(sum(x for _, x in v), 1)]
+                for d, v in sorted(by_dag.items())
+            ],
+        )
+
         o.heading("Expectations")
         for e in self.expect:
             o.line(
@@ -1185,8 +1198,9 @@ def _short_error(text: str) -> str:
     try:
         detail = json.loads(text).get("detail")
     except (ValueError, AttributeError):
-        return text[:200]
-    return (json.dumps(detail) if not isinstance(detail, str) else detail)[:200]
+        detail = text
+    msg = detail if isinstance(detail, str) else json.dumps(detail)
+    return " ".join(msg.split("Failed validating")[0].split())[:240]
 
 
 def _evidence(t: dict[str, Any]) -> str:
