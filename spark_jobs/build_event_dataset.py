@@ -1,11 +1,17 @@
 """spark-submit entry point: build the erasure event dataset (Delta) from the tracking store.
 
-    spark-submit spark_jobs/build_event_dataset.py [--full-refresh] [--retention-days N] [--no-retention]
+    python spark_jobs/build_event_dataset.py [--full-refresh] [--retention-days N] [--no-retention] [--report F]
 
-or ``python spark_jobs/build_event_dataset.py ...`` (the session comes from ``erasure.spark.get_spark``,
-which adds the Delta and Postgres jars). The tracking store DSN is read from the environment variable
-named by ``--dsn-env`` (default ``ERASURE_TRACKING_DSN``), never from the command line (it holds a
-password). Prints the build report as JSON on stdout.
+or with spark-submit, which must be given the jars itself (``spark.jars`` set by the session builder
+comes too late for the driver's class path when spark-submit already started the JVM)::
+
+    spark-submit --jars "$(ls $ERASURE_SPARK_JARS_DIR/*.jar | paste -sd,)" spark_jobs/build_event_dataset.py
+
+The session comes from ``erasure.spark.get_spark`` (Delta + Postgres jars, master from
+``ERASURE_SPARK_MASTER``). The tracking store DSN is read from the environment variable named by
+``--dsn-env`` (default ``ERASURE_TRACKING_DSN``), never from the command line (it holds a password).
+The build report is printed as JSON on stdout and written to ``--report`` if given (spark-submit
+mixes the driver's stderr into stdout).
 
 Exit codes: 0 built; 2 the batch failed data quality (report on stderr, nothing written); 1 other errors.
 No Airflow here: the DAG ``erasure_event_dataset`` calls the same ``erasure.event_dataset`` functions.
@@ -33,11 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap-hours", type=float, default=6.0, help="incremental re-read window (default 6)")
     p.add_argument("--no-retention", action="store_true", help="skip the retention DELETE + VACUUM")
     p.add_argument("--master", help="Spark master (default: ERASURE_SPARK_MASTER or local[*])")
+    p.add_argument(
+        "--report", help="also write the JSON build report (or the failed validation) to this file"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     args = parse_args(argv)
     from erasure.catalog import load_catalog
     from erasure.config import Settings
@@ -70,12 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     except DataQualityError as exc:
         print(str(exc), file=sys.stderr)
-        print(json.dumps(exc.summary.to_dict(), default=str), file=sys.stderr)
+        _write(args.report, {"status": "failed_validation", "validation": exc.summary.to_dict()})
         return 2
     finally:
         spark.stop()
-    print(json.dumps(report.to_dict(), default=str, indent=2))
+    out = report.to_dict()
+    print(json.dumps(out, default=str, indent=2))
+    _write(args.report, {"status": "built", **out})
     return 0
+
+
+def _write(path: str | None, doc: dict) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, default=str, indent=2)
 
 
 if __name__ == "__main__":

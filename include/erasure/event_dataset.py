@@ -768,11 +768,11 @@ WITH tasks AS (
 )
 SELECT owner_team,
        count(*) AS tasks,
-       count_if(erased_at <= due_at) AS on_time,
-       count_if(erased_at > due_at OR (erased_at IS NULL AND current_timestamp > due_at)) AS breached,
-       count_if(erased_at IS NULL AND current_timestamp <= due_at) AS open_within_sla,
-       round(100.0 * count_if(erased_at <= due_at)
-             / nullif(count_if(erased_at IS NOT NULL OR current_timestamp > due_at), 0), 1) AS sla_compliance_pct
+       count(CASE WHEN erased_at <= due_at THEN 1 END) AS on_time,
+       count(CASE WHEN erased_at > due_at OR (erased_at IS NULL AND current_timestamp > due_at) THEN 1 END) AS breached,
+       count(CASE WHEN erased_at IS NULL AND current_timestamp <= due_at THEN 1 END) AS open_within_sla,
+       round(100.0 * count(CASE WHEN erased_at <= due_at THEN 1 END)
+             / nullif(count(CASE WHEN erased_at IS NOT NULL OR current_timestamp > due_at THEN 1 END), 0), 1) AS sla_compliance_pct
   FROM tasks
  GROUP BY owner_team
  ORDER BY owner_team
