@@ -63,13 +63,17 @@ def test_partners_erase_and_ack_with_faults(setup, kafka_bootstrap, tmp_path):
         store = PartnerStore(tmp_path / "partners" / f"{name}.db")
         store.put_many([(s, {"email": f"{s}@example.com"}) for s in present])
         store.close()
-    mkt = KafkaPartner(cat.target("mkt"), data_dir=tmp_path / "partners", faults={"drop_next": 2})
+    mkt = KafkaPartner(cat.target("mkt"), data_dir=tmp_path / "partners", faults={"slow_ms": 5})
     recs = KafkaPartner(cat.target("recs"), data_dir=tmp_path / "partners", faults={"crash_every": 4})
     with mkt, recs:
         # the HTTP lookup / test-data endpoint of a Kafka partner (used by the canary)
         assert httpx.get(f"{mkt.url}/subjects/{present[0]}").status_code == 200
         r = httpx.post(f"{mkt.url}/test-subjects", json={"subject_id": "cus_canary1", "data": {"x": 1}})
         assert r.status_code == 201
+        # fault settings at run time, over HTTP (validated)
+        assert httpx.put(f"{mkt.url}/admin/faults", json={"drop_rate": 2}).status_code == 400
+        f = httpx.put(f"{mkt.url}/admin/faults", json={"drop_next": 2}).json()
+        assert f["drop_next"] == 2 and f["slow_ms"] == 5
 
         assert outbox.enqueue_due(dsn, cat).enqueued == 20
         assert outbox.publish_pending(dsn, kafka_bootstrap).published == 20

@@ -73,7 +73,8 @@ class KafkaFaults:
         return {f.name for f in fields(cls)}
 
     def update(self, data: dict[str, Any]) -> None:
-        """Merge settings; a bad value raises ValueError naming the field."""
+        """Merge settings (all or nothing); a bad value raises ValueError naming the field."""
+        new: dict[str, float | int] = {}
         for k, v in data.items():
             if k not in self.names():
                 raise ValueError(f"unknown kafka fault setting '{k}' (known: {sorted(self.names())})")
@@ -85,6 +86,8 @@ class KafkaFaults:
                 raise ValueError(f"fault '{k}' must be between 0 and 1, got {v!r}")
             if val < 0:
                 raise ValueError(f"fault '{k}' must be >= 0, got {v!r}")
+            new[k] = val
+        for k, val in new.items():
             setattr(self, k, val)
 
 
@@ -387,6 +390,7 @@ class _Consumer:
             msgs = self.consumer.consume(100, timeout=0.5)
             if not msgs:
                 continue
+            self._load_faults()  # settings written before these events were published apply to them
             acks: list[tuple[str, bytes]] = []
             for m in msgs:
                 err = m.error()
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats-file", required=True)
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s kafka-partner %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s kafka-partner %(message)s")
+    log.setLevel(logging.INFO)
     c = _Consumer(args)
 
     def on_term(*_: Any) -> None:
