@@ -1,0 +1,610 @@
+"""Warehouse erasure: erase subjects from Delta tables, logically and then physically.
+
+For every enabled catalog target of kind ``warehouse_delta`` one run does, per table:
+
+1. **delete** (stage ``deleted``): ONE batched ``MERGE INTO t USING broadcast(subjects) s
+   ON t.<key> = s.key WHEN MATCHED THEN DELETE`` for all the run's subjects of that table (open-source
+   Delta rejects subqueries in ``DELETE``, and one MERGE scans the table once however many subjects
+   there are). Mode ``mask`` updates the catalog's ``mask_columns`` instead (strings become
+   ``'[erased]'``, other types ``NULL``) and skips rows that are already masked, so a re-run writes
+   nothing. Evidence: the table version of the commit and the MERGE's operation metrics
+   (``numTargetRowsDeleted`` / ``numTargetRowsUpdated``; batch totals for all subjects of the run).
+2. **purge** (stage ``purged``): with deletion vectors the MERGE only marks rows as deleted and the
+   old Parquet files still hold them, so ``REORG TABLE delta.`path` APPLY (PURGE)`` rewrites the
+   files that carry deletion vectors. Without deletion vectors the MERGE already rewrote the touched
+   files (copy-on-write), so this stage records that no purge commit was needed.
+3. **vacuum** (stage ``vacuumed``): removed files still exist on disk and time travel still reads
+   them until ``VACUUM ... RETAIN <retention_hours> HOURS`` deletes them. A task reaches this stage
+   only in a run that starts after ``purged_at + retention_hours`` (then the removed files are older
+   than the retention and VACUUM really deletes them); until then it stays ``in_progress`` at stage
+   ``purged`` and a later (daily) run finishes it. Only at ``vacuumed`` does the task succeed.
+
+Each stage change is written with :func:`erasure.tracking.store.transition_task` (``stage=...``,
+evidence merged into the task's JSON), in its own transaction and only forward: the task row is
+locked and its current stage checked first. Delta commits carry ``userMetadata`` with the run id and
+target (never subject ids), so the table history names the erasure run that wrote each version.
+
+Crash safety: a job killed at any point leaves each table at a committed version (Delta's commit
+protocol: a version exists only once its log file is written atomically; files of an unfinished
+write are unreferenced and later removed by VACUUM). The tracking store only moves after a Delta
+commit succeeded, so the next run repeats at most the last step, which is idempotent (a second MERGE
+deletes 0 rows, REORG without deletion vectors rewrites nothing, VACUUM is repeatable).
+
+Retention below 168 h: Delta's VACUUM refuses it unless
+``spark.databricks.delta.retentionDurationCheck.enabled`` is false. The check protects concurrent
+readers and writers whose files are not yet committed or whose snapshot is old; the catalog owner
+chose the shorter retention explicitly (so erased bytes do not linger), so the job turns the check
+off for that one VACUUM call and restores it afterwards. Do not use a retention shorter than the
+longest write to that table while other writers are active.
+
+Residue outside data files: ``_delta_log`` commit files keep per-file column statistics (min/max)
+until the log retention (``delta.logRetentionDuration``, 30 days by default) expires them; the demo
+tables (see :mod:`erasure.warehouse_gen`) therefore collect statistics only on non-personal columns.
+
+Core module: no Airflow imports. Spark only through :func:`erasure.spark.get_spark` (callers pass
+the session in).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from erasure.catalog import Catalog, Target, WarehouseDeltaSpec
+from erasure.db import transaction
+from erasure.tracking.store import transition_task
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("erasure.warehouse")
+
+KIND = "warehouse_delta"
+STAGES = (None, "deleted", "purged", "vacuumed")
+PICKED_STATUSES = ("pending", "in_progress", "failed")
+MASK_STRING = "[erased]"
+RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+DEFAULT_RETENTION_CHECK_HOURS = 168
+LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse table cannot be erased as the catalog describes (missing table, column, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepResult:
+    """One Delta operation: which step, the table version it produced (or the current one if it
+    committed nothing), whether it committed, its metrics and its wall time."""
+
+    step: str
+    version: int
+    committed: bool
+    metrics: dict[str, int]
+    seconds: float
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TargetReport:
+    target: str
+    table: str
+    path: str
+    mode: str
+    tasks_picked: int = 0
+    subjects_in_batch: int = 0
+    delete: StepResult | None = None
+    purge: StepResult | None = None
+    vacuum: StepResult | None = None
+    advanced: dict[str, int] = field(default_factory=lambda: {"deleted": 0, "purged": 0, "vacuumed": 0})
+    waiting_for_retention: int = 0
+    vacuum_due_at: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("delete", "purge", "vacuum"):
+            step = getattr(self, k)
+            d[k] = step.to_dict() if step else None
+        return d
+
+
+@dataclass
+class WarehouseReport:
+    run_id: str
+    started_at: str
+    finished_at: str | None = None
+    targets: list[TargetReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.error is None for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "ok": self.ok,
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Delta operations (no tracking store): usable by the benchmark, the demo and the job
+# ---------------------------------------------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _quote_path(path: str) -> str:
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def _delta_table(spark: SparkSession, spec: WarehouseDeltaSpec, warehouse_dir: str | None) -> Any:
+    from delta.tables import DeltaTable
+
+    path = spec.resolved_path(warehouse_dir)
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise WarehouseError(f"table '{spec.table}': no Delta table at path '{path}' (warehouse_delta.path)")
+    return DeltaTable.forPath(spark, path)
+
+
+def _last_commit(dt: Any, user_metadata: str | None, since_version: int) -> tuple[int, dict[str, int], bool]:
+    """The version and metrics of our commit (found by userMetadata), else the current version."""
+    rows = dt.history(20).select("version", "operation", "operationMetrics", "userMetadata").collect()
+    current = max(r["version"] for r in rows)
+    for r in rows:
+        if r["version"] > since_version and user_metadata is not None and r["userMetadata"] == user_metadata:
+            metrics = {
+                k: int(v) for k, v in (r["operationMetrics"] or {}).items() if str(v).lstrip("-").isdigit()
+            }
+            return int(r["version"]), metrics, True
+    return int(current), {}, False
+
+
+def _with_conf(spark: SparkSession, conf: dict[str, str | None]) -> dict[str, str | None]:
+    """Set session confs (None unsets); returns the previous values for :func:`_restore_conf`."""
+    previous: dict[str, str | None] = {}
+    for k, v in conf.items():
+        previous[k] = spark.conf.get(k, None)
+        if v is None:
+            spark.conf.unset(k)
+        else:
+            spark.conf.set(k, v)
+    return previous
+
+
+def _restore_conf(spark: SparkSession, previous: dict[str, str | None]) -> None:
+    for k, v in previous.items():
+        if v is None:
+            spark.conf.unset(k)
+        else:
+            spark.conf.set(k, v)
+
+
+def _subjects_frame(spark: SparkSession, subject_ids: Iterable[str], key_type: Any) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    keys = sorted({str(s) for s in subject_ids})
+    df = spark.createDataFrame([(k,) for k in keys], "key string")
+    return df.select(F.col("key").cast(key_type).alias("key"))
+
+
+def delete_subjects(
+    spark: SparkSession,
+    spec: WarehouseDeltaSpec,
+    subject_ids: Sequence[str],
+    *,
+    warehouse_dir: str | None = None,
+    user_metadata: dict[str, Any] | None = None,
+) -> StepResult:
+    """ONE batched MERGE erasing ``subject_ids`` from the table (delete or mask per the catalog).
+
+    Re-running it for the same subjects is harmless: 0 rows match (delete) or all matches are
+    already masked (mask), and Delta then writes no new version.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    if not subject_ids:
+        raise ValueError("subject_ids: empty; nothing to erase")
+    dt = _delta_table(spark, spec, warehouse_dir)
+    path = spec.resolved_path(warehouse_dir)
+    schema = {f.name: f.dataType for f in dt.toDF().schema.fields}
+    if spec.key_column not in schema:
+        raise WarehouseError(
+            f"table '{spec.table}' at '{path}': key_column '{spec.key_column}' is not a column "
+            f"(columns: {sorted(schema)})"
+        )
+    missing = [c for c in spec.mask_columns if c not in schema]
+    if missing:
+        raise WarehouseError(
+            f"table '{spec.table}' at '{path}': mask_columns {missing} are not columns (columns: {sorted(schema)})"
+        )
+    subjects = F.broadcast(_subjects_frame(spark, subject_ids, schema[spec.key_column])).alias("s")
+    before = dt.history(1).select("version").collect()[0]["version"]
+    meta = json.dumps(
+        {"erasure": "warehouse", "step": spec.mode, "token": uuid.uuid4().hex, **(user_metadata or {})}
+    )
+    merge = dt.alias("t").merge(subjects, f"t.`{spec.key_column}` = s.key")
+    if spec.mode == "delete":
+        merge = merge.whenMatchedDelete()
+    else:
+        values: dict[str, Any] = {}
+        differs = []
+        for c in spec.mask_columns:
+            masked = F.lit(MASK_STRING) if isinstance(schema[c], StringType) else F.lit(None).cast(schema[c])
+            values[f"`{c}`"] = masked
+            differs.append(~F.col(f"t.`{c}`").eqNullSafe(masked))
+        cond = differs[0]
+        for d in differs[1:]:
+            cond = cond | d
+        merge = merge.whenMatchedUpdate(condition=cond, set=values)
+    started = time.perf_counter()
+    previous = _with_conf(spark, {USER_METADATA_CONF: meta})
+    try:
+        merge.execute()
+    finally:
+        _restore_conf(spark, previous)
+    seconds = time.perf_counter() - started
+    version, metrics, committed = _last_commit(dt, meta, before)
+    return StepResult(spec.mode, version, committed, metrics, round(seconds, 3), _now().isoformat())
+
+
+def deletion_vectors_enabled(
+    spark: SparkSession, spec: WarehouseDeltaSpec, warehouse_dir: str | None = None
+) -> bool:
+    """Whether the table may hold deletion vectors: the catalog says so or the table property is on."""
+    path = spec.resolved_path(warehouse_dir)
+    detail = spark.sql(f"DESCRIBE DETAIL {_quote_path(path)}").collect()[0]  # noqa: S608 (quoted path)
+    props = detail["properties"] or {}
+    return spec.deletion_vectors or str(props.get("delta.enableDeletionVectors", "false")).lower() == "true"
+
+
+def purge_deleted_rows(
+    spark: SparkSession,
+    spec: WarehouseDeltaSpec,
+    *,
+    warehouse_dir: str | None = None,
+    user_metadata: dict[str, Any] | None = None,
+) -> StepResult:
+    """``REORG TABLE ... APPLY (PURGE)`` where deletion vectors are (or may be) on; else a no-op."""
+    dt = _delta_table(spark, spec, warehouse_dir)
+    path = spec.resolved_path(warehouse_dir)
+    before = dt.history(1).select("version").collect()[0]["version"]
+    if not deletion_vectors_enabled(spark, spec, warehouse_dir):
+        # Copy-on-write: the MERGE already rewrote every file that held an erased row.
+        return StepResult("purge", int(before), False, {}, 0.0, _now().isoformat())
+    meta = json.dumps(
+        {"erasure": "warehouse", "step": "purge", "token": uuid.uuid4().hex, **(user_metadata or {})}
+    )
+    started = time.perf_counter()
+    previous = _with_conf(spark, {USER_METADATA_CONF: meta})
+    try:
+        spark.sql(f"REORG TABLE {_quote_path(path)} APPLY (PURGE)").collect()  # noqa: S608 (quoted path)
+    finally:
+        _restore_conf(spark, previous)
+    seconds = time.perf_counter() - started
+    version, metrics, committed = _last_commit(dt, meta, before)
+    return StepResult("purge", version, committed, metrics, round(seconds, 3), _now().isoformat())
+
+
+def _listing_parallelism(spark: SparkSession) -> int:
+    """Tasks for VACUUM's file listing. Spark's default (10,000) turns a small table's VACUUM into
+    minutes of empty tasks on a small cluster; 2 per core (ERASURE_VACUUM_LISTING_PARALLELISM)."""
+    env = os.environ.get("ERASURE_VACUUM_LISTING_PARALLELISM")
+    if env:
+        return max(1, int(env))
+    return max(2, 2 * int(spark.sparkContext.defaultParallelism))
+
+
+def vacuum_table(
+    spark: SparkSession,
+    spec: WarehouseDeltaSpec,
+    *,
+    warehouse_dir: str | None = None,
+) -> StepResult:
+    """``VACUUM ... RETAIN <retention_hours> HOURS``; the duration check is off only below 168 h."""
+    dt = _delta_table(spark, spec, warehouse_dir)
+    path = spec.resolved_path(warehouse_dir)
+    before = dt.history(1).select("version").collect()[0]["version"]
+    hours = int(spec.retention_hours)
+    conf: dict[str, str | None] = {LISTING_PARALLELISM_CONF: str(_listing_parallelism(spark))}
+    if hours < DEFAULT_RETENTION_CHECK_HOURS:
+        conf[RETENTION_CHECK_CONF] = "false"
+    started = time.perf_counter()
+    previous = _with_conf(spark, conf)
+    try:
+        spark.sql(f"VACUUM {_quote_path(path)} RETAIN {hours} HOURS").collect()  # noqa: S608 (int + quoted path)
+    finally:
+        _restore_conf(spark, previous)
+    seconds = time.perf_counter() - started
+    rows = dt.history(5).select("version", "operation", "operationMetrics").collect()
+    version, metrics = int(before), {}
+    for r in rows:  # newest first: VACUUM END (Delta logs VACUUM START/END commits)
+        if r["version"] > before and r["operation"] == "VACUUM END":
+            version = int(r["version"])
+            metrics = {k: int(v) for k, v in (r["operationMetrics"] or {}).items() if str(v).isdigit()}
+            break
+    return StepResult("vacuum", version, version > before, metrics, round(seconds, 3), _now().isoformat())
+
+
+def erase_table(
+    spark: SparkSession,
+    spec: WarehouseDeltaSpec,
+    subject_ids: Sequence[str],
+    *,
+    warehouse_dir: str | None = None,
+) -> dict[str, StepResult]:
+    """Delete + purge + vacuum without the tracking store (the demo and benchmark use it).
+
+    VACUUM runs right away, so files removed by this erasure are deleted only if the table's
+    retention is 0 h; otherwise use :func:`erase_warehouse`, which waits for the retention.
+    """
+    return {
+        "delete": delete_subjects(spark, spec, subject_ids, warehouse_dir=warehouse_dir),
+        "purge": purge_deleted_rows(spark, spec, warehouse_dir=warehouse_dir),
+        "vacuum": vacuum_table(spark, spec, warehouse_dir=warehouse_dir),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tracking store
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class WarehouseTask:
+    task_id: int
+    request_id: int
+    subject_id: str
+    status: str
+    stage: str | None
+    attempts: int
+    evidence: dict[str, Any]
+
+
+_PICK_SQL = """
+SELECT t.id AS task_id, t.request_id, r.subject_id, t.status, t.stage, t.attempts, t.evidence
+  FROM erasure.task t
+  JOIN erasure.request r ON r.id = t.request_id
+ WHERE r.status = 'in_progress'
+   AND t.kind = 'warehouse_delta'
+   AND t.target = %(target)s
+   AND (t.status IN ('pending', 'in_progress') OR (t.status = 'failed' AND t.attempts < %(max_attempts)s))
+ ORDER BY t.id
+"""
+
+
+def pick_tasks(dsn: str, target: Target) -> list[WarehouseTask]:
+    """Tasks of this target to work on: request ``in_progress``; task ``pending``, ``in_progress`` or
+    ``failed`` with attempts left (exhausted ones are left to the reconcile stage to escalate)."""
+    with transaction(dsn) as cur:
+        cur.execute(_PICK_SQL, {"target": target.name, "max_attempts": target.max_attempts})
+        return [WarehouseTask(**row) for row in cur.fetchall()]
+
+
+def pending_counts(dsn: str, catalog: Catalog) -> dict[str, int]:
+    """Number of workable tasks per enabled warehouse target (cheap; lets a DAG skip Spark)."""
+    return {t.name: len(pick_tasks(dsn, t)) for t in catalog.of_kind(KIND)}
+
+
+def _claim(dsn: str, tasks: list[WarehouseTask], evidence: dict[str, Any]) -> list[WarehouseTask]:
+    """Move picked tasks to in_progress (attempts+1 unless already in progress); returns the claimed."""
+    claimed = []
+    with transaction(dsn) as cur:
+        for t in tasks:
+            moved = transition_task(
+                cur,
+                t.task_id,
+                "in_progress",
+                PICKED_STATUSES,
+                evidence=evidence,
+                increment_attempts=t.status != "in_progress",
+            )
+            if moved:
+                t.status = "in_progress"
+                claimed.append(t)
+    return claimed
+
+
+def _advance(
+    dsn: str,
+    tasks: list[WarehouseTask],
+    from_stage: str | None,
+    to_stage: str,
+    evidence: dict[str, Any],
+    *,
+    to_status: str = "in_progress",
+) -> list[WarehouseTask]:
+    """Move tasks from ``from_stage`` to ``to_stage`` in one transaction; forward only (rows locked,
+    current stage and status checked). Returns the tasks that moved (their ``stage`` updated)."""
+    if not tasks:
+        return []
+    ids = [t.task_id for t in tasks]
+    moved = []
+    with transaction(dsn) as cur:
+        cur.execute(
+            "SELECT id, stage, status FROM erasure.task WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE",
+            {"ids": ids},
+        )
+        current = {r["id"]: r for r in cur.fetchall()}
+        for t in tasks:
+            row = current.get(t.task_id)
+            if row is None or row["status"] != "in_progress" or row["stage"] != from_stage:
+                continue
+            if transition_task(
+                cur, t.task_id, to_status, ("in_progress",), evidence=evidence, stage=to_stage
+            ):
+                t.stage = to_stage
+                t.status = to_status
+                t.evidence = {**t.evidence, **evidence}
+                moved.append(t)
+    return moved
+
+
+def _fail(dsn: str, tasks: list[WarehouseTask], error: str, backoff_minutes: float) -> None:
+    with transaction(dsn) as cur:
+        for t in tasks:
+            transition_task(
+                cur,
+                t.task_id,
+                "failed",
+                ("in_progress",),
+                last_error=error[:4000],
+                next_attempt_at=_now() + timedelta(minutes=backoff_minutes),
+            )
+
+
+def _vacuum_due(task: WarehouseTask, retention_hours: int) -> datetime | None:
+    purged_at = task.evidence.get("purged_at")
+    if not purged_at:
+        return None
+    return datetime.fromisoformat(purged_at) + timedelta(hours=retention_hours)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------------
+def erase_target(
+    spark: SparkSession,
+    target: Target,
+    dsn: str,
+    *,
+    run_id: str,
+    warehouse_dir: str | None = None,
+) -> TargetReport:
+    """Advance every workable task of one warehouse target as far as it can go in this run."""
+    spec = target.warehouse_delta
+    assert spec is not None  # noqa: S101 (guaranteed by the catalog's kind check)
+    path = spec.resolved_path(warehouse_dir)
+    rep = TargetReport(target=target.name, table=spec.table, path=path, mode=spec.mode)
+    picked = pick_tasks(dsn, target)
+    if not picked:
+        return rep
+    tasks = _claim(dsn, picked, {"run_id": run_id, "table": spec.table, "path": path, "mode": spec.mode})
+    rep.tasks_picked = len(tasks)
+    meta = {"run_id": run_id, "target": target.name}
+    try:
+        # 1. one batched MERGE for every task not deleted yet
+        to_delete = [t for t in tasks if t.stage is None]
+        if to_delete:
+            rep.subjects_in_batch = len({t.subject_id for t in to_delete})
+            log.info("target=%s step=merge status=start subjects=%d", target.name, rep.subjects_in_batch)
+            res = delete_subjects(
+                spark,
+                spec,
+                [t.subject_id for t in to_delete],
+                warehouse_dir=warehouse_dir,
+                user_metadata=meta,
+            )
+            rep.delete = res
+            log.info(
+                "target=%s step=merge status=done version=%s metrics=%s",
+                target.name,
+                res.version,
+                res.metrics,
+            )
+            ev = {
+                "delete_version": res.version,
+                "delete_committed": res.committed,
+                "num_deleted_rows": res.metrics.get("numTargetRowsDeleted", 0),
+                "num_masked_rows": res.metrics.get("numTargetRowsUpdated", 0),
+                "batch_subjects": rep.subjects_in_batch,
+                "deleted_at": res.at,
+            }
+            rep.advanced["deleted"] = len(_advance(dsn, to_delete, None, "deleted", ev))
+        # 2. purge deletion vectors
+        to_purge = [t for t in tasks if t.stage == "deleted"]
+        if to_purge:
+            log.info("target=%s step=purge status=start", target.name)
+            res = purge_deleted_rows(spark, spec, warehouse_dir=warehouse_dir, user_metadata=meta)
+            rep.purge = res
+            due = datetime.fromisoformat(res.at) + timedelta(hours=spec.retention_hours)
+            ev = {
+                "purge_version": res.version,
+                "purge_committed": res.committed,
+                "purge": "reorg_purge" if res.committed else "not_needed_copy_on_write",
+                "purged_files_removed": res.metrics.get("numRemovedFiles", 0),
+                "deletion_vectors_removed": res.metrics.get("numDeletionVectorsRemoved", 0),
+                "purged_at": res.at,
+                "retention_hours": spec.retention_hours,
+                "vacuum_due_at": due.isoformat(),
+            }
+            rep.advanced["purged"] = len(_advance(dsn, to_purge, "deleted", "purged", ev))
+        # 3. vacuum once the retention has passed since the purge
+        now = _now()
+        to_vacuum, waiting = [], []
+        for t in tasks:
+            if t.stage != "purged":
+                continue
+            due = _vacuum_due(t, spec.retention_hours)
+            (to_vacuum if due is not None and due <= now else waiting).append(t)
+        rep.waiting_for_retention = len(waiting)
+        if waiting:
+            rep.vacuum_due_at = max(_vacuum_due(t, spec.retention_hours) or now for t in waiting).isoformat()
+        if to_vacuum:
+            log.info("target=%s step=vacuum status=start retain_hours=%d", target.name, spec.retention_hours)
+            res = vacuum_table(spark, spec, warehouse_dir=warehouse_dir)
+            rep.vacuum = res
+            ev = {
+                "vacuum_version": res.version,
+                "vacuum_files_deleted": res.metrics.get("numDeletedFiles", 0),
+                "vacuum_retain_hours": spec.retention_hours,
+                "vacuumed_at": res.at,
+            }
+            rep.advanced["vacuumed"] = len(
+                _advance(dsn, to_vacuum, "purged", "vacuumed", ev, to_status="succeeded")
+            )
+    except Exception as exc:  # noqa: BLE001 (recorded on the tasks, reported, job exits non-zero)
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.exception("target=%s failed: %s", target.name, msg)
+        rep.error = msg
+        _fail(dsn, [t for t in tasks if t.status == "in_progress"], msg, target.retry_backoff_minutes)
+    return rep
+
+
+def erase_warehouse(
+    spark: SparkSession,
+    catalog: Catalog,
+    dsn: str,
+    *,
+    warehouse_dir: str | None = None,
+    targets: Sequence[str] | None = None,
+    run_id: str | None = None,
+) -> WarehouseReport:
+    """Run the warehouse erasure for every enabled ``warehouse_delta`` target (or ``targets``).
+
+    Subjects come from the tracking store: tasks of kind ``warehouse_delta`` in status pending,
+    in_progress or failed (with attempts left) whose request is ``in_progress``. One failing target
+    does not stop the others; see ``WarehouseReport.ok``.
+    """
+    wanted = catalog.of_kind(KIND)
+    if targets:
+        known = {t.name for t in wanted}
+        unknown = sorted(set(targets) - known)
+        if unknown:
+            raise ValueError(
+                f"targets: {unknown} are not enabled warehouse_delta targets (known: {sorted(known)})"
+            )
+        wanted = [t for t in wanted if t.name in set(targets)]
+    report = WarehouseReport(run_id=run_id or uuid.uuid4().hex, started_at=_now().isoformat())
+    for target in wanted:
+        report.targets.append(
+            erase_target(spark, target, dsn, run_id=report.run_id, warehouse_dir=warehouse_dir)
+        )
+    report.finished_at = _now().isoformat()
+    return report

@@ -1,0 +1,159 @@
+"""Benchmark: ONE batched MERGE erasing 10,000 subjects vs a full scan vs per-subject deletes.
+
+Per table (default: ``page_views`` with deletion vectors and ``orders``, partitioned, copy-on-write):
+
+* **full scan**: read every column of every row once (``noop`` sink) - the floor for any erasure
+  that must find rows by a non-clustered key;
+* **per-subject**: one MERGE per subject, timed on a small sample and extrapolated to all subjects
+  (what a naive "one request = one DELETE" design costs);
+* **batched**: :func:`erasure.warehouse.delete_subjects` with all subjects in one broadcast MERGE;
+  then the purge (REORG) and VACUUM that make the erasure physical (reported, not in the ratios).
+
+Ratios and goals (batched <= 2x full scan, per-subject >= 20x batched) go to
+``.local/bench/warehouse.json``. All times come from this run on this machine (no fixed baseline).
+
+Sizes: ERASURE_BENCH_WH_ROWS (default 1,000,000 rows per table so it runs in a few minutes),
+ERASURE_BENCH_WH_SUBJECTS (10,000), ERASURE_BENCH_WH_SAMPLE (3 per-subject deletes),
+ERASURE_BENCH_WH_TABLES (``wh_page_views,wh_orders``). The full-size run of the issue:
+
+    ERASURE_BENCH_WH_ROWS=10000000 .local/venv/bin/python -m pytest -m benchmark \\
+        tests/benchmarks/bench_warehouse.py -p no:cacheprovider -s
+
+(also ``python tests/benchmarks/bench_warehouse.py``; the file is named bench_* so the normal test
+run never collects it.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.benchmark
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = int(os.environ.get("ERASURE_BENCH_WH_ROWS", "1000000"))
+SUBJECTS = int(os.environ.get("ERASURE_BENCH_WH_SUBJECTS", "10000"))
+SAMPLE = int(os.environ.get("ERASURE_BENCH_WH_SAMPLE", "3"))
+TABLES = [t for t in os.environ.get("ERASURE_BENCH_WH_TABLES", "wh_page_views,wh_orders").split(",") if t]
+GOAL_SCAN_RATIO = 2.0
+GOAL_SPEEDUP = 20.0
+
+
+def _full_scan_seconds(spark: Any, path: str) -> float:
+    started = time.perf_counter()
+    spark.read.format("delta").load(path).write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - started
+
+
+def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> dict[str, Any]:
+    from erasure.warehouse import delete_subjects, purge_deleted_rows, vacuum_table
+    from erasure.warehouse_gen import customer_id, generate_tables
+
+    spec = catalog.target(target).warehouse_delta
+    customers = max(ROWS // 10, SUBJECTS + SAMPLE + 1)
+    started = time.perf_counter()
+    gen = generate_tables(
+        spark, catalog, ROWS, customers=customers, warehouse_dir=warehouse_dir, targets=[target]
+    )[target]
+    gen_s = time.perf_counter() - started
+    path = gen.path
+    # subjects spread over the population; the sample is disjoint from the batch
+    step = max(1, customers // (SUBJECTS + SAMPLE))
+    ids = [customer_id(i * step) for i in range(SUBJECTS + SAMPLE)]
+    batch, sample = ids[:SUBJECTS], ids[SUBJECTS:]
+
+    _full_scan_seconds(spark, path)  # warm-up: JIT, file system cache
+    scan_s = _full_scan_seconds(spark, path)
+
+    per_subject = []
+    for s in sample:
+        r = delete_subjects(spark, spec, [s], warehouse_dir=warehouse_dir)
+        per_subject.append(r.seconds)
+    per_subject_mean = statistics.mean(per_subject) if per_subject else float("nan")
+
+    batched = delete_subjects(spark, spec, batch, warehouse_dir=warehouse_dir)
+    purge = purge_deleted_rows(spark, spec, warehouse_dir=warehouse_dir)
+    vacuum = vacuum_table(spark, spec, warehouse_dir=warehouse_dir)
+    deleted = batched.metrics.get("numTargetRowsDeleted", batched.metrics.get("numTargetRowsUpdated", 0))
+
+    per_subject_total = per_subject_mean * SUBJECTS
+    return {
+        "target": target,
+        "table": spec.table,
+        "rows": gen.rows,
+        "files": gen.files,
+        "partition_columns": gen.partition_columns,
+        "deletion_vectors": gen.deletion_vectors,
+        "subjects": SUBJECTS,
+        "rows_deleted": deleted,
+        "generate_s": round(gen_s, 2),
+        "full_scan_s": round(scan_s, 2),
+        "batched_merge_s": batched.seconds,
+        "purge_s": purge.seconds,
+        "vacuum_s": vacuum.seconds,
+        "batched_physical_total_s": round(batched.seconds + purge.seconds + vacuum.seconds, 2),
+        "per_subject_sample_s": per_subject,
+        "per_subject_mean_s": round(per_subject_mean, 3),
+        "per_subject_extrapolated_s": round(per_subject_total, 1),
+        "ratio_batched_to_full_scan": round(batched.seconds / scan_s, 2),
+        "ratio_per_subject_to_batched": round(per_subject_total / batched.seconds, 1),
+        "goal_batched_le_2x_scan": batched.seconds <= GOAL_SCAN_RATIO * scan_s,
+        "goal_20x_faster_than_per_subject": per_subject_total >= GOAL_SPEEDUP * batched.seconds,
+    }
+
+
+def run(spark: Any, catalog: Any) -> dict[str, Any]:
+    local = Path(os.environ.get("ERASURE_LOCAL", ROOT / ".local"))
+    warehouse_dir = local / "bench" / "warehouse-tables"
+    shutil.rmtree(warehouse_dir, ignore_errors=True)
+    try:
+        results = [bench_table(spark, catalog, t, str(warehouse_dir)) for t in TABLES]
+    finally:
+        shutil.rmtree(warehouse_dir, ignore_errors=True)
+    out = {
+        "benchmark": "warehouse",
+        "measured_at": datetime.now(UTC).isoformat(),
+        "spark_master": spark.sparkContext.master,
+        "cores": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "rows_per_table": ROWS,
+        "subjects": SUBJECTS,
+        "per_subject_sample": SAMPLE,
+        "goals": {"batched_le_x_full_scan": GOAL_SCAN_RATIO, "per_subject_slower_by_at_least": GOAL_SPEEDUP},
+        "tables": results,
+    }
+    (local / "bench").mkdir(parents=True, exist_ok=True)
+    (local / "bench" / "warehouse.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return out
+
+
+def test_batched_erasure_vs_full_scan_vs_per_subject(spark, catalog):
+    out = run(spark, catalog)
+    print(json.dumps(out, indent=2))
+    for t in out["tables"]:
+        assert t["rows_deleted"] > 0, t
+        assert t["goal_20x_faster_than_per_subject"], t
+        assert t["goal_batched_le_2x_scan"], t
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from erasure.catalog import load_catalog
+    from erasure.spark import get_spark
+    from tests import conftest  # noqa: F401  (loads scripts/env.sh into the environment)
+
+    session = get_spark("erasure-bench-warehouse", master=os.environ.get("ERASURE_SPARK_MASTER", "local[2]"))
+    try:
+        print(json.dumps(run(session, load_catalog(ROOT / "include" / "catalog")), indent=2))
+    finally:
+        session.stop()
