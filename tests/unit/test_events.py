@@ -93,7 +93,12 @@ def test_event_unsupported_schema_version(version):
 
 @pytest.mark.parametrize(
     ("raw", "msg"),
-    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (None, "no value"), (b"\xff\xfe", "not UTF-8 text")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (None, "no value"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
 )
 def test_event_garbage(raw, msg):
     with pytest.raises(SchemaError, match=msg):
