@@ -68,6 +68,7 @@ def erasure_event_dataset():
     def build(params: dict | None = None, outlet_events=None) -> dict:
         import json
         import logging
+        from functools import partial
 
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -80,10 +81,9 @@ def erasure_event_dataset():
 
         params = params or {}
         settings = Settings.from_env()
-        spark = get_spark("erasure-event-dataset")
         try:
             report = build_event_dataset(
-                spark,
+                partial(get_spark, "erasure-event-dataset"),  # started only if there is something to write
                 tracking_dsn(),
                 load_catalog(settings.catalog_path),
                 settings.dataset_dir,

@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     settings = Settings.from_env()
     catalog = load_catalog(args.catalog or settings.catalog_path)
-    spark = get_spark("erasure-event-dataset", master=args.master)
+    sessions: list = []
+
+    def spark():  # started only when there is something to write
+        if not sessions:
+            sessions.append(get_spark("erasure-event-dataset", master=args.master))
+        return sessions[0]
+
     try:
         report = build_event_dataset(
             spark,
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.report, {"status": "failed_validation", "validation": exc.summary.to_dict()})
         return 2
     finally:
-        spark.stop()
+        for s in sessions:
+            s.stop()
     out = report.to_dict()
     print(json.dumps(out, default=str, indent=2))
     _write(args.report, {"status": "built", **out})

@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,31 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("erasure.event_dataset")
+
+# Functions that write take a SparkSession or a factory (e.g. ``erasure.spark.get_spark``): with a
+# factory, Spark is started only when something has to be written (a run with nothing new starts no JVM).
+
+
+class _Spark:
+    """Resolves a SparkSession-or-factory once, on first use."""
+
+    def __init__(self, spark: Any) -> None:
+        self._arg = spark
+        self._session: Any = spark if hasattr(spark, "sql") else None
+
+    def __call__(self) -> SparkSession:
+        if self._session is None:
+            self._session = self._arg()
+        return self._session
+
+    @property
+    def started(self) -> bool:
+        return self._session is not None
+
+
+def _spark(spark: Any) -> _Spark:
+    return spark if isinstance(spark, _Spark) else _Spark(spark)
+
 
 EVENTS_TABLE = "erasure_events"
 SUBJECTS_TABLE = "erased_subjects"
@@ -192,13 +217,14 @@ def table_version(path: str) -> int | None:
 
 
 def ensure_tables(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     dataset_dir: str | os.PathLike[str],
     *,
     retention_days: int,
     deleted_file_retention_hours: int = DEFAULT_DELETED_FILE_RETENTION_HOURS,
 ) -> None:
     """Create both tables if missing; set their properties only when they differ (no empty commits)."""
+    spark = _spark(spark)
     specs = (
         (events_path(dataset_dir), EVENT_COLUMNS, "event_date", EVENT_STATS_COLUMNS),
         (subjects_path(dataset_dir), SUBJECT_COLUMNS, "erasure_date", SUBJECT_STATS_COLUMNS),
@@ -206,7 +232,7 @@ def ensure_tables(
     for path, cols, part, stats in specs:
         props = table_properties(retention_days, deleted_file_retention_hours, stats)
         if not _table_exists(path):
-            spark.sql(
+            spark().sql(
                 f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({_ddl(cols)}) USING DELTA "
                 f"PARTITIONED BY ({part}) TBLPROPERTIES ({_props_sql(props)})"
             )
@@ -216,7 +242,7 @@ def ensure_tables(
         current = DeltaTable(path).metadata().configuration
         changed = {k: v for k, v in props.items() if current.get(k) != v}
         if changed:
-            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({_props_sql(changed)})")
+            spark().sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({_props_sql(changed)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,7 +500,9 @@ def changed_rows(batch: pa.Table, dataset_dir: str | os.PathLike[str]) -> pa.Tab
     return batch.filter(pa.array(keep, pa.bool_()))
 
 
-def merge_events(spark: SparkSession, batch: pa.Table, dataset_dir: str | os.PathLike[str]) -> dict[str, int]:
+def merge_events(
+    spark: SparkSession | Callable[[], SparkSession], batch: pa.Table, dataset_dir: str | os.PathLike[str]
+) -> dict[str, int]:
     """MERGE a validated batch into erasure_events on event_id: insert new, update changed, keep identical."""
     import pyarrow.compute as pc
 
@@ -483,9 +511,10 @@ def merge_events(spark: SparkSession, batch: pa.Table, dataset_dir: str | os.Pat
         return {"inserted": 0, "updated": 0}
     min_date = pc.min(todo["event_date"]).as_py()
     view = "erasure_events_batch"
-    spark.createDataFrame(todo).createOrReplaceTempView(view)
+    session = _spark(spark)()
+    session.createDataFrame(todo).createOrReplaceTempView(view)
     try:
-        res = spark.sql(
+        res = session.sql(
             f"""
             MERGE INTO delta.`{events_path(dataset_dir)}` AS t
             USING {view} AS s
@@ -496,7 +525,7 @@ def merge_events(spark: SparkSession, batch: pa.Table, dataset_dir: str | os.Pat
             """  # noqa: S608 - paths checked by _dir(), dates are date objects
         ).first()
     finally:
-        spark.catalog.dropTempView(view)
+        session.catalog.dropTempView(view)
     return {"inserted": int(res["num_inserted_rows"]), "updated": int(res["num_updated_rows"])}
 
 
@@ -515,7 +544,7 @@ SUBJECT_SOURCE_COLUMNS = [
 
 
 def refresh_erased_subjects(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     dataset_dir: str | os.PathLike[str],
     *,
     cutoff_date: date,
@@ -563,9 +592,10 @@ def refresh_erased_subjects(
     ]
     source = pa.Table.from_pylist(rows, schema=_arrow_schema(SUBJECT_COLUMNS))
     view = "erased_subjects_batch"
-    spark.createDataFrame(source).createOrReplaceTempView(view)
+    session = _spark(spark)()
+    session.createDataFrame(source).createOrReplaceTempView(view)
     try:
-        res = spark.sql(
+        res = session.sql(
             f"""
             MERGE INTO delta.`{subjects_path(dataset_dir)}` AS t
             USING {view} AS s
@@ -574,12 +604,12 @@ def refresh_erased_subjects(
             """  # noqa: S608 - paths checked by _dir()
         ).first()
     finally:
-        spark.catalog.dropTempView(view)
+        session.catalog.dropTempView(view)
     return {"inserted": int(res["num_inserted_rows"])}
 
 
 def enforce_retention(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     dataset_dir: str | os.PathLike[str],
     *,
     retention_days: int | None = None,
@@ -596,6 +626,7 @@ def enforce_retention(
     """
     from deltalake import DeltaTable
 
+    spark = _spark(spark)
     days = retention_days if retention_days is not None else retention_days_from_env()
     cutoff = (today or datetime.now(UTC).date()) - timedelta(days=days)
     out: dict[str, Any] = {
@@ -610,7 +641,7 @@ def enforce_retention(
             continue
         deleted = 0
         if any(d < cutoff for d in _partition_dates(path, col)):
-            res = spark.sql(f"DELETE FROM delta.`{path}` WHERE {col} < DATE'{cutoff.isoformat()}'").first()  # noqa: S608
+            res = spark().sql(f"DELETE FROM delta.`{path}` WHERE {col} < DATE'{cutoff.isoformat()}'").first()  # noqa: S608
             deleted = int(res[0]) if res is not None and res[0] is not None else 0
         out["deleted"][name] = deleted
         if vacuum:
@@ -655,6 +686,7 @@ class BuildReport:
     unknown_owner_rows: int = 0
     validation: dict[str, Any] = field(default_factory=dict)
     retention: dict[str, Any] | None = None
+    spark_started: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -688,7 +720,7 @@ def _since(
 
 
 def build_event_dataset(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     dsn: str,
     catalog: Catalog,
     dataset_dir: str | os.PathLike[str],
@@ -702,8 +734,10 @@ def build_event_dataset(
 ) -> BuildReport:
     """Extract -> enrich -> validate (GX) -> MERGE events -> MERGE erased subjects -> retention.
 
-    Raises ``erasure.dq.DataQualityError`` (nothing written) when the batch fails validation.
+    ``spark`` is a session or a factory; with a factory Spark starts only when there is something to
+    write. Raises ``erasure.dq.DataQualityError`` (nothing written) when the batch fails validation.
     """
+    spark = _spark(spark)
     days = retention_days if retention_days is not None else retention_days_from_env()
     now = now or datetime.now(UTC)
     since = _since(dataset_dir, now=now, retention_days=days, full_refresh=full_refresh, overlap=overlap)
@@ -741,6 +775,7 @@ def build_event_dataset(
     )
     if apply_retention:
         report.retention = enforce_retention(spark, dataset_dir, retention_days=days, today=now.date())
+    report.spark_started = spark.started
     report.events_version = table_version(report.events_path)
     report.subjects_version = table_version(report.subjects_path)
     log.info(

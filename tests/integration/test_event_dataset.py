@@ -136,13 +136,13 @@ def test_build_twice_replay_and_both_readers_agree(spark, tracking_db, catalog, 
     assert r1.validation["success"] and r1.retention["deleted"] == {"erasure_events": 0, "erased_subjects": 0}
     assert spark_count(spark, ev) == rs_count(ev) == n  # Spark and delta-rs agree with the tracking store
 
-    # the second build (incremental, overlapping window) changes nothing
-    r2 = build_event_dataset(spark, tracking_db, catalog, tmp_path)
-    assert (r2.source_rows, r2.inserted, r2.updated) == (n, 0, 0)
-    assert (r2.events_version, r2.subjects_version) == (
-        r1.events_version,
-        r1.subjects_version,
-    )  # no empty commit
+    # the second build (incremental, overlapping window) changes nothing: no commit, not even Spark
+    def no_spark():
+        raise AssertionError("a build with nothing new must not start Spark")
+
+    r2 = build_event_dataset(no_spark, tracking_db, catalog, tmp_path)
+    assert (r2.source_rows, r2.inserted, r2.updated, r2.spark_started) == (n, 0, 0, False)
+    assert (r2.events_version, r2.subjects_version) == (r1.events_version, r1.subjects_version)
     assert rs_count(ev) == n
 
     # replay: the same events (same event_ids) MERGEd again -> no duplicate; a changed one is updated
