@@ -117,7 +117,7 @@ class Console:
     def table(self, headers: list[str], rows: list[list[Any]]) -> None:
         cells = [[_cell(c) for c in r] for r in rows]
         widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-        widths = [min(w, 70) for w in widths]
+        widths = [min(w, 100) for w in widths]
         self.line("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
         self.line("  " + "  ".join("-" * w for w in widths))
         for r in cells:
@@ -1113,8 +1113,9 @@ class Demo:
         con.register("erasure_events", events)
         q = (
             "SELECT request_id, external_id, count(*) AS events,\n"
-            "       string_agg(DISTINCT event_type, ', ' ORDER BY event_type) AS event_types,\n"
-            "       max(occurred_at) AS last_event\n"
+            "       count(*) FILTER (WHERE event_type = 'task_succeeded') AS targets_erased,\n"
+            "       count(*) FILTER (WHERE event_type IN ('task_failed', 'task_retried')) AS failures_retries,\n"
+            "       bool_or(event_type = 'request_completed') AS completed, max(occurred_at) AS last_event\n"
             "  FROM erasure_events WHERE request_id IN (SELECT unnest($ids))\n"
             " GROUP BY request_id, external_id ORDER BY request_id"
         )
@@ -1204,30 +1205,28 @@ def _short_error(text: str) -> str:
 
 
 def _evidence(t: dict[str, Any]) -> str:
+    """The task's evidence in one line, by kind (the full JSON is in erasure.task.evidence)."""
     ev = dict(t.get("evidence") or {})
-    keep = []
-    for k in (
-        "http_status",
-        "status",
-        "deletion_id",
-        "rows_deleted",
-        "rows_masked",
-        "table_version",
-        "version",
-        "ack_id",
-        "outcome",
-        "event_id",
-        "purged",
-        "vacuumed",
-        "error",
-    ):
-        if k in ev and ev[k] not in (None, "", [], {}):
-            keep.append(f"{k}={ev[k]}")
-    if not keep:
-        keep = [f"{k}={v}" for k, v in list(ev.items())[:4]]
-    s = "; ".join(str(x) for x in keep)
+    kind = t.get("kind")
+    if kind == "sync_api" and "http_status" in ev:
+        s = f"HTTP {ev['http_status']} {ev.get('outcome', '')} id={ev.get('response_id')} key={ev.get('idempotency_key')}"
+    elif kind == "kafka" and ev.get("ack"):
+        ack = ev["ack"]
+        s = (
+            f"ack '{ack.get('outcome')}' at {str(ack.get('acked_at', ''))[11:19]} for event {str(ev.get('event_id'))[:8]} "
+            f"({ack.get('topic')} p{ack.get('partition')}@{ack.get('offset')})"
+        )
+    elif kind == "warehouse_delta" and "delete_version" in ev:
+        n = ev.get("num_masked_rows") if ev.get("mode") == "mask" else ev.get("num_deleted_rows")
+        s = (
+            f"{'masked' if ev.get('mode') == 'mask' else 'deleted'} {n} rows (batch of {ev.get('batch_subjects')}) v{ev.get('delete_version')}; "
+            f"{ev.get('purge')}; vacuum v{ev.get('vacuum_version', '-')} removed {ev.get('vacuum_files_deleted', '-')} files"
+        )
+    else:
+        keep = {k: v for k, v in ev.items() if v not in (None, "", [], {}) and k not in ("claim", "path")}
+        s = "; ".join(f"{k}={v}" for k, v in list(keep.items())[:5])
     if t.get("last_error") and t.get("status") != "succeeded":
-        s += f" | last error: {t['last_error'][:80]}"
+        s += f" | last error: {t['last_error'][:90]}"
     return s
 
 
