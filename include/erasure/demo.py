@@ -28,6 +28,7 @@ import random
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -739,6 +740,7 @@ class Demo:
         self.inject_outage()
         deadline = time.monotonic() + self.cfg.timeout_min * 60
         rnd = 0
+        progress: list[int] = []
         while True:
             rnd += 1
             self._trigger_and_wait(WORK_DAGS)
@@ -754,8 +756,6 @@ class Demo:
             ]
             open_ = [r for r in everything if r["status"] in ("received", "in_progress")]
             done = [r for r in reqs if r["status"] in ("completed", "failed")]
-            from collections import Counter
-
             waiting_c = Counter(
                 f"{t['target']} {t['status']}" + (f"/{t['stage']}" if t["stage"] else "")
                 for r in open_
@@ -771,6 +771,24 @@ class Demo:
                 break
             if time.monotonic() > deadline:
                 self.out.step("timeout: stopping the rounds (the report shows what is still open)")
+                break
+            # stalled: nothing succeeded for 4 rounds while only failing tasks are left
+            progress.append(sum(t["status"] == "succeeded" for r in everything for t in r["tasks"]))
+            failing = [t for r in open_ for t in r["tasks"] if t["status"] not in ("succeeded", "escalated")]
+            if (
+                len(progress) > 4
+                and progress[-1] == progress[-5]
+                and all(t["attempts"] >= 2 for t in failing)
+            ):
+                errors = sorted({(t["target"], (t["last_error"] or "")[:160]) for t in failing})
+                self.out.step("no progress for 4 rounds; stopping. Last errors:")
+                for target, err in errors:
+                    self.out.info(f"{target}: {err}")
+                    if "is not set" in err:
+                        self.out.info(
+                            "  (the running Airflow lacks this environment variable: restart it with "
+                            "scripts/stack.sh down airflow && scripts/stack.sh up airflow)"
+                        )
                 break
             nxt = [
                 t["next_attempt_at"]
