@@ -418,7 +418,8 @@ def seed_subjects(
     seeded (:func:`seed_warehouse`) and the errors. A target that fails to seed is recorded in the
     subject's ``details.seed_errors`` (verification then reports it as failed) and the others are
     still seeded; the function raises :class:`CanaryError` at the end if any target failed, so the
-    Airflow task fails visibly (a retry re-seeds only the missing targets via :func:`reseed`).
+    Airflow task fails visibly. Idempotent per ``run_id``: a retry of the same run re-seeds only the
+    missing targets of that run's canaries (:func:`reseed`) instead of creating new ones.
     """
     now = now or datetime.now(UTC)
     if count < 1:
@@ -429,7 +430,19 @@ def seed_subjects(
     for st in subject_types:
         if not canary_targets(catalog, st):
             raise CanaryError(f"subject_types: no enabled catalog target holds subject type '{st}'")
-        for _ in range(count):
+        existing: list[str] = []
+        if run_id is not None:  # a retried task: finish this run's canaries instead of making new ones
+            with transaction(dsn) as cur:
+                cur.execute(
+                    """SELECT subject_id FROM erasure.canary_subject
+                        WHERE subject_type = %s AND details ->> 'run_id' = %s AND requested_at IS NULL
+                        ORDER BY created_at""",
+                    (st, run_id),
+                )
+                existing = [r["subject_id"] for r in cur.fetchall()]
+        for sid in existing[:count]:
+            out.append(reseed(dsn, catalog, sid, client=client, raise_on_error=False))
+        for _ in range(count - len(existing[:count])):
             sid = new_subject_id(catalog, st)
             with transaction(dsn) as cur:
                 cur.execute(

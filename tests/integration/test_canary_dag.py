@@ -96,3 +96,23 @@ def test_canary_dag_run_fails_when_a_partner_keeps_data(tracking_db, sync_world)
     with transaction(tracking_db) as cur:
         cur.execute("SELECT team, target FROM erasure.alert WHERE kind='canary_failed'")
         assert [(r["team"], r["target"]) for r in cur.fetchall()] == [("billing", "billing_profiles")]
+
+
+def test_seed_retry_finishes_the_same_canaries(tracking_db, sync_world):
+    """A seed task retried after a partner outage completes its canaries instead of making new ones."""
+    from datetime import timedelta
+
+    from erasure import canary
+
+    servers, cat = sync_world
+    servers["support_desk"].stop()  # connection refused
+    with pytest.raises(canary.CanaryError, match="support_desk"):
+        canary.seed_subjects(tracking_db, cat, run_id="run-1", delay=timedelta(0))
+    servers["support_desk"].start()
+    (again,) = canary.seed_subjects(tracking_db, cat, run_id="run-1", delay=timedelta(0))
+    assert sorted(again["seeded"]) == sorted(SYNC) and again["errors"] == []
+    with transaction(tracking_db) as cur:
+        cur.execute("SELECT count(*) AS n FROM erasure.canary_subject")
+        assert cur.fetchone()["n"] == 1
+        cur.execute("SELECT count(*) AS n FROM erasure.canary_check")
+        assert cur.fetchone()["n"] == len(SYNC)
