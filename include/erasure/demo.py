@@ -296,6 +296,7 @@ class Demo:
         self.runs: list[tuple[str, str, str, float]] = []
         self._spark: SparkSession | None = None
         self.canary_subjects: list[str] = []
+        self._canary_run: str | None = None
         self.work_dags: list[str] = list(WORK_DAGS)
 
     # ---------------------------------------------------------------- helpers
@@ -809,25 +810,35 @@ class Demo:
 
     # ---------------------------------------------------------------- canary
     def canary_start(self) -> None:
+        """Trigger the canary (seed + request with delay 0); it runs while the requests are submitted."""
+        self._canary_run = None
         if not self.cfg.canary:
             return
-        self.out.step("canary: seeding a synthetic subject in every target and filing its request (delay 0)")
+        self.out.step(
+            "canary: triggering erasure_canary (seeds a synthetic subject in every target, delay 0)"
+        )
         self.api.unpause(CANARY_DAG)
-        with transaction(self.dsn) as cur:
-            cur.execute("SELECT subject_id FROM erasure.canary_subject")
-            before = {r["subject_id"] for r in cur.fetchall()}
         r = self.api.trigger(
             CANARY_DAG,
             conf={"delay_minutes": 0, "count": 1, "verify_timeout_minutes": 60},
             run_id=f"demo_{self.cfg.tag}_canary_seed",
         )
         r.raise_for_status()
-        run = self.api.wait_for_run(CANARY_DAG, r.json()["dag_run_id"], timeout=420)
+        self._canary_run = r.json()["dag_run_id"]
+
+    def canary_wait(self) -> None:
+        if not self._canary_run:
+            return
+        run = self.api.wait_for_run(CANARY_DAG, self._canary_run, timeout=600)
         with transaction(self.dsn) as cur:
-            cur.execute("SELECT subject_id FROM erasure.canary_subject")
-            self.canary_subjects = sorted({r["subject_id"] for r in cur.fetchall()} - before)
-        self.out.info(
-            f"canary run {run['state']}; new canary subject(s): {', '.join(self.canary_subjects) or '-'}"
+            cur.execute(
+                "SELECT subject_id FROM erasure.canary_subject WHERE details ->> 'run_id' = %s ORDER BY subject_id",
+                (self._canary_run,),
+            )
+            self.canary_subjects = [r["subject_id"] for r in cur.fetchall()]
+        self.out.step(
+            f"canary run {run['state']}: synthetic subject(s) {', '.join(self.canary_subjects) or '-'} seeded everywhere "
+            "and their erasure requested"
         )
 
     def canary_verify(self) -> list[dict[str, Any]]:
@@ -1189,6 +1200,7 @@ class Demo:
         self.hr_before = self.count_hr()
         self.canary_start()
         self.submit()
+        self.canary_wait()
         self.drive()
         canaries = self.canary_verify()
         self.out.step("counting the demo people's data everywhere (after)")
