@@ -27,6 +27,7 @@ import os
 import random
 import secrets
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -724,15 +725,42 @@ class Demo:
         return states
 
     def inject_outage(self) -> None:
+        """Take one partner down (connections dropped) until the pipeline has hit the outage at least
+        once and ``outage_seconds`` have passed; then it recovers (a watcher thread resets the fault)."""
         t = self.catalog.target(self.cfg.outage_target)
         base = t.sync_api.base_url.rstrip("/") if t.sync_api else (t.kafka.lookup_url or "")  # type: ignore[union-attr]
-        r = self.http.put(base + "/admin/faults", json={"outage_seconds": self.cfg.outage_seconds})
+        r = self.http.put(base + "/admin/faults", json={"down": True})
         r.raise_for_status()
         self.outage = {"target": t.name, "seconds": self.cfg.outage_seconds, "at": datetime.now(UTC)}
         self.out.step(
-            f"OUTAGE injected: partner '{t.name}' drops every connection for {self.cfg.outage_seconds}s "
-            f"(PUT {base}/admin/faults); the pipeline must retry and recover"
+            f"OUTAGE: partner '{t.name}' drops every connection (PUT {base}/admin/faults); it recovers after "
+            f">= {self.cfg.outage_seconds}s, once the pipeline has hit it"
         )
+        ids = [p.subject_id for p in self.people]
+        self._outage_thread = threading.Thread(
+            target=self._end_outage, args=(t.name, base, ids), name="demo-outage", daemon=True
+        )
+        self._outage_thread.start()
+
+    def _end_outage(self, target: str, base: str, subject_ids: list[str]) -> None:
+        t0 = time.monotonic()
+        hit = False
+        while time.monotonic() - t0 < 600:
+            if not hit:
+                with transaction(self.dsn) as cur:
+                    cur.execute(
+                        """SELECT count(*) AS n FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
+                            WHERE t.target = %s AND r.subject_id = ANY(%s) AND (t.attempts > 0 OR t.status = 'failed')""",
+                        (target, subject_ids),
+                    )
+                    hit = cur.fetchone()["n"] > 0
+            if hit and time.monotonic() - t0 >= self.cfg.outage_seconds:
+                break
+            time.sleep(2)
+        with httpx.Client(timeout=15) as c:
+            c.delete(base + "/admin/faults")
+        self.outage["recovered_after_s"] = round(time.monotonic() - t0)
+        self.out.step(f"partner '{target}' is back after {self.outage['recovered_after_s']}s")
 
     def drive(self) -> None:
         self.out.step("unpausing the pipeline DAGs and triggering them until every request is finished")
@@ -905,7 +933,9 @@ class Demo:
             )
         self._check_requests(reqs, now)
 
-        o.heading(f"Partner outage: {self.outage.get('target')} down for {self.outage.get('seconds')}s")
+        o.heading(
+            f"Partner outage: {self.outage.get('target')} down for {self.outage.get('recovered_after_s', '?')}s"
+        )
         self._check_outage(reqs)
 
         o.heading("Partner stores: demo subjects before -> after")
@@ -1220,6 +1250,14 @@ class Demo:
         return 0 if all(e.ok for e in self.expect) else 1
 
     def close(self) -> None:
+        if self.outage and "recovered_after_s" not in self.outage:  # interrupted: never leave a partner down
+            t = self.catalog.target(self.outage["target"])
+            base = t.sync_api.base_url if t.sync_api else (t.kafka.lookup_url if t.kafka else None)
+            if base:
+                try:
+                    self.http.delete(base.rstrip("/") + "/admin/faults")
+                except httpx.HTTPError:
+                    pass
         self.http.close()
         if self._spark is not None:
             self._spark.stop()
