@@ -3,6 +3,9 @@
 db upgrade|downgrade     apply / roll back tracking-store migrations
 kafka-topics             create the pipeline's topics
 catalog validate [PATH]  validate a catalog file or directory
+status --request ID|EXTERNAL_ID | --subject TYPE:ID [--json]
+                         every target's state, attempts, last error, evidence
+reconcile                one reconcile pass (replay, retry/escalate, complete, SLA, alerts)
 intake submit|ingest     register requests / the intake table's pending rows (see erasure.intake_cli)
 hold place|release|list|recheck   legal holds
 """
@@ -28,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     cat = sub.add_parser("catalog", help="catalog commands")
     cat.add_argument("action", choices=["validate"])
     cat.add_argument("path", nargs="?", default=None)
+    # -- status / reconcile (issue 6) --
+    st = sub.add_parser("status", help="status of a request or of a subject's requests")
+    which = st.add_mutually_exclusive_group(required=True)
+    which.add_argument("--request", help="request id or external id")
+    which.add_argument("--subject", help="TYPE:ID, e.g. customer:cus_123")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("reconcile", help="run one reconcile pass against ERASURE_TRACKING_DSN")
     # issue 4 (sync dispatch): per-target Airflow pools generated from the catalog
     pools = sub.add_parser("pools", help="print per-target Airflow pools as JSON (airflow pools import)")
     pools.add_argument("--catalog", default=None)
@@ -69,6 +79,24 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types"
         )
+    elif args.cmd == "status":
+        from erasure import status
+
+        try:
+            if args.request is not None:
+                found = [status.request_status(args.request)]
+            else:
+                found = status.subject_status(*status.parse_subject(args.subject))
+        except (LookupError, ValueError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(status.to_json(found) if args.json else status.format_status(found))
+    elif args.cmd == "reconcile":
+        import json
+
+        from erasure.reconcile import reconcile
+
+        print(json.dumps(reconcile().as_dict(), indent=2))
     elif args.cmd in ("intake", "hold"):  # issue 3
         from erasure.intake_cli import run as run_intake_command
 
