@@ -801,7 +801,7 @@ class Demo:
             if time.monotonic() > deadline:
                 self.out.step("timeout: stopping the rounds (the report shows what is still open)")
                 break
-            # stalled: nothing succeeded for 4 rounds while only failing tasks are left
+            # stalled: nothing succeeded for 3 rounds while only failing tasks are left
             progress.append(sum(t["status"] == "succeeded" for r in everything for t in r["tasks"]))
             failing = [t for r in open_ for t in r["tasks"] if t["status"] not in ("succeeded", "escalated")]
             if (
@@ -810,7 +810,7 @@ class Demo:
                 and all(t["attempts"] >= 2 for t in failing)
             ):
                 errors = sorted({(t["target"], (t["last_error"] or "")[:160]) for t in failing})
-                self.out.step("no progress for 4 rounds; stopping. Last errors:")
+                self.out.step("no progress for 3 rounds; stopping. Last errors:")
                 for target, err in errors:
                     self.out.info(f"{target}: {err}")
                     if "is not set" in err:
