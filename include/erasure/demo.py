@@ -805,8 +805,8 @@ class Demo:
             progress.append(sum(t["status"] == "succeeded" for r in everything for t in r["tasks"]))
             failing = [t for r in open_ for t in r["tasks"] if t["status"] not in ("succeeded", "escalated")]
             if (
-                len(progress) > 4
-                and progress[-1] == progress[-5]
+                len(progress) > 3
+                and progress[-1] == progress[-4]
                 and all(t["attempts"] >= 2 for t in failing)
             ):
                 errors = sorted({(t["target"], (t["last_error"] or "")[:160]) for t in failing})
