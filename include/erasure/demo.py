@@ -117,7 +117,7 @@ class Console:
         self.line(self._b("-" * len(msg)))
 
     def table(self, headers: list[str], rows: list[list[Any]]) -> None:
-        cells = [[_cell(c) for c in r] for r in rows]
+        cells = [[_cell(c) for c in r] + [""] * (len(headers) - len(r)) for r in rows]
         widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
         widths = [min(w, 100) for w in widths]
         self.line("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
@@ -1185,7 +1185,16 @@ class Demo:
         self.out.line("")
         res = con.execute(q, {"ids": ids}).fetchall()
         self.out.table(
-            ["request", "external id", "events", "event types", "last event"], [list(r) for r in res]
+            [
+                "request",
+                "external id",
+                "events",
+                "targets erased",
+                "failures/retries",
+                "completed",
+                "last event",
+            ],
+            [list(r) for r in res],
         )
         total = con.execute("SELECT count(*), count(DISTINCT request_id) FROM erasure_events").fetchone()
         self.out.line(f"  whole dataset: {total[0]:,} events of {total[1]:,} requests")
