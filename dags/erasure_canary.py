@@ -31,7 +31,7 @@ Every run (cron `{SCHEDULE}`, env `ERASURE_CANARY_SCHEDULE`) does three idempote
    canary fails, so the run is red in the UI.
 
 Delay before requesting: Param `delay_minutes`, else Variable `{DELAY_VARIABLE}`, else 60.
-Verify timeout: Param `verify_timeout_minutes`, else Variable `{TIMEOUT_VARIABLE}`, else 1440.
+Verify timeout: Param `verify_timeout_minutes`, else Variable `{TIMEOUT_VARIABLE}`, else 4320 (3 days: the warehouse DAG runs daily and a task is done only after the VACUUM of a later run).
 Canary subjects never mix with real ones: recognisable ids, own tables, `is_canary` on their requests.
 """
 
@@ -70,7 +70,7 @@ def _minutes(params: dict, name: str, variable: str, default: int) -> int:
             None,
             type=["null", "integer"],
             minimum=1,
-            description=f"Minutes after the request at which an unfinished canary fails (null: Variable {TIMEOUT_VARIABLE}, else 1440)",
+            description=f"Minutes after the request at which an unfinished canary fails (null: Variable {TIMEOUT_VARIABLE}, else 4320)",
         ),
         "count": Param(
             1, type="integer", minimum=0, maximum=100, description="Canaries per subject type (0: seed none)"
@@ -132,7 +132,7 @@ def erasure_canary():
 
         params = params or {}
         dsn, cat = tracking_dsn(), load_catalog()
-        timeout = timedelta(minutes=_minutes(params, "verify_timeout_minutes", TIMEOUT_VARIABLE, 1440))
+        timeout = timedelta(minutes=_minutes(params, "verify_timeout_minutes", TIMEOUT_VARIABLE, 4320))
         spark = None
         if canary.ready_to_verify(dsn, cat, timeout=timeout, needs_spark=True):
             from erasure.spark import get_spark

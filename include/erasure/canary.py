@@ -56,7 +56,7 @@ CANARY_PREFIX = "canary_"
 KAFKA_TEST_PATH = "/test-subjects"
 KAFKA_LOOKUP_PATH = "/subjects/{subject_id}"
 DEFAULT_DELAY = timedelta(minutes=60)
-DEFAULT_VERIFY_TIMEOUT = timedelta(hours=24)
+DEFAULT_VERIFY_TIMEOUT = timedelta(days=3)  # the daily warehouse DAG needs up to two runs
 REQUESTED_BY = "erasure-canary"
 HTTP_TIMEOUT = 10.0
 
