@@ -179,7 +179,7 @@ up_postgres() {
     fi
   done
   # the demo HR directory (a postgres_table target of the catalog) lives in its own database
-  psql "$ERASURE_HR_DSN" -qc "CREATE SCHEMA IF NOT EXISTS hr; CREATE TABLE IF NOT EXISTS hr.directory (
+  PGOPTIONS="-c client_min_messages=warning" psql "$ERASURE_HR_DSN" -qc "CREATE SCHEMA IF NOT EXISTS hr; CREATE TABLE IF NOT EXISTS hr.directory (
       employee_id text PRIMARY KEY, name text NOT NULL, phone text, home_address text, is_test boolean NOT NULL DEFAULT false)" >/dev/null
   "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
 }
