@@ -13,7 +13,8 @@ Run it either way (the Delta and JDBC jars are in .local/jars):
 
 The tracking DSN comes from ``--dsn`` or ERASURE_TRACKING_DSN (prefer the environment: arguments
 are visible in the process list). Exit status: 0 all targets ok, 1 a target failed (recorded on its
-tasks), 2 bad arguments or configuration. The JSON report goes to ``--report`` and to stdout.
+tasks), 2 bad arguments or configuration. The JSON report goes to ``--report`` and is the last
+line of stdout (Delta's VACUUM prints to stdout too).
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ def _master(arg: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    # Our own handler on the "erasure" logger: under spark-submit the root logger is already configured.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("erasure")
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     args = _parse(argv)
     from erasure.catalog import CatalogError, load_catalog
 

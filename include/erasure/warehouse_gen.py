@@ -295,7 +295,7 @@ def _generic(
 
 
 NON_PERSONAL_STATS = {
-    "orders": "order_id,order_date,order_ts,amount,currency,status",
+    "orders": "order_id,order_ts,amount,currency,status",  # no partition column (Delta rejects it)
     "page_views": "view_id,viewed_at,dwell_seconds",
     "customer_dim": "country,segment,created_at",
 }
