@@ -21,6 +21,17 @@ ERASURE_BENCH_WH_TABLES (``wh_page_views,wh_orders``). The full-size run of the 
 
 (also ``python tests/benchmarks/bench_warehouse.py``; the file is named bench_* so the normal test
 run never collects it.)
+
+Measured (10M rows per table, 10,000 subjects, local[2] on a shared 2-core machine, load ~4):
+
+* page_views, deletion vectors: batched MERGE 10.1 s = 1.47x a full scan (6.9 s); per-subject
+  10.7 s each -> 10,661x slower than batched. Both goals met. (REORG PURGE then rewrites the
+  touched files: 20.3 s; VACUUM 4.6 s.)
+* orders, partitioned, copy-on-write: batched MERGE 26.7 s = 6.4x a full scan (4.2 s) but 1.66x a
+  plain full rewrite (16.1 s): 10,000 scattered subjects touch every file, so copy-on-write must
+  rewrite the whole table; the 2x-scan goal is not reachable without deletion vectors.
+  Per-subject 6.9 s each -> 2,598x slower than batched.
+* At the 1M-row default, fixed per-commit costs dominate (batched 4-6x a ~1 s scan).
 """
 
 from __future__ import annotations
