@@ -7,21 +7,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from erasure.airflow.assets import ERASED_SUBJECTS, ERASURE_EVENTS, TRACKING_STORE
 from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
-from erasure.event_dataset import (
-    EVENTS_ASSET_NAME,
-    EVENTS_ASSET_URI,
-    SUBJECTS_ASSET_NAME,
-    SUBJECTS_ASSET_URI,
-    TRACKING_ASSET_NAME,
-    TRACKING_ASSET_URI,
-)
-
-TRACKING_STORE = Asset(name=TRACKING_ASSET_NAME, uri=TRACKING_ASSET_URI, group="erasure")
-ERASURE_EVENTS = Asset(name=EVENTS_ASSET_NAME, uri=EVENTS_ASSET_URI, group="erasure")
-ERASED_SUBJECTS = Asset(name=SUBJECTS_ASSET_NAME, uri=SUBJECTS_ASSET_URI, group="erasure")
 
 DOC = """
 ### erasure_event_dataset
@@ -37,7 +26,8 @@ subjects from their own tables.
 2. **enforce_retention** - delete rows older than the documented retention (default 90 days,
    `ERASURE_DATASET_RETENTION_DAYS`) and `VACUUM`, so identifiers do not outlive it.
 
-Runs hourly, and whenever the asset `erasure_tracking_store` is updated. Produces the assets
+Runs hourly, and whenever the asset `erasure_tracking_store` is updated (`erasure_reconcile` emits it
+when requests started, completed, failed or re-opened). Produces the assets
 `erasure_events` and `erased_subjects` (schedule downstream DAGs on them).
 Params: `full_refresh` re-reads the whole retention window (idempotent); `retention_days` overrides it.
 See docs/event-dataset.md for the schema, access rules and example queries.

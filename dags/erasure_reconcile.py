@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
+from erasure.airflow.assets import REQUEST_CHANGES, TRACKING_STORE
 from erasure.airflow.deadlines import run_deadline
 
 DOC = """
@@ -25,6 +26,9 @@ Every 10 minutes, against the tracking store (`erasure_tracking` connection):
    it is past due, to the pipeline owner, naming the blocking targets.
 4. **send_alerts** - unsent alerts (also from Deadline Alerts) go out through the team's channel
    (log, webhook, email); failed sends are retried next run.
+5. **requests_changed** -> **announce_tracking_change** - when step 2 changed a request's status, the
+   asset `erasure_tracking_store` is updated, which triggers `erasure_event_dataset`; otherwise the
+   announcement is skipped.
 
 Every step is idempotent: once everything is complete a run changes nothing.
 A Deadline Alert fires if a run has not finished 10 minutes after it was queued.
@@ -70,7 +74,18 @@ def erasure_reconcile():
 
         return reconcile(tracking_dsn(), steps=("deliver",)).as_dict()
 
-    replay_and_retry() >> recompute_requests() >> sla() >> send_alerts()
+    @task.short_circuit
+    def requests_changed(stats: dict) -> bool:
+        return sum(stats.get(k, 0) for k in REQUEST_CHANGES) > 0
+
+    @task(outlets=[TRACKING_STORE])
+    def announce_tracking_change(stats: dict, outlet_events=None) -> None:
+        if outlet_events is not None:
+            outlet_events[TRACKING_STORE].extra = {k: stats.get(k, 0) for k in REQUEST_CHANGES}
+
+    recomputed = recompute_requests()
+    replay_and_retry() >> recomputed >> sla() >> send_alerts()
+    requests_changed(recomputed) >> announce_tracking_change(recomputed)
 
 
 erasure_reconcile()

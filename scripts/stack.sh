@@ -202,27 +202,8 @@ up_kafka() {
     check_port_free "$ERASURE_KAFKA_PORT" kafka
     check_port_free "$ERASURE_KAFKA_CONTROLLER_PORT" "kafka controller"
     mkdir -p "$KDIR/data"
-    cat >"$KDIR/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-listeners=PLAINTEXT://127.0.0.1:$ERASURE_KAFKA_PORT,CONTROLLER://127.0.0.1:$ERASURE_KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$ERASURE_KAFKA_PORT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:$ERASURE_KAFKA_CONTROLLER_PORT
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$KDIR/data
-num.partitions=3
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.retention.hours=168
-EOF
+    sed -e "s|@PORT@|$ERASURE_KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$ERASURE_KAFKA_CONTROLLER_PORT|g" \
+      -e "s|@LOG_DIRS@|$KDIR/data|g" "$ERASURE_ROOT/tools/kafka/server.properties.in" >"$KDIR/server.properties"
     cat >"$KDIR/log4j2.properties" <<EOF
 rootLogger.level=INFO
 rootLogger.appenderRef.file.ref=FILE

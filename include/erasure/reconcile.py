@@ -136,11 +136,35 @@ def _escalation_message(row: Mapping[str, Any], reason: str) -> str:
     )
 
 
+def _alert_escalation(
+    cur: Any, catalog: Catalog, row: Mapping[str, Any], reason: str, result: ReconcileResult
+) -> None:
+    """The task's one escalation alert to its owning team (deduplicated by task and attempt count)."""
+    if raise_team_alert(
+        cur,
+        catalog,
+        team=_owner(catalog, _target(catalog, row["target"])),
+        dedupe_key=escalation_key(row["task_id"], row["attempts"]),
+        kind="task_escalated",
+        message=_escalation_message(row, reason),
+        request_id=row["request_id"],
+        task_id=row["task_id"],
+        target=row["target"],
+        details={
+            "reason": reason[:1000],
+            "attempts": row["attempts"],
+            "last_error": (row.get("last_error") or "")[:1000],
+            "external_id": row["external_id"],
+            "kind": row.get("kind"),
+        },
+    ):
+        result.escalation_alerts += 1
+
+
 def _escalate(
     cur: Any, catalog: Catalog, row: Mapping[str, Any], from_status: str, reason: str, result: ReconcileResult
 ) -> None:
     """Escalate one task and record its one alert, in the caller's transaction."""
-    target = _target(catalog, row["target"])
     moved = transition_task(
         cur,
         row["task_id"],
@@ -152,25 +176,7 @@ def _escalate(
     if not moved:
         return
     result.escalated += 1
-    if raise_team_alert(
-        cur,
-        catalog,
-        team=_owner(catalog, target),
-        dedupe_key=escalation_key(row["task_id"], row["attempts"]),
-        kind="task_escalated",
-        message=_escalation_message(row, reason),
-        request_id=row["request_id"],
-        task_id=row["task_id"],
-        target=row["target"],
-        details={
-            "reason": reason,
-            "attempts": row["attempts"],
-            "last_error": (row.get("last_error") or "")[:1000],
-            "external_id": row["external_id"],
-            "kind": row.get("kind"),
-        },
-    ):
-        result.escalation_alerts += 1
+    _alert_escalation(cur, catalog, row, reason, result)
     log.warning(
         "escalated task %s (%s, request %s): %s", row["task_id"], row["target"], row["request_id"], reason
     )
@@ -275,25 +281,7 @@ def retry_or_escalate(
             {"batch": batch},
         )
         for row in cur.fetchall():
-            target = _target(catalog, row["target"])
-            reason = row["last_error"] or "escalated"
-            if raise_team_alert(
-                cur,
-                catalog,
-                team=_owner(catalog, target),
-                dedupe_key=escalation_key(row["task_id"], row["attempts"]),
-                kind="task_escalated",
-                message=_escalation_message(row, reason),
-                request_id=row["request_id"],
-                task_id=row["task_id"],
-                target=row["target"],
-                details={
-                    "reason": reason[:1000],
-                    "attempts": row["attempts"],
-                    "external_id": row["external_id"],
-                },
-            ):
-                result.escalation_alerts += 1
+            _alert_escalation(cur, catalog, row, row["last_error"] or "escalated", result)
 
 
 def recompute_requests(dsn: str | None, result: ReconcileResult) -> None:

@@ -173,26 +173,11 @@ class PrivateBroker:
     def setup(self) -> PrivateBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.dir / "data"
+        template = (ROOT / "tools" / "kafka" / "server.properties.in").read_text()
         (self.dir / "server.properties").write_text(
-            f"""process.roles=broker,controller
-node.id=1
-listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}
-inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=3
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-"""
+            template.replace("@CONTROLLER_PORT@", str(self.controller_port))
+            .replace("@PORT@", str(self.port))
+            .replace("@LOG_DIRS@", str(data))
         )
         (self.dir / "log4j2.properties").write_text(
             f"""rootLogger.level=WARN

@@ -51,4 +51,37 @@ def test_reconcile_dag_completes_requests_and_alerts_sla(
         assert st == {done["id"]: "completed", late["id"]: "in_progress"}
         assert [b["kind"] for b in hook.bodies()] == ["sla_breached"]
         assert "billing_profiles" in hook.bodies()[0]["message"]
-        # (re-runs changing nothing is covered in test_reconcile.py without the DAG overhead)
+        # a request changed status -> the asset that triggers erasure_event_dataset is updated
+        assert _states(run) == {"requests_changed": "success", "announce_tracking_change": "success"}
+        assert _tracking_events(run.run_id) == [{"completed": 1, "failed": 0, "started": 0, "reopened": 0}]
+
+        # nothing changed since -> no asset event, no alert again
+        again = dag.test()
+        assert again.state == "success", again.state
+        assert _states(again) == {"requests_changed": "success", "announce_tracking_change": "skipped"}
+        assert _tracking_events(again.run_id) == []
+        assert len(hook.bodies()) == 1
+
+
+def _states(run) -> dict[str, str]:
+    tis = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    return {
+        t: str(tis[t].value if hasattr(tis[t], "value") else tis[t])
+        for t in ("requests_changed", "announce_tracking_change")
+    }
+
+
+def _tracking_events(run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from erasure.event_dataset import TRACKING_ASSET_NAME
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == TRACKING_ASSET_NAME, AssetEvent.source_run_id == run_id)
+        ).all()
+        return [dict(r.extra) for r in rows]
