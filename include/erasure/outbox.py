@@ -225,6 +225,9 @@ class PublishResult:
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
+Message = tuple[str, bytes, bytes, list[tuple[str, bytes]], Any]  # topic, value, key, headers, on_delivery
+
+
 _SELECT_UNPUBLISHED = """
     SELECT o.event_id::text AS event_id, o.topic, o.message_key, o.payload::text AS payload
       FROM erasure.outbox o
@@ -359,7 +362,7 @@ def _start_batch(conn: Any, producer: Any, n: int, ids: list[str] | None) -> _Ba
     with conn.cursor() as cur:
         cur.execute(_SELECT_UNPUBLISHED, {"ids": ids, "n": n})
         batch = _Batch(conn, cur.fetchall())
-    messages = []
+    messages: list[Message] = []
     for eid, topic, key, payload in batch.rows:
         try:
             ev = parse_event(payload)
@@ -371,43 +374,27 @@ def _start_batch(conn: Any, producer: Any, n: int, ids: list[str] | None) -> _Ba
             batch.failures.append((eid, str(exc)))
             continue
         messages.append(
-            (
-                topic,
-                {"value": payload.encode(), "key": key.encode(), "callback": partial(batch.on_delivery, eid)},
-            )
+            (topic, payload.encode(), key.encode(), ev.headers(), partial(batch.on_delivery, eid))
         )
         batch.sent.append((eid, topic))
     _produce_all(producer, messages)
     return batch
 
 
-def _produce_all(producer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """Queue the messages (``produce_batch`` per topic run); waits for room when the local queue is full."""
-    i = 0
-    while i < len(messages):
-        topic = messages[i][0]
-        j = i
-        while j < len(messages) and messages[j][0] == topic:
-            j += 1
-        chunk = [m for _, m in messages[i:j]]
-        while chunk:
+def _produce_all(producer: Any, messages: list[Message]) -> None:
+    """Queue the messages, one ``produce()`` each (``produce_batch`` cannot send headers); when the local
+    queue is full, serve delivery reports and retry. Any other error to queue a message raises."""
+    from confluent_kafka import KafkaException
+
+    for topic, value, key, headers, on_delivery in messages:
+        while True:
             try:
-                queued = producer.produce_batch(topic, chunk)
-            except BufferError:
-                queued = 0
-            failed = [m for m in chunk if "_error" in m]
-            if len(failed) != len(chunk) - queued:  # defensive: fall back to one by one
-                failed = chunk[queued:]
-            if not failed:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 break
-            if any("QUEUE_FULL" not in str(m.get("_error", "QUEUE_FULL")) for m in failed):
-                errs = {str(m["_error"]) for m in failed if "_error" in m}
-                raise RuntimeError(f"cannot queue {len(failed)} message(s) to {topic}: {sorted(errs)[:3]}")
-            for m in failed:
-                m.pop("_error", None)
-            chunk = failed
-            producer.poll(0.1)  # local queue full: serve delivery reports, then retry the rest
-        i = j
+            except BufferError:
+                producer.poll(0.1)  # local queue full: serve delivery reports, then retry
+            except KafkaException as exc:
+                raise RuntimeError(f"cannot queue a message to {topic}: {exc}") from exc
 
 
 def _finish_batch(batch: _Batch, producer: Any, timeout_s: float, result: PublishResult) -> None:

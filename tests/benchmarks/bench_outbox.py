@@ -10,15 +10,15 @@ Knobs: ``BENCH_OUTBOX_N`` (events), ``BENCH_OUTBOX_ROUNDS``, ``BENCH_OUTBOX_BATC
   database: lock a batch (``FOR UPDATE SKIP LOCKED``), validate every payload with the event schema,
   produce (idempotent, ``acks=all``, keyed by subject), wait for every delivery report, and mark the
   rows published (partition, offset, ``publish_count``) in the batch's transaction.
-* **raw**: the same N messages (same bytes, same keys) already in memory, one ``Producer.produce()``
-  per message with a delivery callback that checks the error, then ``flush()`` — same producer
-  settings (``enable.idempotence=true``, ``acks=all``, ``linger.ms``), no database.
+* **raw**: the same N records (same value bytes, keys and headers) already in memory, one
+  ``Producer.produce()`` per message with a delivery callback that checks the error, then ``flush()`` —
+  same producer settings (``enable.idempotence=true``, ``acks=all``, ``linger.ms``), no database.
 
 Each round publishes both sides to fresh topics (6 partitions) on the stack's broker, alternating
 which side goes first; the outbox rows are reset (``published_at = NULL``, vacuumed) between rounds.
 Best and median throughput (events/s) of each side and their ratios go to ``.local/bench/outbox.json``
 (goal: outbox >= 0.8x raw). For transparency a third line measures ``produce_batch`` without the
-database (``raw_batch``): the client-side ceiling the outbox's own batching can approach; and a
+database (``raw_batch``, without headers: batch mode cannot send them); and a
 fourth runs the publisher with a stand-in producer that "delivers" at once (``outbox_no_kafka``): the
 ceiling set by the tracking store (lock, validate, mark each row) whatever the broker does.
 No assertion on time (figures depend on the machine).
@@ -39,6 +39,7 @@ import psycopg2
 import pytest
 
 from erasure import outbox
+from erasure.events import parse_event
 from erasure.kafka_admin import TopicSpec, ensure_topics
 from tests.integration._outbox_support import kafka_catalog, query, seed_kafka_tasks
 
@@ -66,7 +67,7 @@ def _warm(producer: Any, topic: str) -> None:
     assert producer.flush(30) == 0
 
 
-def _raw(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
+def _raw(bootstrap: str, messages: list[tuple[bytes, bytes, Any]]) -> float:
     from confluent_kafka import Producer
 
     topic = _topic(bootstrap)
@@ -82,10 +83,10 @@ def _raw(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
             delivered[0] += 1
 
     t0 = time.perf_counter()
-    for value, key in messages:
+    for value, key, headers in messages:
         while True:
             try:
-                p.produce(topic, value=value, key=key, on_delivery=cb)
+                p.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -95,7 +96,7 @@ def _raw(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
     return secs
 
 
-def _raw_batch(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
+def _raw_batch(bootstrap: str, messages: list[tuple[bytes, bytes, Any]]) -> float:
     from confluent_kafka import Producer
 
     topic = _topic(bootstrap)
@@ -109,7 +110,7 @@ def _raw_batch(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
 
     t0 = time.perf_counter()
     for i in range(0, len(messages), BATCH):
-        chunk = [{"value": v, "key": k} for v, k in messages[i : i + BATCH]]
+        chunk = [{"value": v, "key": k} for v, k, _ in messages[i : i + BATCH]]
         while chunk:
             n = p.produce_batch(topic, chunk, on_delivery=cb)
             chunk = [m for m in chunk if "_error" in m] if n < len(chunk) else []
@@ -151,9 +152,8 @@ class _NoKafka:
         self.pending: list[Any] = []
         self.offset = 0
 
-    def produce_batch(self, topic: str, messages: list[dict[str, Any]]) -> int:
-        self.pending.extend(m["callback"] for m in messages)
-        return len(messages)
+    def produce(self, topic: str, value: bytes, key: bytes, headers: Any, on_delivery: Any) -> None:
+        self.pending.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
         done, self.pending = self.pending, []
@@ -198,7 +198,7 @@ def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path
     seed_kafka_tasks(dsn, ["mkt"], N)
     assert outbox.enqueue_due(dsn, cat, limit=N).enqueued == N
     rows = query(dsn, "SELECT payload::text AS v, message_key AS k FROM erasure.outbox ORDER BY created_at")
-    messages = [(r["v"].encode(), r["k"].encode()) for r in rows]
+    messages = [(r["v"].encode(), r["k"].encode(), parse_event(r["v"]).headers()) for r in rows]
 
     times: dict[str, list[float]] = {"outbox": [], "raw": [], "raw_batch": [], "outbox_no_kafka": []}
     for rnd in range(ROUNDS):

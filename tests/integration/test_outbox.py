@@ -63,6 +63,11 @@ def test_events_published_once_per_due_task(setup, kafka_bootstrap):
         assert row["publish_count"] == 1 and row["published_at"] is not None
         assert (row["kafka_partition"], row["kafka_offset"]) == (m.partition(), m.offset())
         assert m.key().decode() == row["message_key"] == f"customer:{ev.subject.id}"
+        assert dict(m.headers()) == {
+            "event_id": str(ev.event_id).encode(),
+            "type": b"erasure.requested",
+            "schema_version": b"1",
+        }
     assert len({parse_event(m.value()).event_id for m in msgs}) == 24
     # all events of one subject (two targets) share the key and hence the partition
     by_subject: dict[str, set[int]] = {}
