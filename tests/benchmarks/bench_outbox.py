@@ -20,7 +20,9 @@ Best and median throughput (events/s) of each side and their ratios go to ``.loc
 (goal: outbox >= 0.8x raw). For transparency a third line measures ``produce_batch`` without the
 database (``raw_batch``, without headers: batch mode cannot send them); and a
 fourth runs the publisher with a stand-in producer that "delivers" at once (``outbox_no_kafka``): the
-ceiling set by the tracking store (lock, validate, mark each row) whatever the broker does.
+ceiling set by the tracking store (lock, validate, mark each row) whatever the broker does; a fifth
+(``validated_no_db``) runs the publisher's own per-message work (validate the payload, produce with
+headers, keep each delivery report) on the same records in memory: the ceiling without the database.
 No assertion on time (figures depend on the machine).
 """
 
@@ -192,6 +194,29 @@ def _outbox_no_kafka(dsn: str) -> float:
     return secs
 
 
+def _validated_no_db(bootstrap: str, messages: list[tuple[bytes, bytes, Any]]) -> float:
+    from functools import partial
+
+    from confluent_kafka import Producer
+
+    topic = _topic(bootstrap)
+    p = Producer(outbox.producer_config(bootstrap))
+    _warm(p, topic)
+    batch = outbox._Batch(conn=None, rows=[])
+    t0 = time.perf_counter()
+    for i in range(0, len(messages), BATCH):  # batch by batch, like the publisher
+        queued: list[outbox.Message] = []
+        for value, key, _ in messages[i : i + BATCH]:
+            ev = parse_event(value)
+            queued.append((topic, value, key, ev.headers(), partial(batch.on_delivery, str(ev.event_id))))
+        outbox._produce_all(p, queued)
+    left = p.flush(120)
+    secs = time.perf_counter() - t0
+    assert left == 0 and len(batch.reports) == len(messages)
+    assert all(err is None for err, _, _ in batch.reports.values())
+    return secs
+
+
 def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path):
     dsn = tracking_db
     _, cat = kafka_catalog(tmp_path, "bench.placeholder", "bench.acks", {"mkt": None})
@@ -200,16 +225,20 @@ def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path
     rows = query(dsn, "SELECT payload::text AS v, message_key AS k FROM erasure.outbox ORDER BY created_at")
     messages = [(r["v"].encode(), r["k"].encode(), parse_event(r["v"]).headers()) for r in rows]
 
-    times: dict[str, list[float]] = {"outbox": [], "raw": [], "raw_batch": [], "outbox_no_kafka": []}
+    times: dict[str, list[float]] = {
+        "outbox": [], "raw": [], "raw_batch": [], "outbox_no_kafka": [], "validated_no_db": []
+    }  # fmt: skip
     for rnd in range(ROUNDS):
         sides = ["outbox", "raw", "raw_batch"] if rnd % 2 == 0 else ["raw", "raw_batch", "outbox"]
-        for side in [*sides, "outbox_no_kafka"]:
+        for side in [*sides, "outbox_no_kafka", "validated_no_db"]:
             if side == "outbox":
                 times[side].append(_outbox(dsn, kafka_bootstrap))
             elif side == "raw":
                 times[side].append(_raw(kafka_bootstrap, messages))
             elif side == "raw_batch":
                 times[side].append(_raw_batch(kafka_bootstrap, messages))
+            elif side == "validated_no_db":
+                times[side].append(_validated_no_db(kafka_bootstrap, messages))
             else:
                 times[side].append(_outbox_no_kafka(dsn))
         print(f"round {rnd + 1}: " + ", ".join(f"{k} {N / v[-1]:,.0f}/s" for k, v in times.items()))
@@ -234,6 +263,8 @@ def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path
         "raw_batch_events_per_s": round(best["raw_batch"]),
         "ratio_vs_raw_batch": round(best["outbox"] / best["raw_batch"], 3),
         "outbox_no_kafka_events_per_s": round(best["outbox_no_kafka"]),
+        "validated_no_db_events_per_s": round(best["validated_no_db"]),
+        "ratio_validated_no_db": round(best["validated_no_db"] / best["raw"], 3),
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "goal": ">= 0.8x raw",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
@@ -243,4 +274,5 @@ def test_outbox_publisher_vs_raw_producer(tracking_db, kafka_bootstrap, tmp_path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("outbox_events_per_s", "raw_events_per_s", "ratio", "ratio_median",
-                                            "raw_batch_events_per_s", "outbox_no_kafka_events_per_s")}))  # fmt: skip
+                                            "raw_batch_events_per_s", "outbox_no_kafka_events_per_s",
+                                            "validated_no_db_events_per_s", "ratio_validated_no_db")}))  # fmt: skip
