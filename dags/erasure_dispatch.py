@@ -86,9 +86,7 @@ def erasure_dispatch():
         batches = plan.override(task_id=f"plan_{t.name}")(target=t.name, max_batches=MAX_MAP_LENGTH)
         delete_batch.override(task_id=f"delete_{t.name}", pool=t.pool).expand_kwargs(batches)
 
-    # --- Kafka outbox (issue 5) ---
-    # Owned by the Kafka helper (issue 5): outbox / publish tasks for kind 'kafka' targets go here.
-    # Keep this marker; the sync dispatch above does not depend on anything in this section.
+    # --- Kafka outbox (issue 5); independent of the sync dispatch above ---
     # kafka_enqueue: due pending Kafka tasks -> erasure.outbox rows + awaiting_ack (one transaction);
     # kafka_publish: every unpublished row (new events and reconcile's replays) -> Kafka, marked published
     # only after the broker acknowledged; a failed delivery fails the task. Acks: dags/erasure_acks.py.

@@ -7,6 +7,7 @@ the rest of each table (count and checksum of all other rows) is untouched.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -386,3 +387,43 @@ def test_dag_runs_the_job_and_skips_spark_when_idle(spark, catalog, warehouse, t
     assert all(r["status"] == "succeeded" and r["stage"] == "vacuumed" for r in rows.values()), rows
     sp = _spec(catalog, "wh_page_views")
     assert _state(spark, sp.resolved_path(warehouse), sp.key_column, subjects)["subject_rows"] == 0
+
+
+def test_job_runs_under_spark_submit(spark, catalog, warehouse, tracking_db, tmp_path):
+    """The entry point as README documents it: ``spark-submit --master ... --jars <Delta, JDBC> job.py``
+    (spark-submit from the pinned pyspark; the driver is this environment's Python)."""
+    subjects = SUBJECTS[12:14]
+    spec = _spec(catalog, "wh_page_views")
+    p = spec.resolved_path(warehouse)
+    s0 = _state(spark, p, spec.key_column, subjects)
+    assert s0["subject_rows"] > 0
+    ids = _register(tracking_db, subjects, targets=("wh_page_views",))
+
+    jars = sorted(glob.glob(os.path.join(os.environ["ERASURE_SPARK_JARS_DIR"], "*.jar")))
+    assert any("delta-spark" in j for j in jars), jars
+    report_file = tmp_path / "report.json"
+    env = {
+        **os.environ,
+        "ERASURE_TRACKING_DSN": tracking_db,
+        "ERASURE_WAREHOUSE_DIR": warehouse,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    env.pop("ERASURE_SPARK_MASTER", None)  # the master is spark-submit's --master
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(spark_submit), "--master", "local[1]", "--jars", ",".join(jars),
+         str(ROOT / "spark_jobs" / "warehouse_erase.py"), "--target", "wh_page_views",
+         "--run-id", "spark-submit-test", "--report", str(report_file)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    assert report["run_id"] == "spark-submit-test"
+    [t] = report["targets"]
+    assert t["target"] == "wh_page_views" and not t.get("error") and t["tasks_picked"] == 2, t
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == report  # the report is also stdout's last line
+    rows = _tasks(tracking_db, ids.values())
+    assert all(r["status"] == "succeeded" and r["stage"] == "vacuumed" for r in rows.values()), rows
+    s1 = _state(spark, p, spec.key_column, subjects)
+    assert s1["subject_rows"] == 0 and s1["others"] == s0["others"]
