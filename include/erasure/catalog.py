@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -217,8 +218,19 @@ class Catalog(_Model):
             if t.enabled and subject_type in t.subject_types and (kind is None or t.kind == kind)
         ]
 
-    def of_kind(self, kind: str) -> list[Target]:
-        return [t for t in self.targets if t.enabled and t.kind == kind]
+    def of_kind(self, kind: str, names: Iterable[str] | None = None) -> list[Target]:
+        """Enabled targets of ``kind``; with ``names`` only those, and a ValueError naming any that is
+        not an enabled target of that kind."""
+        found = [t for t in self.targets if t.enabled and t.kind == kind]
+        if names is None:
+            return found
+        wanted = set(names)
+        unknown = sorted(wanted - {t.name for t in found})
+        if unknown:
+            raise ValueError(
+                f"targets: {unknown} are not enabled {kind} targets (known: {sorted(t.name for t in found)})"
+            )
+        return [t for t in found if t.name in wanted]
 
     def sla_for(self, jurisdiction: str | None) -> int:
         if jurisdiction and jurisdiction in self.jurisdiction_sla_days:

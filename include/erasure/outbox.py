@@ -105,14 +105,7 @@ def producer_config(kafka: str | Mapping[str, Any], **overrides: Any) -> dict[st
 
 def kafka_targets(catalog: Catalog, targets: Iterable[str] | None = None) -> list[Target]:
     """Enabled Kafka-kind targets of the catalog (optionally only the named ones)."""
-    ts = catalog.of_kind("kafka")
-    if targets is not None:
-        wanted = set(targets)
-        unknown = wanted - {t.name for t in ts}
-        if unknown:
-            raise ValueError(f"targets: not enabled kafka targets of the catalog: {sorted(unknown)}")
-        ts = [t for t in ts if t.name in wanted]
-    return ts
+    return catalog.of_kind("kafka", targets)
 
 
 # ------------------------------------------------------------------------------------ enqueue

@@ -602,15 +602,7 @@ def erase_warehouse(
     in_progress or failed (with attempts left) whose request is ``in_progress``. One failing target
     does not stop the others; see ``WarehouseReport.ok``.
     """
-    wanted = catalog.of_kind(KIND)
-    if targets:
-        known = {t.name for t in wanted}
-        unknown = sorted(set(targets) - known)
-        if unknown:
-            raise ValueError(
-                f"targets: {unknown} are not enabled warehouse_delta targets (known: {sorted(known)})"
-            )
-        wanted = [t for t in wanted if t.name in set(targets)]
+    wanted = catalog.of_kind(KIND, targets or None)
     report = WarehouseReport(run_id=run_id or uuid.uuid4().hex, started_at=_now().isoformat())
     for target in wanted:
         report.targets.append(

@@ -389,15 +389,7 @@ def generate_tables(
     overwrite: bool = True,
 ) -> dict[str, GeneratedTable]:
     """(Re)create the tables of all enabled ``warehouse_delta`` targets (or ``targets``)."""
-    wanted = catalog.of_kind("warehouse_delta")
-    if targets:
-        known = {t.name for t in wanted}
-        unknown = sorted(set(targets) - known)
-        if unknown:
-            raise ValueError(
-                f"targets: {unknown} are not enabled warehouse_delta targets (known: {sorted(known)})"
-            )
-        wanted = [t for t in wanted if t.name in set(targets)]
+    wanted = catalog.of_kind("warehouse_delta", targets or None)
     return {
         t.name: generate_table(
             spark,

@@ -45,6 +45,20 @@ def test_shipped_catalog_loads_every_kind():
     assert cat.target("crm_contacts").pool == "erasure_crm_contacts"
 
 
+def test_of_kind_selects_named_targets_and_names_unknown_ones():
+    cat = load_catalog(ROOT / "include" / "catalog")
+    wh = [t.name for t in cat.of_kind("warehouse_delta")]
+    assert len(wh) >= 2
+    assert [t.name for t in cat.of_kind("warehouse_delta", [wh[1]])] == [wh[1]]
+    assert cat.of_kind("warehouse_delta", []) == []
+    sync = cat.of_kind("sync_api")[0].name  # a target of another kind is not selected silently
+    with pytest.raises(ValueError) as err:
+        cat.of_kind("warehouse_delta", [wh[0], "nope", sync])
+    assert str(err.value).startswith(
+        f"targets: {sorted(['nope', sync])} are not enabled warehouse_delta targets"
+    )
+
+
 def test_minimal_catalog_loads(tmp_path):
     cat = load_catalog(write(tmp_path, BASE))
     assert cat.target("crm_contacts").sync_api.batch_size == 500
