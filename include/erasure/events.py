@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,6 +62,9 @@ class SchemaError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_M = TypeVar("_M", bound=_Model)
 
 
 class Subject(_Model):
@@ -159,40 +162,32 @@ def _check_version(data: dict[str, Any], what: str) -> None:
         )
 
 
-def parse_event(raw: bytes | str | dict[str, Any] | None) -> ErasureEvent:
-    """Validate a consumed (or about-to-be-produced) event; raises SchemaError naming the field."""
+def _parse(model: type[_M], raw: bytes | str | dict[str, Any] | None, what: str) -> _M:
+    """Validate ``raw`` as ``model``; raises SchemaError naming the field(s)."""
     if isinstance(raw, bytes | str):
         try:  # fast path (pydantic-core parses the JSON); errors are re-derived below for the message
-            ev = ErasureEvent.model_validate_json(raw)
+            obj = model.model_validate_json(raw)
         except ValidationError:
             pass
         else:
-            if ev.schema_version in SUPPORTED_SCHEMA_VERSIONS:
-                return ev
-    data = _load(raw, "event")
-    _check_version(data, "event")
+            if obj.schema_version in SUPPORTED_SCHEMA_VERSIONS:  # type: ignore[attr-defined]
+                return obj
+    data = _load(raw, what)
+    _check_version(data, what)
     try:
-        return ErasureEvent.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise SchemaError("event", _problems(exc)) from None
+        raise SchemaError(what, _problems(exc)) from None
+
+
+def parse_event(raw: bytes | str | dict[str, Any] | None) -> ErasureEvent:
+    """Validate a consumed (or about-to-be-produced) event; raises SchemaError naming the field."""
+    return _parse(ErasureEvent, raw, "event")
 
 
 def parse_ack(raw: bytes | str | dict[str, Any] | None) -> Ack:
     """Validate a consumed (or about-to-be-produced) ack; raises SchemaError naming the field."""
-    if isinstance(raw, bytes | str):
-        try:
-            ack = Ack.model_validate_json(raw)
-        except ValidationError:
-            pass
-        else:
-            if ack.schema_version in SUPPORTED_SCHEMA_VERSIONS:
-                return ack
-    data = _load(raw, "ack")
-    _check_version(data, "ack")
-    try:
-        return Ack.model_validate(data)
-    except ValidationError as exc:
-        raise SchemaError("ack", _problems(exc)) from None
+    return _parse(Ack, raw, "ack")
 
 
 def new_event(
