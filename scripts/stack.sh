@@ -21,7 +21,15 @@ DELTA_VERSIONS="4.4.1 4.4.0"   # 4.4.1 is tried first; 4.4.0 is the newest serve
 PY=python3.11
 
 log() { printf '[stack] %s\n' "$*" >&2; }
-die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+die() { # message; when it ends in "see <file>", the file's tail is printed too (CI keeps only stderr)
+  printf '[stack] ERROR: %s\n' "$*" >&2
+  local f="${*##*see }"
+  if [ "$f" != "$*" ] && [ -f "$f" ]; then
+    printf '[stack] last lines of %s:\n' "$f" >&2
+    tail -n 40 "$f" | sed 's/^/[stack]   | /' >&2
+  fi
+  exit 1
+}
 need() { command -v "$1" >/dev/null 2>&1 || die "missing tool '$1': $2"; }
 
 # ---------------------------------------------------------------- helpers
@@ -231,7 +239,14 @@ EOF
     wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid"
     log "kafka started on $ERASURE_KAFKA_BOOTSTRAP"
   fi
-  "$ERASURE_VENV/bin/python" -m erasure.cli kafka-topics >"$LOGS/topics.log" 2>&1 || die "creating topics failed; see $LOGS/topics.log"
+  # retried inside until the broker has registered with its controller (erasure.kafka_admin.ensure_topics)
+  if ! "$ERASURE_VENV/bin/python" -m erasure.cli kafka-topics >"$LOGS/topics.log" 2>&1; then
+    local f
+    for f in "$LOGS/kafka.out" "$LOGS/kafka-server.log"; do
+      [ -s "$f" ] && { log "last lines of $f:"; tail -n 20 "$f" | sed 's/^/[stack]   | /' >&2; }
+    done
+    die "creating topics failed; see $LOGS/topics.log"
+  fi
 }
 
 stop_pidfile() { # pidfile name

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="tracking-store migrations")
     db.add_argument("action", choices=["upgrade", "downgrade"])
     db.add_argument("--revision", default=None)
-    sub.add_parser("kafka-topics", help="create the pipeline's Kafka topics")
+    topics = sub.add_parser("kafka-topics", help="create the pipeline's Kafka topics")
+    topics.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the broker (120)")
     cat = sub.add_parser("catalog", help="catalog commands")
     cat.add_argument("action", choices=["validate"])
     cat.add_argument("path", nargs="?", default=None)
@@ -56,9 +57,15 @@ def main(argv: list[str] | None = None) -> int:
             downgrade(revision=args.revision or "base")
         print(f"tracking store: {args.action} done")
     elif args.cmd == "kafka-topics":
-        from erasure.kafka_admin import ensure_topics
+        from erasure.kafka_admin import TopicsError, ensure_topics
 
-        created = ensure_topics(os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092"))
+        try:
+            created = ensure_topics(
+                os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092"), timeout=args.timeout
+            )
+        except TopicsError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         print("created topics:", ", ".join(created) if created else "(none, all exist)")
     elif args.cmd == "pools":
         import json

@@ -7,7 +7,9 @@ see docs/kafka.md "Kafka retention holds personal data".
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 SEGMENT_MS = 24 * 3600 * 1000  # issue 5: segments roll daily (docs/kafka.md, "Kafka retention")
@@ -28,12 +30,65 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-def ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...] | list[TopicSpec] = TOPICS) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left as they are."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+# errors a retry cannot mend (a bad spec or missing rights): reported at once, not after the deadline
+PERMANENT_ERRORS = (
+    "INVALID_CONFIG",
+    "INVALID_PARTITIONS",
+    "INVALID_REPLICATION_FACTOR: Replication factor must be",
+    "TOPIC_EXCEPTION",  # an invalid topic name
+    "POLICY_VIOLATION",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "CLUSTER_AUTHORIZATION_FAILED",
+)
+
+
+class TopicsError(RuntimeError):
+    """Topics could not be created before the deadline; the message names each topic and its error."""
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: tuple[TopicSpec, ...] | list[TopicSpec] = TOPICS,
+    timeout: float = 120.0,
+) -> list[str]:
+    """Create missing topics; returns the names created. Existing topics are left as they are.
+
+    A broker that has just opened its port may not have registered with its KRaft controller yet:
+    creating a topic then fails with ``INVALID_REPLICATION_FACTOR`` ("only 0 broker(s) are
+    registered") or a timeout. Such errors are retried with backoff until ``timeout`` seconds have
+    passed; what still fails then is raised as :class:`TopicsError`.
+    """
+    from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=30).topics)
+    deadline = time.monotonic() + timeout
+    created: list[str] = []
+    delay = 0.5
+    while True:
+        errors = _create_missing(admin, topics, created)
+        if not errors:
+            return created
+        permanent = any(code in err for err in errors.values() for code in PERMANENT_ERRORS)
+        if permanent or time.monotonic() + delay > deadline:
+            detail = "; ".join(f"{name}: {err}" for name, err in errors.items())
+            waited = "" if permanent else f" after {timeout:.0f}s"
+            raise TopicsError(f"creating Kafka topics on {bootstrap} failed{waited}: {detail}")
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _create_missing(
+    admin: Any, topics: tuple[TopicSpec, ...] | list[TopicSpec], created: list[str]
+) -> dict[str, str]:
+    """One attempt: create the topics that do not exist yet; returns {topic: error} for failures."""
+    from confluent_kafka.admin import NewTopic
+
+    try:
+        md = admin.list_topics(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - broker not reachable yet: retried by the caller
+        return {t.name: f"listing topics failed: {exc}" for t in topics}
+    if not md.brokers:
+        return {t.name: "no broker registered yet" for t in topics}
     new = [
         NewTopic(
             t.name,
@@ -49,14 +104,16 @@ def ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...] | list[TopicSpec
             },
         )
         for t in topics
-        if t.name not in existing
+        if t.name not in md.topics
     ]
+    errors: dict[str, str] = {}
     if not new:
-        return []
-    for _name, fut in admin.create_topics(new, operation_timeout=30).items():
+        return errors
+    for name, fut in admin.create_topics(new, operation_timeout=30).items():
         try:
             fut.result()
-        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-    return [t.topic for t in new]
+            created.append(name)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported by name
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # a concurrent creator is fine
+                errors[name] = str(exc)
+    return errors

@@ -200,13 +200,15 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
         )  # fmt: skip
         return self
 
-    def start(self, timeout: float = 120) -> PrivateBroker:
+    def start(self, timeout: float = 120, wait: bool = True) -> PrivateBroker:
+        """Start the broker; with ``wait`` (the default) return once it lists a registered broker."""
         out = open(self.dir / "kafka.out", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [self.java, "-cp", self.cp, *self.jopts, "kafka.Kafka", str(self.dir / "server.properties")],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float) -> None:
