@@ -34,7 +34,6 @@ TOPICS: tuple[TopicSpec, ...] = (
 PERMANENT_ERRORS = (
     "INVALID_CONFIG",
     "INVALID_PARTITIONS",
-    "INVALID_REPLICATION_FACTOR: Replication factor must be",
     "TOPIC_EXCEPTION",  # an invalid topic name
     "POLICY_VIOLATION",
     "TOPIC_AUTHORIZATION_FAILED",
@@ -68,7 +67,7 @@ def ensure_topics(
         errors = _create_missing(admin, topics, created)
         if not errors:
             return created
-        permanent = any(code in err for err in errors.values() for code in PERMANENT_ERRORS)
+        permanent = any(f"code={code}," in err for err in errors.values() for code in PERMANENT_ERRORS)
         if permanent or time.monotonic() + delay > deadline:
             detail = "; ".join(f"{name}: {err}" for name, err in errors.items())
             waited = "" if permanent else f" after {timeout:.0f}s"
