@@ -211,6 +211,22 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
             self.wait_ready(timeout)
         return self
 
+    def wait_port(self, timeout: float = 120) -> None:
+        """Return once the broker's port accepts connections (all ``scripts/stack.sh`` waits for)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"private broker exited ({self.proc.returncode}); see {self.dir}/kafka.out"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"private broker port not open within {timeout}s") from None
+                time.sleep(0.05)
+
     def wait_ready(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,15 +25,7 @@ def fresh_broker(tmp_path):
     """A newly formatted broker, started WITHOUT waiting for it to be ready (like the set-up)."""
     b = PrivateBroker(tmp_path / "broker").setup().start(wait=False)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the set-up's wait_port: the port is open, nothing more is known
-            assert b.proc is not None and b.proc.poll() is None, f"broker exited; see {b.dir}/kafka.out"
-            try:
-                socket.create_connection(("127.0.0.1", b.port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "broker port never opened"
-                time.sleep(0.05)
+        b.wait_port()  # like the set-up: the port is open, nothing more is known
         yield b
     finally:
         b.kill()
