@@ -43,12 +43,12 @@ check_port_free() { # port service
   fi
 }
 
-wait_port() { # port name seconds [pidfile]
+wait_port() { # port name seconds pidfile logfile
   local i=0
   while ! port_open "$1"; do
     i=$((i + 1))
-    if [ -n "${4:-}" ] && ! pid_alive "$4"; then die "$2 exited during start; see its log under $LOGS"; fi
-    [ "$i" -ge "$(($3 * 2))" ] && die "$2 did not open port $1 within $3 s; see $LOGS"
+    pid_alive "$4" || die "$2 exited during start; see $5"
+    [ "$i" -ge "$(($3 * 2))" ] && die "$2 did not open port $1 within $3 s; see $5"
     sleep 0.5
   done
 }
@@ -236,7 +236,7 @@ EOF
     fi
     nohup java -cp "$cp" "${jopts[@]}" kafka.Kafka "$KDIR/server.properties" >"$LOGS/kafka.out" 2>&1 &
     echo $! >"$RUN/kafka.pid"
-    wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid"
+    wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid" "$LOGS/kafka.out"
     log "kafka started on $ERASURE_KAFKA_BOOTSTRAP"
   fi
   # retried inside until the broker has registered with its controller (erasure.kafka_admin.ensure_topics)
@@ -282,7 +282,7 @@ up_airflow() {
     echo $! >"$RUN/airflow-$c.pid"
     started="$started $c"
   done
-  wait_port "$ERASURE_AIRFLOW_PORT" "airflow api-server" 120 "$RUN/airflow-api-server.pid"
+  wait_port "$ERASURE_AIRFLOW_PORT" "airflow api-server" 120 "$RUN/airflow-api-server.pid" "$LOGS/airflow-api-server.log"
   local i=0
   until curl -sf "http://127.0.0.1:$ERASURE_AIRFLOW_PORT/api/v2/monitor/health" >/dev/null; do
     i=$((i + 1)); [ $i -gt 120 ] && die "airflow api-server not healthy; see $LOGS/airflow-api-server.log"; sleep 1
@@ -300,7 +300,7 @@ up_partners() {
   if pid_alive "$RUN/partners.pid"; then log "partners already running"; return; fi
   setsid nohup "$ERASURE_VENV/bin/python" -m erasure.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
   echo $! >"$RUN/partners.pid"
-  wait_port "${ERASURE_PARTNER_CRM_URL##*:}" partners 60 "$RUN/partners.pid"
+  wait_port "${ERASURE_PARTNER_CRM_URL##*:}" partners 60 "$RUN/partners.pid" "$LOGS/partners.log"
   log "demo partners started (HTTP from port $ERASURE_PARTNER_PORT_BASE, Kafka consumers)"
 }
 down_partners() { stop_pidfile "$RUN/partners.pid" partners; }
