@@ -9,6 +9,9 @@
 #
 # SERVICE is one of: postgres kafka airflow partners. Everything lives under .local/ (git-ignored).
 set -euo pipefail
+# runuser/useradd (Postgres runs as its own OS user when we are root) live in sbin, which a minimal
+# PATH (cron, `env -i`) may lack: without them Postgres would look stopped and could not be stopped
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
 
 L="$ERASURE_LOCAL"
@@ -197,7 +200,11 @@ down_postgres() {
   local bin
   bin=$(pg_bin)
   [ -f "$PGDATA/postmaster.pid" ] || return 0
-  as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 && log "postgres stopped" || true
+  if as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >"$LOGS/pg-stop.log" 2>&1; then
+    log "postgres stopped"
+  elif as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    die "postgres could not be stopped; see $LOGS/pg-stop.log"
+  fi # else it was not running (a stale postmaster.pid)
 }
 
 # ---------------------------------------------------------------- kafka

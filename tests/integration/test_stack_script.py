@@ -91,3 +91,12 @@ def test_missing_tool_is_reported(tmp_path):
 def test_unknown_service_is_reported():
     out = run("up", "mongodb")
     assert out.returncode != 0 and "unknown service 'mongodb'" in out.stderr
+
+
+def test_status_sees_postgres_under_a_minimal_path():
+    """cron and `env -i` give PATH=/usr/bin:/bin; as root, Postgres is run through runuser (in sbin).
+    Without sbin the script once said "postgres stopped" for a running server and could not stop it."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    status = run("status", env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "postgres   running" in status.stdout
