@@ -43,7 +43,8 @@ import pytest
 from erasure import outbox
 from erasure.events import parse_event
 from erasure.kafka_admin import TopicSpec, ensure_topics
-from tests.integration._outbox_support import kafka_catalog, query, seed_kafka_tasks
+from tests.helpers.db import query
+from tests.integration._outbox_support import kafka_catalog, seed_kafka_tasks
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]

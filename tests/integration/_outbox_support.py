@@ -99,18 +99,6 @@ def seed_kafka_tasks(
     return subjects
 
 
-def query(dsn: str, sql: str, args: Any = None) -> list[dict[str, Any]]:
-    import psycopg2.extras
-
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql, args)
-            return [dict(r) for r in cur.fetchall()] if cur.description else []
-    finally:
-        conn.close()
-
-
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Any]:
     """Every message currently in ``topic`` (all partitions, from the beginning to the end)."""
     from confluent_kafka import Consumer, TopicPartition

@@ -14,11 +14,11 @@ from erasure import outbox
 from erasure.events import new_ack
 from erasure.partners.kafka_partner import KafkaPartner
 from erasure.partners.store import PartnerStore
+from tests.helpers.db import query
 from tests.integration._outbox_support import (
     free_port,
     kafka_catalog,
     produce_raw,
-    query,
     seed_kafka_tasks,
 )
 

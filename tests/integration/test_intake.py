@@ -14,6 +14,7 @@ import pytest
 
 from erasure.holds import HoldError, list_holds, place_hold, recheck_held_requests, release_hold
 from erasure.intake import MAX_BATCH, IntakeError, ingest_pending, register_requests
+from tests.helpers.db import query
 from tests.unit.test_intake import BAD_INPUTS
 
 pytestmark = pytest.mark.integration
@@ -24,13 +25,7 @@ EMPLOYEE_TARGETS = 2
 
 
 def q(dsn: str, sql: str, *args) -> list[dict]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql, args)
-            return [dict(r) for r in cur.fetchall()] if cur.description else []
-    finally:
-        conn.close()
+    return query(dsn, sql, args)
 
 
 def counts(dsn: str) -> dict[str, int]:

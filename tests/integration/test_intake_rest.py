@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import uuid
 
-import psycopg2
-import psycopg2.extras
 import pytest
 
 from erasure.holds import place_hold, release_hold
 from tests.conftest import MAIN_TRACKING_DSN
+from tests.helpers.db import query
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +22,7 @@ DAG_ID = "erasure_intake"
 
 
 def q(sql: str, *args) -> list[dict]:
-    conn = psycopg2.connect(MAIN_TRACKING_DSN)
-    try:
-        with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql, args)
-            return [dict(r) for r in cur.fetchall()] if cur.description else []
-    finally:
-        conn.close()
+    return query(MAIN_TRACKING_DSN, sql, args)
 
 
 def uid() -> str:

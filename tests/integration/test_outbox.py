@@ -11,7 +11,8 @@ import pytest
 from erasure import outbox
 from erasure.db import transaction
 from erasure.events import parse_event
-from tests.integration._outbox_support import kafka_catalog, query, read_topic, seed_kafka_tasks
+from tests.helpers.db import query
+from tests.integration._outbox_support import kafka_catalog, read_topic, seed_kafka_tasks
 
 pytestmark = pytest.mark.integration
 

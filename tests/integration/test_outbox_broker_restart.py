@@ -14,10 +14,10 @@ import pytest
 from erasure import outbox
 from erasure.events import parse_event
 from erasure.kafka_admin import TopicSpec, ensure_topics
+from tests.helpers.db import query
 from tests.integration._outbox_support import (
     PrivateBroker,
     kafka_catalog,
-    query,
     read_topic,
     seed_kafka_tasks,
 )

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from erasure.partners.kafka_partner import KafkaPartner
-from tests.integration._outbox_support import kafka_catalog, query, seed_kafka_tasks
+from tests.helpers.db import query
+from tests.integration._outbox_support import kafka_catalog, seed_kafka_tasks
 
 pytestmark = pytest.mark.integration
 
