@@ -42,7 +42,8 @@ PERMANENT_ERRORS = (
 
 
 class TopicsError(RuntimeError):
-    """Topics could not be created before the deadline; the message names each topic and its error."""
+    """Topics could not be created (a permanent error, or still failing at the deadline); the message
+    names the bootstrap, each topic and its error."""
 
 
 def ensure_topics(
