@@ -31,6 +31,15 @@ def fresh_broker(tmp_path):
         b.kill()
 
 
+def _kafka_topics_cli(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m erasure.cli kafka-topics` as scripts/stack.sh runs it, against ``bootstrap``."""
+    env = {**os.environ, "ERASURE_KAFKA_BOOTSTRAP": bootstrap}
+    return subprocess.run(
+        [sys.executable, "-m", "erasure.cli", "kafka-topics", *args], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     from confluent_kafka.admin import AdminClient, ConfigResource
 
@@ -41,11 +50,7 @@ def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 def test_cli_creates_the_topics_as_soon_as_the_port_opens_and_again_is_a_noop(fresh_broker):
-    env = {**os.environ, "ERASURE_KAFKA_BOOTSTRAP": fresh_broker.bootstrap}
-    first = subprocess.run(
-        [sys.executable, "-m", "erasure.cli", "kafka-topics"], env=env, cwd=ROOT,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    first = _kafka_topics_cli(fresh_broker.bootstrap)
     assert first.returncode == 0, first.stderr
     assert "created topics: erasure.events, erasure.acks, erasure.smoke" in first.stdout
 
@@ -62,10 +67,7 @@ def test_cli_creates_the_topics_as_soon_as_the_port_opens_and_again_is_a_noop(fr
     assert cfg["segment.ms"] == str(SEGMENT_MS)
     assert cfg["cleanup.policy"] == "delete"
 
-    again = subprocess.run(
-        [sys.executable, "-m", "erasure.cli", "kafka-topics"], env=env, cwd=ROOT,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    again = _kafka_topics_cli(fresh_broker.bootstrap)
     assert again.returncode == 0, again.stderr
     assert "(none, all exist)" in again.stdout
 
@@ -97,15 +99,7 @@ def test_cli_reports_an_unreachable_broker_in_one_line_without_a_traceback():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "ERASURE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
-    r = subprocess.run(
-        [sys.executable, "-m", "erasure.cli", "kafka-topics", "--timeout", "2"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _kafka_topics_cli(f"127.0.0.1:{port}", "--timeout", "2")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert f"creating Kafka topics on 127.0.0.1:{port} failed after 2s" in r.stderr
