@@ -1,0 +1,142 @@
+"""Every ``ERASURE_*`` setting of the pipeline, read once from the environment (pydantic-settings).
+
+This is the only module of the product that reads ``os.environ``. Core functions take what they need
+(a DSN, a directory, a number) as arguments; the callers at the edge (the CLI, the Airflow glue, the
+Spark entry points) build one :class:`Settings` with :func:`get_settings` and pass values on.
+
+``scripts/env.sh`` sets these for the local stack; production sets them in the Airflow workers'
+environment or, for secrets, through Airflow connections (``erasure.airflow.conn``).
+
+Two kinds of value are read by *name* at run time, because the catalog names them:
+
+* ``${NAME}`` / ``${NAME:-default}`` references inside catalog YAML (:func:`environ`);
+* secrets a catalog target points to (``sync_api.token_env``, ``postgres_table.dsn_env``):
+  :func:`secret_from_env`, which names the variable (never its value) when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository (or image) root: ``include/erasure/settings.py`` -> two levels up."""
+
+
+class SettingsError(RuntimeError):
+    """A required setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """The pipeline's settings. Field ``x`` is read from ``ERASURE_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="ERASURE_", extra="ignore", frozen=True)
+
+    # -- locations ---------------------------------------------------------------------------------
+    root: Path = ROOT
+    local: Path | None = None
+    """Project-local state (``.local``); defaults to ``<root>/.local``."""
+    catalog: Path | None = None
+    """Catalog file or directory; defaults to ``<root>/include/catalog``."""
+    warehouse_dir: Path | None = None
+    """Base of relative warehouse table paths; defaults to ``<local>/warehouse``."""
+    dataset_dir: Path | None = None
+    """Where the Delta event dataset lives; defaults to ``<local>/datasets``."""
+
+    # -- services ----------------------------------------------------------------------------------
+    tracking_dsn: str | None = None
+    """PostgreSQL DSN of the tracking store (the Airflow glue prefers the ``erasure_tracking`` connection)."""
+    kafka_bootstrap: str = "127.0.0.1:59092"
+
+    # -- Spark -------------------------------------------------------------------------------------
+    spark_master: str = "local[*]"
+    spark_jars_dir: Path | None = None
+    """Delta and JDBC jars handed to Spark; defaults to ``<local>/jars``."""
+    spark_shuffle_partitions: Annotated[int, Field(ge=1)] = 4
+    spark_ui: bool = False
+    spark_driver_memory: str = "2g"
+    vacuum_listing_parallelism: Annotated[int, Field(ge=1)] | None = None
+
+    # -- pipeline behaviour ------------------------------------------------------------------------
+    dispatch_lease_minutes: Annotated[float, Field(gt=0)] = 15.0
+    """How long a claimed task belongs to its batch before another run may take it."""
+    dispatch_batch_timeout_minutes: Annotated[float, Field(gt=0)] = 10.0
+    sla_warn_days: Annotated[float, Field(ge=0)] = 5.0
+    """Alert the owner this many days before a request's due date."""
+    dataset_retention_days: Annotated[int, Field(ge=1)] = 90
+    """Subject identifiers in the event dataset are removed after this many days."""
+    canary_schedule: str = "17 * * * *"
+
+    # -- alert delivery by e-mail (else Airflow's email backend) -----------------------------------
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "erasure-pipeline@localhost"
+
+    # -- derived -----------------------------------------------------------------------------------
+    @property
+    def local_dir(self) -> Path:
+        return self.local or self.root / ".local"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.catalog or self.root / "include" / "catalog"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.warehouse_dir or self.local_dir / "warehouse"
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.dataset_dir or self.local_dir / "datasets"
+
+    @property
+    def jars_path(self) -> Path:
+        return self.spark_jars_dir or self.local_dir / "jars"
+
+    def require_tracking_dsn(self) -> str:
+        """The tracking store's DSN, or a :class:`SettingsError` naming ``ERASURE_TRACKING_DSN``."""
+        if not self.tracking_dsn:
+            raise SettingsError(
+                "environment variable ERASURE_TRACKING_DSN is not set (source scripts/env.sh or set it)"
+            )
+        return self.tracking_dsn
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use (never at import time)."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError names the field; say which variable
+        raise SettingsError(f"invalid ERASURE_* setting: {exc}") from exc
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings and read the environment again (tests that change it)."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment, for catalog ``${NAME}`` references and subprocess environments."""
+    return os.environ
+
+
+def secret_from_env(name: str, what: str) -> str:
+    """The value of the environment variable ``name`` that a catalog field (``what``) points to.
+
+    Raises :class:`SettingsError` naming the variable and the field (never a value) when it is unset.
+    """
+    value = os.environ.get(name)
+    if not value:
+        raise SettingsError(f"{what} names {name}, which is not set")
+    return value

@@ -1,0 +1,206 @@
+"""The interface every target kind implements, and the types its operations exchange.
+
+A *target kind* (``sync_api``, ``postgres_table``, ``kafka``, ``warehouse_delta``, ...) is one module
+in this package that defines
+
+* its catalog section, a pydantic model (``spec_model``) validated under the section named after the
+  kind (``sync_api: {base_url: ...}``);
+* one :class:`TargetAdapter` subclass, registered with :func:`erasure.targets.registry.register`.
+
+Stages of the pipeline never branch on the kind: they ask the registry for the target's adapter and
+call its operations. ``tests/unit/test_targets.py`` checks that every registered kind implements
+every operation below.
+
+Operations
+----------
+``erase_batch``        erase the subjects of a batch of claimed tasks (``runner`` says which stage calls it)
+``verify``             look a subject up: gone (``pass``), still there (``fail``) or cannot tell (``error``)
+``seed_test_subjects`` put recognisable synthetic data for canary subjects into the target
+``check_test_subject`` after erasure, check a canary's synthetic data is gone
+``evidence_summary``   one line of a task's evidence for reports
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from erasure.vocab import CheckOutcome, Runner, WarehouseStage
+
+if TYPE_CHECKING:
+    import httpx
+    from pyspark.sql import SparkSession
+
+    from erasure.catalog import Target
+    from erasure.settings import Settings
+
+
+class TargetError(RuntimeError):
+    """A target could not be used as configured (a missing secret, a missing table); names the target."""
+
+
+class Spec(BaseModel):
+    """Base of every kind's catalog section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def validate_for(self, target_name: str) -> None:  # noqa: B027 - optional hook
+        """Cross-field checks that need the target (raise ``ValueError``); default: none."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One erasure task claimed by a batch: what an adapter needs to erase one subject."""
+
+    task_id: int
+    request_id: int
+    subject_id: str
+    attempts: int
+
+    @property
+    def attempt(self) -> int:
+        """The number of this attempt (1-based)."""
+        return self.attempts + 1
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable per erasure task: every retry and replay of this erasure carries the same key."""
+        return f"erasure-{self.request_id}-{self.task_id}"
+
+
+@dataclass
+class Outcome:
+    """What erasing one claimed subject came to, with the evidence to keep."""
+
+    item: Claimed
+    ok: bool
+    evidence: dict[str, Any]
+    error: str | None = None
+    permanent: bool = False
+    stage: WarehouseStage | None = None
+
+
+@dataclass
+class CheckResult:
+    """One look at one target for one subject."""
+
+    target: str
+    kind: str
+    outcome: CheckOutcome
+    detail: str
+
+    @property
+    def passed(self) -> bool | None:
+        return {CheckOutcome.PASS: True, CheckOutcome.FAIL: False}.get(self.outcome)
+
+
+@dataclass
+class Context:
+    """What an operation may use besides the target: settings and the clients the caller owns."""
+
+    settings: Settings
+    http: httpx.Client | None = None
+    spark: SparkSession | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def require_spark(self, target: Target) -> SparkSession:
+        if self.spark is None:
+            raise TargetError(f"target '{target.name}': kind '{target.kind}' needs a Spark session")
+        return self.spark
+
+    def require_http(self) -> httpx.Client:
+        if self.http is None:
+            raise TargetError("an HTTP client is needed for this operation")
+        return self.http
+
+
+OutcomeSink = Callable[[Outcome], None]
+"""Receives each outcome as soon as it is known (the dispatch writer records it)."""
+
+
+# -- synthetic test data (canary) -------------------------------------------------------------------
+def marker(subject_id: str, column: str) -> str:
+    """The recognisable value a canary stores in a text column."""
+    return f"canary-{column}-{subject_id}"
+
+
+def marker_date(subject_id: str, column: str) -> date:
+    """The recognisable value a canary stores in a date column."""
+    return date(1950, 1, 1) + timedelta(days=zlib.crc32(f"{subject_id}:{column}".encode()) % 18000)
+
+
+class TargetAdapter(ABC):
+    """One target kind. Stateless: every call gets the target (its catalog entry) and a context."""
+
+    kind: ClassVar[str]
+    """The catalog's ``kind`` value, and the name of the target's catalog section."""
+    spec_model: ClassVar[type[Spec]]
+    runner: ClassVar[Runner]
+    """Which stage erases targets of this kind."""
+    needs_spark: ClassVar[bool] = False
+    """Whether seeding and checking test subjects needs a Spark session (done by a Spark task)."""
+    default_batch_size: ClassVar[int] = 1000
+
+    # -- catalog --------------------------------------------------------------------------------
+    def batch_size(self, target: Target) -> int:
+        """Subjects per mapped batch (dispatch)."""
+        return self.default_batch_size
+
+    def pool_slots(self, target: Target) -> int:
+        """Concurrent task instances allowed against the target (its Airflow pool's slots)."""
+        return 1
+
+    # -- erasure --------------------------------------------------------------------------------
+    @abstractmethod
+    def erase_batch(
+        self, ctx: Context, target: Target, items: Sequence[Claimed], sink: OutcomeSink
+    ) -> list[Outcome]:
+        """Erase the subjects of ``items`` at ``target``; report each outcome to ``sink`` as it is
+        known and return them all. A configuration problem that concerns the whole batch raises
+        :class:`TargetError` after the outcomes were reported."""
+
+    # -- looking a subject up -------------------------------------------------------------------
+    @abstractmethod
+    def verify(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
+        """Whether ``subject_id`` is gone from ``target``: ``pass`` gone, ``fail`` still there,
+        ``error`` the target could not be asked."""
+
+    # -- synthetic test subjects ----------------------------------------------------------------
+    @abstractmethod
+    def seed_test_subjects(
+        self, ctx: Context, target: Target, subjects: Sequence[tuple[str, str]]
+    ) -> dict[str, str]:
+        """Store recognisable synthetic data for each ``(subject_id, subject_type)``; refuse an id
+        that already exists there. Returns a detail line per subject seeded; raises
+        :class:`TargetError` naming the target when it cannot seed."""
+
+    def check_test_subject(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
+        """After erasure: the seeded data is gone. Default: :meth:`verify`."""
+        return self.verify(ctx, target, subject_id)
+
+    # -- reports --------------------------------------------------------------------------------
+    @abstractmethod
+    def evidence_summary(self, evidence: dict[str, Any]) -> str:
+        """A short human-readable line of a task's evidence (demo report, status views)."""
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    def check(self, target: Target, outcome: CheckOutcome, detail: str) -> CheckResult:
+        return CheckResult(target.name, target.kind, outcome, detail)
+
+
+OPERATIONS: tuple[str, ...] = (
+    "erase_batch",
+    "verify",
+    "seed_test_subjects",
+    "check_test_subject",
+    "evidence_summary",
+    "batch_size",
+    "pool_slots",
+)
+"""Every operation a kind must provide (checked by ``tests/unit/test_targets.py``)."""

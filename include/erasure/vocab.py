@@ -1,0 +1,171 @@
+"""The pipeline's one vocabulary: every status, stage, kind, event type and outcome as a ``StrEnum``.
+
+Members compare equal to their string values (``TaskStatus.SUCCEEDED == "succeeded"``), so they go
+into SQL parameters, JSON and the tracking store as they are. The tracking store's CHECK constraints
+hold the same values; ``tests/unit/test_vocab.py`` compares the two so they cannot drift.
+
+Target kinds are not a closed list here: a kind is whatever adapter is registered in
+``erasure.targets`` (``TargetKind`` names the built-in ones).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RequestStatus(StrEnum):
+    RECEIVED = "received"
+    HELD = "held"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @classmethod
+    def open(cls) -> tuple[RequestStatus, ...]:
+        """Statuses of a request that is not finished (at most one per subject)."""
+        return (cls.RECEIVED, cls.HELD, cls.IN_PROGRESS)
+
+    @classmethod
+    def finished(cls) -> tuple[RequestStatus, ...]:
+        return (cls.COMPLETED, cls.FAILED, cls.REJECTED)
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    AWAITING_ACK = "awaiting_ack"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ESCALATED = "escalated"
+
+    @classmethod
+    def terminal(cls) -> tuple[TaskStatus, ...]:
+        return (cls.SUCCEEDED, cls.ESCALATED)
+
+
+class WarehouseStage(StrEnum):
+    """How far a warehouse task got: rows deleted, then files purged, then old files vacuumed."""
+
+    DELETED = "deleted"
+    PURGED = "purged"
+    VACUUMED = "vacuumed"
+
+
+class TargetKind(StrEnum):
+    """The built-in target kinds (one adapter module each in ``erasure.targets``)."""
+
+    SYNC_API = "sync_api"
+    KAFKA = "kafka"
+    WAREHOUSE_DELTA = "warehouse_delta"
+    POSTGRES_TABLE = "postgres_table"
+
+
+class Runner(StrEnum):
+    """Which stage of the pipeline carries out a target kind's erasure."""
+
+    DISPATCH = "dispatch"
+    """Mapped delete batches of the ``erasure_dispatch`` DAG (claim, erase, record per subject)."""
+    OUTBOX = "outbox"
+    """Events written to the outbox, published to Kafka, closed by acknowledgements."""
+    SPARK = "spark"
+    """The ``erasure_warehouse`` DAG's Spark job (one batched delete per table, purge, vacuum)."""
+
+
+class RequestSource(StrEnum):
+    API = "api"
+    INTAKE_TABLE = "intake_table"
+    CANARY = "canary"
+    CLI = "cli"
+
+
+class IntakeStatus(StrEnum):
+    """Status of a row of ``erasure.intake`` and of one payload's outcome at intake."""
+
+    PENDING = "pending"
+    REGISTERED = "registered"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class AckStatus(StrEnum):
+    """What became of an acknowledgement read from Kafka (``erasure.ack_log.status``)."""
+
+    MATCHED = "matched"
+    DUPLICATE = "duplicate"
+    UNKNOWN = "unknown"
+    MALFORMED = "malformed"
+    MISMATCH = "mismatch"
+
+
+class AckOutcome(StrEnum):
+    """What a partner says it did with an erasure event (``Ack.outcome``)."""
+
+    ERASED = "erased"
+    NOT_FOUND = "not_found"
+    FAILED = "failed"
+
+    @classmethod
+    def successes(cls) -> tuple[AckOutcome, ...]:
+        return (cls.ERASED, cls.NOT_FOUND)
+
+
+class EventType(StrEnum):
+    """``erasure.event_log.event_type``: every status change, written by the store's triggers."""
+
+    REQUEST_RECEIVED = "request_received"
+    REQUEST_HELD = "request_held"
+    REQUEST_RELEASED = "request_released"
+    REQUEST_COMPLETED = "request_completed"
+    REQUEST_FAILED = "request_failed"
+    TASK_CREATED = "task_created"
+    TASK_DISPATCHED = "task_dispatched"
+    EVENT_PUBLISHED = "event_published"
+    ACK_RECEIVED = "ack_received"
+    ROWS_DELETED = "rows_deleted"
+    FILES_PURGED = "files_purged"
+    VACUUMED = "vacuumed"
+    TASK_SUCCEEDED = "task_succeeded"
+    TASK_FAILED = "task_failed"
+    TASK_ESCALATED = "task_escalated"
+    TASK_RETRIED = "task_retried"
+    EVENT_REPLAYED = "event_replayed"
+
+
+class CheckOutcome(StrEnum):
+    """A look at one target for one subject (canary checks, verification)."""
+
+    PASS = "pass"  # the data is gone
+    FAIL = "fail"  # the data is still there
+    ERROR = "error"  # could not look: retried later
+
+
+class CanaryResult(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class AlertKind(StrEnum):
+    TASK_ESCALATED = "task_escalated"
+    TASK_FAILED = "task_failed"
+    SLA_APPROACHING = "sla_approaching"
+    SLA_BREACHED = "sla_breached"
+    TARGET_SLA_BREACHED = "target_sla_breached"
+    DEADLINE_MISSED = "deadline_missed"
+    CANARY_FAILED = "canary_failed"
+    CANARY_REQUEST_INCOMPLETE = "canary_request_incomplete"
+
+
+class DeleteOutcome(StrEnum):
+    """Per-subject outcome of one erase call, as written to a task's evidence (``outcome``)."""
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    CONFLICT = "conflict"
+    RETRYABLE_FAILURE = "retryable_failure"
+    PERMANENT_FAILURE = "permanent_failure"
+
+    @classmethod
+    def successes(cls) -> tuple[DeleteOutcome, ...]:
+        """Outcomes that close the task: gone now, gone before, or gone per the partner (409)."""
+        return (cls.DELETED, cls.ALREADY_GONE, cls.CONFLICT)
