@@ -3,7 +3,7 @@
 # through the REST API and the running scheduler, and print a report. Exits non-zero when any
 # expectation of the report fails. Re-runnable: every run uses fresh subjects.
 #
-#   scripts/demo.sh [--quick] [--warehouse-rows N] [--timeout-min M]   (options: python -m erasure.demo --help)
+#   scripts/demo.sh [--quick] [--warehouse-rows N] [--timeout-min M]   (options: python -m erasure_demo.demo --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -16,4 +16,4 @@ say "2/3 starting the stack: PostgreSQL, Kafka, Airflow (api-server, scheduler, 
 bash scripts/stack.sh up postgres kafka airflow partners
 say "Airflow UI: ${AIRFLOW__API__BASE_URL}  (user admin, password: $(bash scripts/stack.sh airflow-password))"
 say "3/3 running the pipeline end to end"
-exec python -m erasure.demo "$@"
+exec python -m erasure_demo.demo "$@"

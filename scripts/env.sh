@@ -69,5 +69,7 @@ unset _pgpass
 export PATH="$ERASURE_VENV/bin:$PATH"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="$ERASURE_VENV/bin/python"
+# the demo package (erasure_demo: demo driver, partner simulators) is not installed: import it from include/
+case ":${PYTHONPATH:-}:" in *":$ERASURE_ROOT/include:"*) ;; *) export PYTHONPATH="$ERASURE_ROOT/include${PYTHONPATH:+:$PYTHONPATH}" ;; esac
 export PIP_CACHE_DIR="$ERASURE_LOCAL/cache/pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1

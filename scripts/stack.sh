@@ -305,7 +305,7 @@ down_airflow() {
 # ---------------------------------------------------------------- demo partners
 up_partners() {
   if pid_alive "$RUN/partners.pid"; then log "partners already running"; return; fi
-  setsid nohup "$ERASURE_VENV/bin/python" -m erasure.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
+  setsid nohup "$ERASURE_VENV/bin/python" -m erasure_demo.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
   echo $! >"$RUN/partners.pid"
   wait_port "${ERASURE_PARTNER_CRM_URL##*:}" partners 60 "$RUN/partners.pid" "$LOGS/partners.log"
   log "demo partners started (HTTP from port $ERASURE_PARTNER_PORT_BASE, Kafka consumers)"

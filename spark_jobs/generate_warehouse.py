@@ -1,11 +1,12 @@
-"""spark-submit entry point: (re)create the demo warehouse Delta tables of the catalog.
+"""spark-submit entry point: (re)create the demo warehouse Delta tables of the catalog (demo only).
 
     python spark_jobs/generate_warehouse.py --rows demo --subjects cus_demo0001,cus_demo0002
     spark-submit --jars "$(ls .local/jars/*.jar | paste -sd, -)" spark_jobs/generate_warehouse.py --rows tiny
 
 ``--rows`` is rows per fact table: an integer or ``tiny`` (2,000), ``demo`` (1,000,000), ``bench``
 (10,000,000). ``--subjects`` (comma-separated, or ``@file`` with one id per line) get rows in every
-table. Prints a JSON summary of the tables written. See :mod:`erasure.warehouse_gen`.
+table. Prints a JSON summary of the tables written. See :mod:`erasure_demo.warehouse_gen`: the demo
+package, which is not installed (``include/`` must be on ``PYTHONPATH``, as ``scripts/env.sh`` sets it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from erasure.catalog import CatalogError, load_catalog
-    from erasure.warehouse_gen import generate_tables, resolve_rows
+    from erasure_demo.warehouse_gen import generate_tables, resolve_rows
 
     try:
         catalog = load_catalog(args.catalog)

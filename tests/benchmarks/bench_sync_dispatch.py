@@ -13,7 +13,7 @@ Knobs: ``BENCH_SYNC_N``, ``BENCH_SYNC_T``, ``BENCH_SYNC_CONCURRENCY`` (per batch
 ``BENCH_SYNC_POOL_SLOTS`` (batches per target at once, default 2), ``BENCH_SYNC_BATCH`` (500),
 ``BENCH_SYNC_ROUNDS`` (1; rounds alternate which side goes first, the best of each side is reported).
 
-Setup: the T partners run in ONE separate process (``python -m erasure.partners.run``, as the stack
+Setup: the T partners run in ONE separate process (``python -m erasure_demo.partners.run``, as the stack
 runs them), seeded with the N subjects before each side.
 
 * **pipeline**: for every target, ``plan_batches`` then ``run_batch`` per batch — claim in Postgres,
@@ -162,7 +162,7 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
     index = _free_port()
     log = (tmp_path / "partners.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "erasure.partners.run", "--catalog", str(cat_path),
+        [sys.executable, "-m", "erasure_demo.partners.run", "--catalog", str(cat_path),
          "--data-dir", str(tmp_path / "partners"), "--index-port", str(index)],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
     )  # fmt: skip

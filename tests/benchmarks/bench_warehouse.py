@@ -80,7 +80,7 @@ def _full_rewrite_seconds(spark: Any, path: str, scratch: str) -> float:
 
 def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> dict[str, Any]:
     from erasure.warehouse import delete_subjects, purge_deleted_rows, vacuum_table
-    from erasure.warehouse_gen import customer_id, generate_tables
+    from erasure_demo.warehouse_gen import customer_id, generate_tables
 
     spec = catalog.target(target).warehouse_delta
     customers = max(ROWS // 10, SUBJECTS + SAMPLE + 1)

@@ -69,8 +69,8 @@ def _catalog(
 @pytest.fixture
 def world_factory(tmp_path: Path, kafka_bootstrap: str, unique_topic) -> Iterator[Any]:
     """Builds a World: the demo catalog's targets (or ``only``) served by real partners of this test."""
-    from erasure.partners.http_service import PartnerServer
-    from erasure.partners.kafka_partner import KafkaPartner
+    from erasure_demo.partners.http_service import PartnerServer
+    from erasure_demo.partners.kafka_partner import KafkaPartner
 
     made: list[World] = []
 
@@ -188,7 +188,7 @@ def _requests(dsn: str) -> list[dict[str, Any]]:
 def test_canary_seeds_every_target_and_verifies_erasure(
     tracking_db, spark, kafka_bootstrap, world_factory, tmp_path
 ):
-    from erasure import warehouse_gen
+    from erasure_demo import warehouse_gen
 
     dsn = tracking_db
     world = world_factory()

@@ -12,8 +12,8 @@ import pytest
 
 from erasure import outbox
 from erasure.events import new_ack
-from erasure.partners.kafka_partner import KafkaPartner
-from erasure.partners.store import PartnerStore
+from erasure_demo.partners.kafka_partner import KafkaPartner
+from erasure_demo.partners.store import PartnerStore
 from tests.helpers.db import query
 from tests.integration._outbox_support import (
     free_port,

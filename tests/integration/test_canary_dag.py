@@ -20,7 +20,7 @@ SYNC = {"crm_contacts", "billing_profiles", "support_desk"}
 def sync_world(tmp_path: Path, monkeypatch):
     """Sync partners on free ports and a catalog (ERASURE_CATALOG) holding only them."""
     from erasure.catalog import load_catalog
-    from erasure.partners.http_service import PartnerServer
+    from erasure_demo.partners.http_service import PartnerServer
 
     data = load_catalog(ROOT / "include" / "catalog").model_dump()
     servers = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from erasure.partners.kafka_partner import KafkaPartner
+from erasure_demo.partners.kafka_partner import KafkaPartner
 from tests.helpers.db import query
 from tests.integration._outbox_support import kafka_catalog, seed_kafka_tasks
 

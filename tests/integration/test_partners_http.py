@@ -1,4 +1,4 @@
-"""Demo HTTP partners: endpoints, runtime faults, and the launcher ``python -m erasure.partners.run``."""
+"""Demo HTTP partners: endpoints, runtime faults, and the launcher ``python -m erasure_demo.partners.run``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from erasure.partners.http_service import PartnerServer
+from erasure_demo.partners.http_service import PartnerServer
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_launcher_serves_catalog_partners_and_survives_restart(tmp_path):
             }
         )  # fmt: skip
     )
-    cmd = [sys.executable, "-m", "erasure.partners.run", "--catalog", str(cat),
+    cmd = [sys.executable, "-m", "erasure_demo.partners.run", "--catalog", str(cat),
            "--data-dir", str(tmp_path / "data"), "--index-port", str(index)]  # fmt: skip
     log = tmp_path / "partners.log"
 
@@ -162,6 +162,6 @@ def test_launcher_serves_catalog_partners_and_survives_restart(tmp_path):
 def test_launcher_bad_catalog_fails_clearly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("targets: [{name: X}]\n")
-    r = subprocess.run([sys.executable, "-m", "erasure.partners.run", "--catalog", str(bad), "--index-port", "0"],
+    r = subprocess.run([sys.executable, "-m", "erasure_demo.partners.run", "--catalog", str(bad), "--index-port", "0"],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 1 and "invalid catalog" in r.stderr and "target 'X'" in r.stderr

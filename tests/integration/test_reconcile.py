@@ -40,7 +40,7 @@ def test_failing_target_is_retried_with_backoff_then_escalated_with_one_alert(
     tracking_db: str, tmp_path: Path
 ) -> None:
     from erasure.dispatch import plan_batches, run_batch
-    from erasure.partners.http_service import PartnerServer
+    from erasure_demo.partners.http_service import PartnerServer
 
     with webhook_receiver() as hook, PartnerServer("crm", tmp_path / "crm.sqlite") as partner:
         partner.service.faults.update({"error_rate": 1.0, "error_status": 503})

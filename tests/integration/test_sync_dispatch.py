@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from erasure.dispatch import claim, plan_batches, run_batch
-from erasure.partners.http_service import PartnerServer
+from erasure_demo.partners.http_service import PartnerServer
 from tests.helpers.sync_fixtures import create_requests, query, task_ids, tasks, write_catalog
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ WH_TARGETS = ("wh_orders", "wh_page_views", "wh_customer_dim")
 # --------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def warehouse(spark, catalog, tmp_path_factory) -> str:
-    from erasure.warehouse_gen import generate_tables
+    from erasure_demo.warehouse_gen import generate_tables
 
     d = str(tmp_path_factory.mktemp("warehouse"))
     tables = generate_tables(spark, catalog, 2000, SUBJECTS, customers=200, warehouse_dir=d)

@@ -8,7 +8,7 @@ import pytest
 
 from erasure import canary
 from erasure.catalog import load_catalog
-from erasure.demo import Demo, DemoConfig, _short_error, make_people, partner_record
+from erasure_demo.demo import Demo, DemoConfig, _short_error, make_people, partner_record
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -45,9 +45,9 @@ def test_airflow_services_share_config_and_mount_the_code(compose):
         assert mounts["./dags"] == env["AIRFLOW__CORE__DAGS_FOLDER"]
         assert mounts["./plugins"] == env["AIRFLOW__CORE__PLUGINS_FOLDER"]
         assert "./spark_jobs" in mounts
-        # the package is installed editable from the mounted include/ folder
-        assert mounts["./include"] + "/catalog" == env["ERASURE_CATALOG"]
-        assert f"COPY --chown=airflow include {mounts['./include']}" in dockerfile
+        # the package is installed editable from the mounted include/erasure folder (not include/erasure_demo)
+        assert mounts["./include/catalog"] == env["ERASURE_CATALOG"]
+        assert f"COPY --chown=airflow include/erasure {mounts['./include/erasure']}" in dockerfile
         # every connection the code looks up is defined
         for conn_id in ("erasure_tracking", "erasure_kafka"):
             assert f"AIRFLOW_CONN_{conn_id.upper()}" in env

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from erasure.partners.kafka_partner import KafkaFaults
+from erasure_demo.partners.kafka_partner import KafkaFaults
 
 
 def test_faults_merge_and_coerce():

@@ -14,8 +14,8 @@ import pytest
 
 from erasure.catalog import load_catalog
 from erasure.dispatch import backoff_for, pool_specs
-from erasure.partners.http_service import Faults, PartnerServer
 from erasure.sync_delete import RateLimiter, RetryPolicy, SyncDeleteClient, classify, parse_retry_after
+from erasure_demo.partners.http_service import Faults, PartnerServer
 
 FAST = RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05)
 

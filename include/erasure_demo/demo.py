@@ -1,4 +1,4 @@
-"""``python -m erasure.demo``: the whole erasure pipeline, end to end, on the running local stack.
+"""``python -m erasure_demo.demo``: the whole erasure pipeline, end to end, on the running local stack.
 
 Run by ``make demo`` (``scripts/demo.sh``) after the stack and the demo partners are up. It
 
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from erasure.airflow_client import AirflowApi
 from erasure.catalog import Catalog, Target, load_catalog
 from erasure.db import transaction
+from erasure_demo.airflow_client import AirflowApi
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -388,7 +388,7 @@ class Demo:
                 f"generating the warehouse Delta tables ({self.cfg.warehouse_rows:,} rows): "
                 + ", ".join(t.warehouse_delta.table for t in missing)  # type: ignore[union-attr]
             )
-            from erasure import warehouse_gen
+            from erasure_demo import warehouse_gen
 
             made = warehouse_gen.generate_tables(
                 self.spark, self.catalog, rows=self.cfg.warehouse_rows, targets=[t.name for t in missing]
@@ -1309,7 +1309,7 @@ def _evidence(t: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m erasure.demo",
+        prog="python -m erasure_demo.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

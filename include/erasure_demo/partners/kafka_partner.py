@@ -2,17 +2,17 @@
 
 For one catalog target of kind ``kafka``:
 
-* a **consumer process** (``python -m erasure.partners.kafka_partner``; a real OS process so that a
+* a **consumer process** (``python -m erasure_demo.partners.kafka_partner``; a real OS process so that a
   crash is a real crash) in the partner's own consumer group (``kafka.consumer_group``, static
   membership so a restarted process takes its partitions back at once) reads ``kafka.topic``,
   validates every event (``erasure.events.parse_event``), keeps those for its target, erases the
-  subject from its :class:`~erasure.partners.store.PartnerStore` (``$ERASURE_LOCAL/partners/<target>.db``,
+  subject from its :class:`~erasure_demo.partners.store.PartnerStore` (``$ERASURE_LOCAL/partners/<target>.db``,
   the event id as idempotency key), produces an ack to ``kafka.ack_topic`` (idempotent producer,
   delivery checked) and commits its offsets only after the acks were delivered (at-least-once).
   A redelivered or replayed event (same event id) is answered with the first outcome, not erased twice.
 * a **supervisor** (the caller's thread) restarts the process after a crash (``restart_delay_s``) and
   serves the partner's HTTP API on the host/port of ``kafka.lookup_url`` with
-  :class:`erasure.partners.http_service.PartnerService` (``GET /subjects/{id}`` lookup,
+  :class:`erasure_demo.partners.http_service.PartnerService` (``GET /subjects/{id}`` lookup,
   ``POST /test-subjects`` test data for the canary, ``/admin/seed``, ``/admin/stats``, ``/healthz``).
 
 Fault settings (``GET|PUT|DELETE /admin/faults`` on the lookup URL, or ``faults=`` / the environment
@@ -27,7 +27,7 @@ variable ``ERASURE_KAFKA_PARTNER_FAULTS_<TARGET>`` as JSON at start):
 * ``restart_delay_s`` pause before the supervisor restarts a crashed process (default 1)
 * the HTTP partner's settings (``down``, ``outage_seconds`` ...) also pause consumption while active.
 
-``run(target, catalog)`` (called by ``erasure.partners.run`` for every kafka target) starts both and
+``run(target, catalog)`` (called by ``erasure_demo.partners.run`` for every kafka target) starts both and
 blocks; :class:`KafkaPartner` is the handle used by tests (``start()`` / ``stop()``).
 """
 
@@ -52,9 +52,9 @@ from aiohttp import web
 
 from erasure.catalog import Catalog, Target
 from erasure.events import SchemaError, new_ack, parse_event
-from erasure.partners.http_service import Faults, PartnerServer, PartnerService
+from erasure_demo.partners.http_service import Faults, PartnerServer, PartnerService
 
-log = logging.getLogger("erasure.partners.kafka")
+log = logging.getLogger("erasure_demo.partners.kafka")
 
 CRASH_EXIT_CODE = 70
 
@@ -216,7 +216,7 @@ class KafkaPartner:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         cmd = [
-            sys.executable, "-m", "erasure.partners.kafka_partner",
+            sys.executable, "-m", "erasure_demo.partners.kafka_partner",
             "--target-json", self.target.model_dump_json(),
             "--bootstrap", self.bootstrap,
             "--group-id", self.group_id,
@@ -328,7 +328,7 @@ class _Consumer:
         from confluent_kafka import Consumer, Producer
 
         from erasure.outbox import producer_config
-        from erasure.partners.store import PartnerStore
+        from erasure_demo.partners.store import PartnerStore
 
         self.target = Target.model_validate_json(args.target_json)
         assert self.target.kafka is not None
@@ -483,7 +483,7 @@ class _Consumer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="erasure.partners.kafka_partner", description=__doc__,
+    p = argparse.ArgumentParser(prog="erasure_demo.partners.kafka_partner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--target-json", required=True)
     p.add_argument("--bootstrap", required=True)

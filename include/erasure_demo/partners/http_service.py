@@ -39,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from erasure.partners.store import PartnerStore
+from erasure_demo.partners.store import PartnerStore
 
 ADMIN_PREFIX = "/admin"
 

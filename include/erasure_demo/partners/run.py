@@ -1,8 +1,8 @@
-"""``python -m erasure.partners.run --catalog DIR``: start the demo partners of a catalog.
+"""``python -m erasure_demo.partners.run --catalog DIR``: start the demo partners of a catalog.
 
-* one HTTP partner (:mod:`erasure.partners.http_service`) per enabled ``sync_api`` target, on the host
+* one HTTP partner (:mod:`erasure_demo.partners.http_service`) per enabled ``sync_api`` target, on the host
   and port of its ``base_url``, storing under ``$ERASURE_LOCAL/partners/<target>.db``;
-* for each ``kafka`` target, ``erasure.partners.kafka_partner.run(target, catalog)`` when that module
+* for each ``kafka`` target, ``erasure_demo.partners.kafka_partner.run(target, catalog)`` when that module
   exists (imported lazily, each in its own thread; the HTTP partners keep running without it);
 * a small index on ``$ERASURE_PARTNER_PORT_BASE`` (``GET /`` lists the partners, ``GET /healthz``),
   which ``scripts/stack.sh`` waits for.
@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from erasure.catalog import Catalog, CatalogError, load_catalog
-from erasure.partners.http_service import PartnerService, start_site
-from erasure.partners.store import PartnerStore
+from erasure_demo.partners.http_service import PartnerService, start_site
+from erasure_demo.partners.store import PartnerStore
 
-log = logging.getLogger("erasure.partners")
-KAFKA_PARTNER_MODULE = "erasure.partners.kafka_partner"
+log = logging.getLogger("erasure_demo.partners")
+KAFKA_PARTNER_MODULE = "erasure_demo.partners.kafka_partner"
 
 
 def host_port(base_url: str) -> tuple[str, int]:
@@ -116,7 +116,7 @@ async def serve(catalog: Catalog, data_dir: Path, index_port: int | None, stop: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="erasure.partners.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="erasure_demo.partners.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--catalog", default=os.environ.get("ERASURE_CATALOG"), help="catalog file or directory")
     p.add_argument("--data-dir", default=None, help="default: $ERASURE_LOCAL/partners")
