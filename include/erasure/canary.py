@@ -4,12 +4,9 @@ A run of the ``erasure_canary`` DAG does three idempotent steps:
 
 1. **seed** (:func:`seed_subjects` + :func:`seed_warehouse`): create fresh synthetic subjects
    (``canary_<random>`` customers; employees get ``emp_99<8 digits>``, checked free everywhere
-   first) and put data for them in *every* catalog target of their subject type:
-
-   * ``sync_api`` partners: ``POST <base_url><create_path>`` (the partner's test-data endpoint);
-   * ``kafka`` partners: ``POST <lookup_url>/test-subjects`` (the consumer service's test-data endpoint);
-   * ``warehouse_delta`` tables: one appended test row per subject (Spark);
-   * ``postgres_table``: an ``INSERT`` of a test row.
+   first) and put data for them in *every* catalog target of their subject type, through the target's
+   adapter (``seed_test_subjects``: a partner's test-data endpoint, an ``INSERT``, an appended Delta
+   row...; kinds that need Spark are seeded by :func:`seed_warehouse` in a Spark task).
 
    Every subject is recorded in ``erasure.canary_subject`` (``erase_after`` = now + delay) and every
    seeded target in ``erasure.canary_check``. Canary subjects are never mixed with real ones: their
@@ -19,8 +16,9 @@ A run of the ``erasure_canary`` DAG does three idempotent steps:
    erasure request through the normal intake (``source='canary'``); the pipeline then erases them
    like any other request.
 3. **verify** (:func:`verify_subjects`): once a canary's request is finished (or the verify timeout
-   has passed), check every seeded target no longer has the data (lookups return 404, warehouse
-   queries return 0 rows / masked columns no longer hold the seeded values, Postgres rows are gone),
+   has passed), check every seeded target no longer has the data (the adapter's ``check_test_subject``:
+   lookups return 404, warehouse queries return 0 rows / masked columns no longer hold the seeded
+   values, Postgres rows are gone),
    record pass/fail per target in ``canary_check`` and per subject in ``canary_subject``, and alert
    the owning team of every failing target (and the pipeline owner when the request itself did
    not complete).
@@ -33,19 +31,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import secrets
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
+from erasure.settings import Settings
+from erasure.targets import CheckResult, Context, TargetError, adapter_for
+from erasure.targets.sync_api import test_payload
+from erasure.vocab import AlertKind, CanaryResult, CheckOutcome, RequestStatus
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -53,9 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANARY_PREFIX = "canary_"
-KAFKA_TEST_PATH = "/test-subjects"
-KAFKA_LOOKUP_PATH = "/subjects/{subject_id}"
 DEFAULT_DELAY = timedelta(minutes=60)
+VERIFIED_EARLIER = "verified earlier"
 DEFAULT_VERIFY_TIMEOUT = timedelta(days=3)  # the daily warehouse DAG needs up to two runs
 REQUESTED_BY = "erasure-canary"
 HTTP_TIMEOUT = 10.0
@@ -66,24 +64,12 @@ class CanaryError(RuntimeError):
 
 
 @dataclass
-class CheckResult:
-    target: str
-    kind: str
-    outcome: str  # 'pass' | 'fail' | 'error' (could not check: retried next run until the timeout)
-    detail: str
-
-    @property
-    def passed(self) -> bool | None:
-        return {"pass": True, "fail": False}.get(self.outcome)
-
-
-@dataclass
 class SubjectResult:
     subject_id: str
     subject_type: str
     request_id: int | None
     request_status: str | None
-    result: str | None  # 'pass' | 'fail' | None (not decided yet)
+    result: CanaryResult | None  # None: not decided yet
     checks: list[CheckResult] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
@@ -120,284 +106,18 @@ def canary_targets(catalog: Catalog, subject_type: str) -> list[Target]:
     return catalog.targets_for(subject_type)
 
 
-# ------------------------------------------------------------------------------- synthetic data
-def _marker(subject_id: str, column: str) -> str:
-    return f"canary-{column}-{subject_id}"
-
-
-def _marker_date(subject_id: str, column: str) -> date:
-    return date(1950, 1, 1) + timedelta(days=zlib.crc32(f"{subject_id}:{column}".encode()) % 18000)
+def spark_seeded(target: Target) -> bool:
+    """Whether the target's kind is seeded and checked in the Spark task (:func:`seed_warehouse`)."""
+    return adapter_for(target).needs_spark
 
 
 def partner_payload(target: Target, subject_id: str, subject_type: str) -> dict[str, Any]:
     """The test record a partner stores for a canary: one recognisable value per personal field."""
-    data: dict[str, Any] = {target.identity_key: subject_id, "is_canary": True, "subject_type": subject_type}
-    for f in target.personal_data or ["data"]:
-        data[f] = _marker(subject_id, f)
-    return {"subject_id": subject_id, "subject_type": subject_type, "is_test": True, "data": data}
+    return test_payload(target, subject_id, subject_type)
 
 
 def _http(client: httpx.Client | None) -> httpx.Client:
     return client or httpx.Client(timeout=HTTP_TIMEOUT)
-
-
-def _headers(target: Target) -> dict[str, str]:
-    spec = target.spec
-    token_env = getattr(spec, "token_env", None)
-    if token_env and os.environ.get(token_env):
-        return {"Authorization": f"Bearer {os.environ[token_env]}"}
-    return {}
-
-
-def _urls(target: Target, subject_id: str) -> tuple[str, str]:
-    """(create url, lookup url) of an HTTP-reachable target."""
-    if target.kind == "sync_api":
-        s = target.sync_api
-        assert s is not None
-        base = s.base_url.rstrip("/")
-        return base + s.create_path, base + s.lookup_path.format(subject_id=subject_id)
-    if target.kind == "kafka":
-        k = target.kafka
-        assert k is not None
-        if not k.lookup_url:
-            raise CanaryError(
-                f"target '{target.name}': kafka.lookup_url is not set; the canary cannot seed or check it"
-            )
-        base = k.lookup_url.rstrip("/")
-        return base + KAFKA_TEST_PATH, base + KAFKA_LOOKUP_PATH.format(subject_id=subject_id)
-    raise CanaryError(f"target '{target.name}': kind '{target.kind}' has no HTTP endpoints")
-
-
-def _lookup(client: httpx.Client, target: Target, subject_id: str) -> CheckResult:
-    _, url = _urls(target, subject_id)
-    try:
-        r = client.get(url, headers=_headers(target))
-    except httpx.HTTPError as exc:
-        return CheckResult(target.name, target.kind, "error", f"GET {url}: {type(exc).__name__}: {exc}")
-    if r.status_code == 404:
-        return CheckResult(target.name, target.kind, "pass", f"GET {url} -> 404")
-    if r.status_code == 200:
-        return CheckResult(
-            target.name, target.kind, "fail", f"GET {url} -> 200: the subject's data is still there"
-        )
-    return CheckResult(target.name, target.kind, "error", f"GET {url} -> {r.status_code}: {r.text[:200]}")
-
-
-def _seed_http(client: httpx.Client, target: Target, subject_id: str, subject_type: str) -> str:
-    create, lookup = _urls(target, subject_id)
-    pre = _lookup(client, target, subject_id)
-    if pre.outcome == "fail":
-        raise CanaryError(
-            f"target '{target.name}': {subject_id} already exists there; refusing to seed a live id"
-        )
-    if pre.outcome == "error":
-        raise CanaryError(f"target '{target.name}': lookup before seeding failed: {pre.detail}")
-    try:
-        r = client.post(
-            create, json=partner_payload(target, subject_id, subject_type), headers=_headers(target)
-        )
-    except httpx.HTTPError as exc:
-        raise CanaryError(f"target '{target.name}': POST {create}: {type(exc).__name__}: {exc}") from exc
-    if r.status_code not in (200, 201, 204):
-        raise CanaryError(f"target '{target.name}': POST {create} -> {r.status_code}: {r.text[:200]}")
-    post = _lookup(client, target, subject_id)
-    if post.outcome != "fail":  # 'fail' here means: the data is present, as it should be after seeding
-        raise CanaryError(f"target '{target.name}': seeded but lookup does not find it ({post.detail})")
-    return f"POST {create} -> {r.status_code}; GET {lookup} -> 200"
-
-
-# -------------------------------------------------------------------------- postgres targets
-_QUAL_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-
-
-def _pg_dsn(target: Target) -> str:
-    spec = target.postgres_table
-    assert spec is not None
-    dsn = os.environ.get(spec.dsn_env)
-    if not dsn:
-        raise CanaryError(
-            f"target '{target.name}': environment variable {spec.dsn_env} (postgres_table.dsn_env) is not set"
-        )
-    return dsn
-
-
-def _split_table(table: str) -> tuple[str, str]:
-    if not _QUAL_RE.fullmatch(table):
-        raise CanaryError(f"postgres_table.table: invalid name {table!r}")
-    schema, _, name = table.rpartition(".")
-    return schema or "public", name
-
-
-def _pg_value(subject_id: str, column: str, data_type: str) -> Any:
-    t = data_type.lower()
-    if t in ("text", "character varying", "character", "citext"):
-        return _marker(subject_id, column)
-    if t in ("integer", "bigint", "smallint", "numeric", "real", "double precision"):
-        return 0
-    if t == "boolean":
-        return False
-    if t == "date":
-        return _marker_date(subject_id, column)
-    if t.startswith("timestamp"):
-        return datetime.now(UTC)
-    if t in ("json", "jsonb"):
-        return json.dumps({"canary": True})
-    if t == "uuid":
-        import uuid
-
-        return str(uuid.uuid4())
-    return _marker(subject_id, column)
-
-
-def _seed_postgres(target: Target, subject_id: str) -> str:
-    from psycopg2 import sql
-
-    spec = target.postgres_table
-    assert spec is not None
-    schema, name = _split_table(spec.table)
-    with transaction(_pg_dsn(target)) as cur:
-        cur.execute(
-            """SELECT column_name, data_type, is_nullable, column_default
-                 FROM information_schema.columns WHERE table_schema=%s AND table_name=%s
-                ORDER BY ordinal_position""",
-            (schema, name),
-        )
-        cols = cur.fetchall()
-        if not cols:
-            raise CanaryError(f"target '{target.name}': table {spec.table} does not exist")
-        if spec.key_column not in {c["column_name"] for c in cols}:
-            raise CanaryError(
-                f"target '{target.name}': table {spec.table} has no key column '{spec.key_column}'"
-            )
-        values: dict[str, Any] = {spec.key_column: subject_id}
-        for c in cols:
-            n = c["column_name"]
-            if n in ("is_test", "is_canary") and c["data_type"] == "boolean":
-                values[n] = True  # the partner's own marker for test data, when it has one
-                continue
-            if n in values or c["column_default"] is not None:
-                continue
-            values[n] = _pg_value(subject_id, n, c["data_type"])
-        tbl = sql.Identifier(schema, name)
-        cur.execute(
-            sql.SQL("SELECT count(*) AS n FROM {} WHERE {} = %s").format(
-                tbl, sql.Identifier(spec.key_column)
-            ),
-            (subject_id,),
-        )
-        if cur.fetchone()["n"]:
-            raise CanaryError(
-                f"target '{target.name}': {subject_id} already exists there; refusing to seed a live id"
-            )
-        cur.execute(
-            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                tbl,
-                sql.SQL(", ").join(sql.Identifier(k) for k in values),
-                sql.SQL(", ").join(sql.Placeholder() for _ in values),
-            ),
-            list(values.values()),
-        )
-    return f"INSERT INTO {spec.table} ({len(values)} columns)"
-
-
-def _check_postgres(target: Target, subject_id: str) -> CheckResult:
-    from psycopg2 import sql
-
-    spec = target.postgres_table
-    assert spec is not None
-    schema, name = _split_table(spec.table)
-    try:
-        with transaction(_pg_dsn(target)) as cur:
-            cur.execute(
-                sql.SQL("SELECT count(*) AS n FROM {} WHERE {} = %s").format(
-                    sql.Identifier(schema, name), sql.Identifier(spec.key_column)
-                ),
-                (subject_id,),
-            )
-            n = int(cur.fetchone()["n"])
-    except Exception as exc:  # noqa: BLE001 - any failure to look is 'could not check'
-        return CheckResult(target.name, target.kind, "error", f"{spec.table}: {type(exc).__name__}: {exc}")
-    if n == 0:
-        return CheckResult(target.name, target.kind, "pass", f"{spec.table}: 0 rows")
-    return CheckResult(target.name, target.kind, "fail", f"{spec.table}: {n} row(s) still there")
-
-
-# ------------------------------------------------------------------------- warehouse targets
-def _spark_value(subject_id: str, column: str, dtype: Any, now: datetime) -> Any:
-    from pyspark.sql import types as T
-
-    if isinstance(dtype, T.StringType):
-        return _marker(subject_id, column)
-    if isinstance(dtype, T.DateType):
-        return _marker_date(subject_id, column)
-    if isinstance(dtype, T.TimestampType | T.TimestampNTZType):
-        return now.replace(tzinfo=None) if isinstance(dtype, T.TimestampNTZType) else now
-    if isinstance(dtype, T.BooleanType):
-        return False
-    if isinstance(dtype, T.IntegralType):
-        return 0
-    if isinstance(dtype, T.DecimalType):
-        from decimal import Decimal
-
-        return Decimal(0)
-    if isinstance(dtype, T.FractionalType):
-        return 0.0
-    return None
-
-
-def _warehouse_rows(spark: SparkSession, target: Target, subject_ids: list[str], now: datetime) -> int:
-    spec = target.warehouse_delta
-    assert spec is not None
-    path = spec.resolved_path()
-    try:
-        schema = spark.read.format("delta").load(path).schema
-    except Exception as exc:  # noqa: BLE001
-        raise CanaryError(f"target '{target.name}': cannot read Delta table at {path}: {exc}") from exc
-    if spec.key_column not in schema.fieldNames():
-        raise CanaryError(f"target '{target.name}': table at {path} has no key column '{spec.key_column}'")
-    rows = []
-    for sid in subject_ids:
-        row = {}
-        for f in schema.fields:
-            row[f.name] = sid if f.name == spec.key_column else _spark_value(sid, f.name, f.dataType, now)
-        rows.append(row)
-    spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(path)
-    return len(rows)
-
-
-def _check_warehouse(spark: SparkSession, target: Target, subject_id: str) -> CheckResult:
-    from pyspark.sql import functions as F
-
-    spec = target.warehouse_delta
-    assert spec is not None
-    path = spec.resolved_path()
-    try:
-        df = spark.read.format("delta").load(path).where(F.col(spec.key_column) == subject_id)
-        if spec.mode == "delete":
-            n = df.count()
-            if n == 0:
-                return CheckResult(target.name, target.kind, "pass", f"{spec.table}: 0 rows for the subject")
-            return CheckResult(target.name, target.kind, "fail", f"{spec.table}: {n} row(s) still there")
-        # mask mode: the row may stay, the seeded personal values must not
-        leaks = 0
-        rows = df.select(*spec.mask_columns).collect()
-        for r in rows:
-            for c in spec.mask_columns:
-                v = r[c]
-                if v is not None and (v == _marker(subject_id, c) or v == _marker_date(subject_id, c)):
-                    leaks += 1
-        if leaks == 0:
-            return CheckResult(
-                target.name,
-                target.kind,
-                "pass",
-                f"{spec.table}: {len(rows)} row(s), columns {spec.mask_columns} masked",
-            )
-        return CheckResult(
-            target.name, target.kind, "fail", f"{spec.table}: {leaks} seeded value(s) still unmasked"
-        )
-    except Exception as exc:  # noqa: BLE001
-        return CheckResult(target.name, target.kind, "error", f"{path}: {type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------------ seeding
@@ -408,11 +128,12 @@ def seed_subjects(
     subject_types: Iterable[str] = ("customer",),
     count: int = 1,
     delay: timedelta = DEFAULT_DELAY,
+    settings: Settings,
     now: datetime | None = None,
     client: httpx.Client | None = None,
     run_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Create ``count`` canaries per subject type and seed all their non-warehouse targets.
+    """Create ``count`` canaries per subject type and seed all their non-Spark targets.
 
     Returns one dict per subject: id, type, the seeded targets, the warehouse targets still to be
     seeded (:func:`seed_warehouse`) and the errors. A target that fails to seed is recorded in the
@@ -441,7 +162,7 @@ def seed_subjects(
                 )
                 existing = [r["subject_id"] for r in cur.fetchall()]
         for sid in existing[:count]:
-            out.append(reseed(dsn, catalog, sid, client=client, raise_on_error=False))
+            out.append(reseed(dsn, catalog, sid, settings=settings, client=client, raise_on_error=False))
         for _ in range(count - len(existing[:count])):
             sid = new_subject_id(catalog, st)
             with transaction(dsn) as cur:
@@ -456,7 +177,7 @@ def seed_subjects(
                         json.dumps({"run_id": run_id, "delay_s": delay.total_seconds()}),
                     ),
                 )
-            out.append(reseed(dsn, catalog, sid, client=client, raise_on_error=False))
+            out.append(reseed(dsn, catalog, sid, settings=settings, client=client, raise_on_error=False))
     errors = [e for s in out for e in s["errors"]]
     if errors:
         raise CanaryError("canary seeding failed for: " + "; ".join(errors))
@@ -468,10 +189,11 @@ def reseed(
     catalog: Catalog,
     subject_id: str,
     *,
+    settings: Settings,
     client: httpx.Client | None = None,
     raise_on_error: bool = True,
 ) -> dict[str, Any]:
-    """Seed the non-warehouse targets of one canary that have no ``canary_check`` row yet (idempotent)."""
+    """Seed the non-Spark targets of one canary that have no ``canary_check`` row yet (idempotent)."""
     with transaction(dsn) as cur:
         cur.execute("SELECT subject_type FROM erasure.canary_subject WHERE subject_id=%s", (subject_id,))
         row = cur.fetchone()
@@ -481,21 +203,21 @@ def reseed(
         done = {r["target"] for r in cur.fetchall()}
     st = row["subject_type"]
     http = _http(client)
-    seeded, pending_wh, errors = [], [], []
+    ctx = Context(settings=settings, dsn=dsn, catalog=catalog, http=http)
+    seeded: list[str] = []
+    pending_wh: list[str] = []
+    errors: list[str] = []
     try:
         for t in canary_targets(catalog, st):
             if t.name in done:
                 seeded.append(t.name)
                 continue
-            if t.kind == "warehouse_delta":
+            if spark_seeded(t):
                 pending_wh.append(t.name)
                 continue
             try:
-                if t.kind in ("sync_api", "kafka"):
-                    detail = _seed_http(http, t, subject_id, st)
-                else:
-                    detail = _seed_postgres(t, subject_id)
-            except CanaryError as exc:
+                detail = adapter_for(t).seed_test_subjects(ctx, t, [(subject_id, st)])[subject_id]
+            except TargetError as exc:
                 errors.append(str(exc))
                 continue
             _record_seeded(dsn, subject_id, [t.name], detail)
@@ -539,14 +261,13 @@ def seed_warehouse(
     catalog: Catalog,
     subject_ids: Iterable[str] | None = None,
     *,
-    now: datetime | None = None,
+    settings: Settings,
 ) -> dict[str, int]:
-    """Append one test row per canary to every warehouse table of its subject type not yet seeded.
+    """Seed every Spark-seeded target (warehouse tables) of each canary's subject type not yet seeded.
 
-    ``subject_ids`` defaults to every unrequested canary missing a warehouse check. Returns rows
-    appended per target. One append (one Delta commit) per table.
+    ``subject_ids`` defaults to every unrequested canary missing such a check. Returns subjects
+    seeded per target; the adapter seeds a target's subjects at once (one Delta commit per table).
     """
-    now = now or datetime.now(UTC)
     with transaction(dsn) as cur:
         cur.execute(
             """SELECT s.subject_id, s.subject_type, COALESCE(array_agg(c.target) FILTER (WHERE c.target IS NOT NULL), '{}') AS done
@@ -559,19 +280,21 @@ def seed_warehouse(
     todo: dict[str, list[str]] = {}
     for s in subjects:
         for t in canary_targets(catalog, s["subject_type"]):
-            if t.kind == "warehouse_delta" and t.name not in s["done"]:
-                todo.setdefault(t.name, []).append(s["subject_id"])
+            if spark_seeded(t) and t.name not in s["done"]:
+                todo.setdefault(t.name, []).append((s["subject_id"], s["subject_type"]))
+    ctx = Context(settings=settings, dsn=dsn, catalog=catalog, spark=spark)
     appended: dict[str, int] = {}
     errors = []
-    for name, sids in todo.items():
+    for name, subjects_of_target in todo.items():
         t = catalog.target(name)
         try:
-            appended[name] = _warehouse_rows(spark, t, sids, now)
-        except CanaryError as exc:
+            details = adapter_for(t).seed_test_subjects(ctx, t, subjects_of_target)
+        except TargetError as exc:
             errors.append(str(exc))
             continue
-        for sid in sids:
-            _record_seeded(dsn, sid, [name], f"appended 1 test row to {t.warehouse_delta.table}")  # type: ignore[union-attr]
+        appended[name] = len(details)
+        for sid, detail in details.items():
+            _record_seeded(dsn, sid, [name], detail)
     if errors:
         raise CanaryError("canary warehouse seeding failed: " + "; ".join(errors))
     return appended
@@ -639,6 +362,7 @@ def verify_subjects(
     dsn: str,
     catalog: Catalog,
     *,
+    settings: Settings,
     spark: SparkSession | None = None,
     now: datetime | None = None,
     timeout: timedelta = DEFAULT_VERIFY_TIMEOUT,
@@ -649,8 +373,8 @@ def verify_subjects(
     """Check every requested, unverified canary whose request is finished (or timed out).
 
     Per target: ``pass`` (data gone), ``fail`` (still there: alert to the owning team) or
-    ``error`` (could not check: left open, retried next run, failed at the timeout). Warehouse
-    targets need ``spark``; without it they stay open.
+    ``error`` (could not check: left open, retried next run, failed at the timeout). Targets whose
+    kind needs Spark (warehouse tables) need ``spark``; without it they stay open.
     """
     now = now or datetime.now(UTC)
     with transaction(dsn) as cur:
@@ -665,10 +389,11 @@ def verify_subjects(
         )
         subjects = cur.fetchall()
     http = _http(client)
+    ctx = Context(settings=settings, dsn=dsn, catalog=catalog, http=http, spark=spark)
     results = []
     try:
         for s in subjects:
-            finished = s["request_status"] in ("completed", "failed", "rejected")
+            finished = s["request_status"] in RequestStatus.finished()
             timed_out = s["requested_at"] + timeout <= now
             if not (finished or timed_out):
                 results.append(
@@ -677,7 +402,7 @@ def verify_subjects(
                     )
                 )
                 continue
-            results.append(_verify_one(dsn, catalog, s, http, spark, now, timed_out, alert))
+            results.append(_verify_one(dsn, catalog, s, ctx, now, timed_out, alert))
     finally:
         if client is None:
             http.close()
@@ -688,8 +413,7 @@ def _verify_one(
     dsn: str,
     catalog: Catalog,
     s: dict[str, Any],
-    http: httpx.Client,
-    spark: SparkSession | None,
+    ctx: Context,
     now: datetime,
     timed_out: bool,
     alert: bool,
@@ -703,29 +427,28 @@ def _verify_one(
     for t in canary_targets(catalog, s["subject_type"]):
         if t.name not in checks:
             err = next((e for e in seed_errors if f"'{t.name}'" in e), "no seed record")
-            res.checks.append(CheckResult(t.name, t.kind, "fail", f"never seeded ({err}); nothing to verify"))
-            continue
-        if checks[t.name] is not None:  # decided by an earlier (partial) run
             res.checks.append(
-                CheckResult(t.name, t.kind, "pass" if checks[t.name] else "fail", "verified earlier")
+                CheckResult(t.name, t.kind, CheckOutcome.FAIL, f"never seeded ({err}); nothing to verify")
             )
             continue
-        if t.kind in ("sync_api", "kafka"):
-            c = _lookup(http, t, sid)
-        elif t.kind == "postgres_table":
-            c = _check_postgres(t, sid)
-        elif spark is not None:
-            c = _check_warehouse(spark, t, sid)
+        if checks[t.name] is not None:  # decided by an earlier (partial) run
+            outcome = CheckOutcome.PASS if checks[t.name] else CheckOutcome.FAIL
+            res.checks.append(CheckResult(t.name, t.kind, outcome, VERIFIED_EARLIER))
+            continue
+        if spark_seeded(t) and ctx.spark is None:
+            c = CheckResult(t.name, t.kind, CheckOutcome.ERROR, "no Spark session given: not checked")
         else:
-            c = CheckResult(t.name, t.kind, "error", "no Spark session given: warehouse not checked")
-        if c.outcome == "error" and timed_out:
-            c = CheckResult(c.target, c.kind, "fail", f"could not verify before the timeout: {c.detail}")
+            c = adapter_for(t).check_test_subject(ctx, t, sid)
+        if c.outcome == CheckOutcome.ERROR and timed_out:
+            c = CheckResult(
+                c.target, c.kind, CheckOutcome.FAIL, f"could not verify before the timeout: {c.detail}"
+            )
         res.checks.append(c)
-    open_checks = [c for c in res.checks if c.outcome == "error"]
-    request_ok = s["request_status"] == "completed"
+    open_checks = [c for c in res.checks if c.outcome == CheckOutcome.ERROR]
+    request_ok = s["request_status"] == RequestStatus.COMPLETED
     with transaction(dsn) as cur:
         for c in res.checks:
-            if c.detail == "verified earlier":
+            if c.detail == VERIFIED_EARLIER:
                 continue
             cur.execute(
                 """INSERT INTO erasure.canary_check (subject_id, target, seeded_at, verified_at, passed, detail)
@@ -737,15 +460,15 @@ def _verify_one(
                     "s": sid,
                     "t": c.target,
                     "now": now,
-                    "v": None if c.outcome == "error" else now,
+                    "v": None if c.outcome == CheckOutcome.ERROR else now,
                     "p": c.passed,
                     "d": c.detail[:2000],
                 },
             )
         if open_checks:
             return res  # decided next run (or at the timeout)
-        failed = [c for c in res.checks if c.outcome == "fail"]
-        res.result = "pass" if not failed and request_ok else "fail"
+        failed = [c for c in res.checks if c.outcome == CheckOutcome.FAIL]
+        res.result = CanaryResult.PASS if not failed and request_ok else CanaryResult.FAIL
         summary = {
             "request_status": s["request_status"],
             "failed_targets": [c.target for c in failed],
@@ -756,7 +479,7 @@ def _verify_one(
                 WHERE subject_id=%s AND verified_at IS NULL""",
             (now, res.result, json.dumps({"verification": summary}), sid),
         )
-    if alert and res.result == "fail":
+    if alert and res.result == CanaryResult.FAIL:
         for c in failed:
             t = catalog.target(c.target)
             res.alerts.append(
@@ -764,7 +487,7 @@ def _verify_one(
                     dsn,
                     catalog,
                     team=t.owner,
-                    kind="canary_failed",
+                    kind=AlertKind.CANARY_FAILED,
                     dedupe_key=f"canary:{sid}:{c.target}",
                     message=f"Canary {sid}: target '{c.target}' still holds the subject's data after erasure: {c.detail}",
                     request_id=s["request_id"],
@@ -778,7 +501,7 @@ def _verify_one(
                     dsn,
                     catalog,
                     team=catalog.pipeline_owner,
-                    kind="canary_request_incomplete",
+                    kind=AlertKind.CANARY_REQUEST_INCOMPLETE,
                     dedupe_key=f"canary:{sid}:request",
                     message=(
                         f"Canary {sid}: erasure request {s['request_id']} is '{s['request_status']}'"
@@ -809,44 +532,25 @@ def raise_alert(
     """Alert ``team`` on its catalog channel: recorded in ``erasure.alert`` (deduplicated on
     ``dedupe_key``: a re-run never alerts twice for the same canary and target), then delivered at
     once through ``erasure.alerts`` (an undelivered alert is retried by the reconcile DAG)."""
-    try:
-        from erasure import alerts as _alerts
-    except ImportError:  # pragma: no cover - alerts module is part of the package
-        _alerts = None  # type: ignore[assignment]
+    from erasure import alerts
+
     with transaction(dsn) as cur:
-        if _alerts is not None and hasattr(_alerts, "raise_team_alert"):
-            _alerts.raise_team_alert(
-                cur,
-                catalog,
-                team=team,
-                dedupe_key=dedupe_key,
-                kind=kind,
-                message=message,
-                request_id=request_id,
-                target=target,
-                details=details,
-            )
-        else:
-            cur.execute(
-                """INSERT INTO erasure.alert (dedupe_key, kind, team, channel, request_id, target, message, details)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (dedupe_key) DO NOTHING""",
-                (
-                    dedupe_key,
-                    kind,
-                    team,
-                    catalog.team(team).channel,
-                    request_id,
-                    target,
-                    message,
-                    json.dumps(details, default=str),
-                ),
-            )
+        alerts.raise_team_alert(
+            cur,
+            catalog,
+            team=team,
+            dedupe_key=dedupe_key,
+            kind=kind,
+            message=message,
+            request_id=request_id,
+            target=target,
+            details=details,
+        )
     log.error("canary alert to team %s: %s", team, message)
-    if _alerts is not None and hasattr(_alerts, "deliver_pending"):
-        try:
-            _alerts.deliver_pending(dsn, dedupe_keys=[dedupe_key])
-        except Exception as exc:  # noqa: BLE001 - delivery is retried by the reconcile DAG
-            log.warning("canary alert %s recorded, delivery deferred: %s", dedupe_key, exc)
+    try:
+        alerts.deliver_pending(dsn, dedupe_keys=[dedupe_key])
+    except Exception as exc:  # noqa: BLE001 - delivery is retried by the reconcile DAG
+        log.warning("canary alert %s recorded, delivery deferred: %s", dedupe_key, exc)
     return dedupe_key
 
 
@@ -867,7 +571,7 @@ def summary(dsn: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def describe_failure(r: SubjectResult) -> str:
-    bad = [f"{c.target} ({c.detail})" for c in r.checks if c.outcome == "fail"]
+    bad = [f"{c.target} ({c.detail})" for c in r.checks if c.outcome == CheckOutcome.FAIL]
     return f"{r.subject_id}: " + (", ".join(bad) if bad else f"request {r.request_id} is {r.request_status}")
 
 
@@ -881,7 +585,7 @@ def warehouse_seeding_pending(dsn: str, catalog: Catalog) -> bool:
         )
         rows = cur.fetchall()
     return any(
-        t.kind == "warehouse_delta" and t.name not in r["done"]
+        spark_seeded(t) and t.name not in r["done"]
         for r in rows
         for t in canary_targets(catalog, r["subject_type"])
     )
@@ -908,4 +612,4 @@ def ready_to_verify(
         types = [r["subject_type"] for r in cur.fetchall()]
     if not needs_spark:
         return bool(types)
-    return any(t.kind == "warehouse_delta" for st in types for t in canary_targets(catalog, st))
+    return any(spark_seeded(t) for st in types for t in canary_targets(catalog, st))

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
+MAX_RETRY_DELAY = timedelta(days=1)
+_S = TypeVar("_S")
 _ENV_RE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -58,111 +61,82 @@ class Team(_Model):
     """``log:``, ``webhook:<url>`` or ``email:<address>``."""
 
 
-class SyncApiSpec(_Model):
-    base_url: Annotated[str, Field(pattern=r"^https?://")]
-    delete_path: str = "/subjects/{subject_id}"
-    lookup_path: str = "/subjects/{subject_id}"
-    create_path: str = "/test-subjects"
-    token_env: str | None = None
-    """Name of an environment variable holding a bearer token (never the token itself)."""
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
-    concurrency: Annotated[int, Field(ge=1, le=512)] = 16
-    rate_limit_per_s: Annotated[float, Field(gt=0)] | None = None
-    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
-    pool_slots: Annotated[int, Field(ge=1, le=64)] = 2
-
-    @field_validator("delete_path", "lookup_path", "create_path")
-    @classmethod
-    def _has_placeholder(cls, v: str, info: Any) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        if info.field_name != "create_path" and "{subject_id}" not in v:
-            raise ValueError("must contain the placeholder {subject_id}")
-        return v
-
-
-class KafkaSpec(_Model):
-    topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = "erasure.events"
-    ack_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = "erasure.acks"
-    ack_timeout_minutes: Annotated[int, Field(ge=1)] = 60
-    consumer_group: str | None = None
-    """The partner's consumer group (documentation; the partner owns it)."""
-    lookup_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
-    """Optional HTTP lookup/test-data endpoint of the partner (used by the canary)."""
-
-
-class WarehouseDeltaSpec(_Model):
-    table: Annotated[str, Field(pattern=NAME_RE)]
-    path: str
-    """Table location; relative paths resolve against ERASURE_WAREHOUSE_DIR."""
-    key_column: Annotated[str, Field(pattern=NAME_RE)]
-    mode: Literal["delete", "mask"] = "delete"
-    mask_columns: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=list)
-    deletion_vectors: bool = False
-    retention_hours: Annotated[int, Field(ge=0)] = 168
-    """VACUUM retention; 0 purges old files at once (time travel to pre-erasure versions ends)."""
-
-    @model_validator(mode="after")
-    def _mask_needs_columns(self) -> WarehouseDeltaSpec:
-        if self.mode == "mask" and not self.mask_columns:
-            raise ValueError("mode 'mask' needs mask_columns")
-        if self.key_column in self.mask_columns:
-            raise ValueError("mask_columns must not contain key_column")
-        return self
-
-    def resolved_path(self, warehouse_dir: str | os.PathLike[str] | None = None) -> str:
-        if "://" in self.path or os.path.isabs(self.path):
-            return self.path
-        base = warehouse_dir or os.environ.get("ERASURE_WAREHOUSE_DIR", ".local/warehouse")
-        return str(Path(base) / self.path)
-
-
-class PostgresTableSpec(_Model):
-    dsn_env: str = "ERASURE_TRACKING_DSN"
-    """Environment variable with the DSN (an Airflow connection URI in production)."""
-    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")]
-    key_column: Annotated[str, Field(pattern=NAME_RE)]
-
-
-Kind = Literal["sync_api", "kafka", "warehouse_delta", "postgres_table"]
-
-
 class Target(_Model):
+    """One place personal data lives. ``kind`` names its adapter (``erasure.targets``), and the section
+    of the same name (``sync_api: {...}``) holds the kind's own settings, validated by the adapter's
+    ``spec_model`` and available as :attr:`spec`."""
+
     name: Annotated[str, Field(pattern=NAME_RE)]
-    kind: Kind
+    kind: str
     owner: str
     description: str = ""
     subject_types: list[str] = Field(min_length=1)
     identity_key: Annotated[str, Field(pattern=NAME_RE)]
     personal_data: list[str] = Field(default_factory=list)
     sla_days: Annotated[int, Field(ge=1, le=365)] | None = None
+    """The target's own deadline, counted from the request's receipt; past it while the target's task
+    is not done, reconcile alerts the owner team (``target_sla_breached``)."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     retry_backoff_minutes: Annotated[float, Field(gt=0)] = 5.0
     enabled: bool = True
-    sync_api: SyncApiSpec | None = None
-    kafka: KafkaSpec | None = None
-    warehouse_delta: WarehouseDeltaSpec | None = None
-    postgres_table: PostgresTableSpec | None = None
+    spec: Any = None
+    """The kind's section (a ``Spec`` model); set from the section named after ``kind``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_to_spec(cls, data: Any) -> Any:
+        from erasure.targets.registry import kinds
+
+        if not isinstance(data, dict) or "spec" in data:
+            return data
+        kind = data.get("kind")
+        known = kinds()
+        if not isinstance(kind, str) or kind not in known:
+            raise ValueError(f"kind: unknown target kind {kind!r} (known: {known})")
+        data = dict(data)
+        if data.get(kind) is None:
+            raise ValueError(f"kind '{kind}' needs a '{kind}' section")
+        extra = [k for k in known if k != kind and k in data]
+        if extra:
+            raise ValueError(f"kind '{kind}' must not have section(s) {extra}")
+        data["spec"] = data.pop(kind)
+        return data
+
+    @field_validator("spec", mode="wrap")
+    @classmethod
+    def _validate_spec(cls, value: Any, handler: Any, info: Any) -> Any:
+        from erasure.targets.registry import spec_model
+
+        kind = info.data.get("kind")
+        if kind is None:
+            return value
+        model = spec_model(kind)
+        return value if isinstance(value, model) else model.model_validate(value)
 
     @model_validator(mode="after")
-    def _spec_matches_kind(self) -> Target:
-        specs = {k: getattr(self, k) for k in ("sync_api", "kafka", "warehouse_delta", "postgres_table")}
-        if specs[self.kind] is None:
-            raise ValueError(f"kind '{self.kind}' needs a '{self.kind}' section")
-        extra = [k for k, v in specs.items() if v is not None and k != self.kind]
-        if extra:
-            raise ValueError(f"kind '{self.kind}' must not have section(s) {extra}")
+    def _spec_checks(self) -> Target:
+        self.spec.validate_for(self.name)
         return self
 
-    @property
-    def spec(self) -> SyncApiSpec | KafkaSpec | WarehouseDeltaSpec | PostgresTableSpec:
-        return getattr(self, self.kind)
+    def spec_as(self, model: type[_S]) -> _S:
+        """The kind's section as ``model`` (a ``ValueError`` if this target is of another kind)."""
+        if not isinstance(self.spec, model):
+            from erasure.targets.registry import kind_of_spec
+
+            raise ValueError(f"target '{self.name}' is of kind '{self.kind}', not '{kind_of_spec(model)}'")
+        return self.spec
 
     @property
     def pool(self) -> str:
         """The Airflow pool that bounds this target's concurrent task instances."""
         return f"erasure_{self.name}"
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """The one retry policy: wait after the ``attempts``-th failed attempt before the next one,
+        ``retry_backoff_minutes * 2**(attempts - 1)``, capped at :data:`MAX_RETRY_DELAY`. Used by dispatch,
+        reconcile and the warehouse job alike."""
+        minutes = self.retry_backoff_minutes * (2 ** max(0, min(attempts - 1, 20)))
+        return min(timedelta(minutes=minutes), MAX_RETRY_DELAY)
 
 
 class Catalog(_Model):
@@ -246,12 +220,12 @@ def _unique(field: str, names: list[str]) -> None:
         seen.add(n)
 
 
-def _expand_env(value: Any) -> Any:
+def _expand_env(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            v = os.environ.get(name)
+            v = env.get(name)
             if v is None or v == "":
                 if default is None:
                     raise KeyError(name)
@@ -260,9 +234,9 @@ def _expand_env(value: Any) -> Any:
 
         return _ENV_RE.sub(sub, value)
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, env) for v in value]
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, env) for k, v in value.items()}
     return value
 
 
@@ -274,12 +248,18 @@ def _loc_name(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
         except (KeyError, IndexError, TypeError, AttributeError):
             name = f"#{loc[1]}"
         kind = {"targets": "target", "teams": "team", "subject_types": "subject type"}[loc[0]]
-        rest = ".".join(str(p) for p in loc[2:]) or "(whole entry)"
+        parts = [str(p) for p in loc[2:]]
+        if loc[0] == "targets" and parts[:1] == ["spec"]:  # the kind's section, named as in the YAML
+            try:
+                parts[0] = str(data[loc[0]][loc[1]]["kind"])
+            except (KeyError, IndexError, TypeError):
+                pass
+        rest = ".".join(parts) or "(whole entry)"
         return f"{kind} '{name}', field '{rest}'"
     return f"field '{'.'.join(str(p) for p in loc) or '(top level)'}'"
 
 
-def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
+def _merge(files: list[Path], env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Path]]:
     """Merge several YAML files: lists are concatenated, scalars must agree. Returns data and origin."""
     merged: dict[str, Any] = {}
     origin: dict[str, Path] = {}
@@ -295,7 +275,7 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
         if not isinstance(raw, dict):
             raise CatalogError(f"{f}: top level must be a mapping, got {type(raw).__name__}")
         try:
-            raw = _expand_env(raw)
+            raw = _expand_env(raw, env)
         except KeyError as exc:
             raise CatalogError(f"{f}: environment variable {exc.args[0]} is referenced but not set") from exc
         for key, value in raw.items():
@@ -312,9 +292,13 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
     return merged, origin
 
 
-def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
-    """Load and validate a catalog file or directory (default: ERASURE_CATALOG)."""
-    p = Path(path or os.environ.get("ERASURE_CATALOG") or Path(__file__).resolve().parents[1] / "catalog")
+def load_catalog(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Catalog:
+    """Load and validate a catalog file or directory (default: the ``catalog`` setting,
+    ``ERASURE_CATALOG``). ``${NAME}`` references are expanded from ``env`` (default: the process
+    environment)."""
+    from erasure.settings import environ, get_settings
+
+    p = Path(path or get_settings().catalog_path)
     if p.is_dir():
         files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
         if not files:
@@ -323,7 +307,7 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
         files = [p]
     else:
         raise CatalogError(f"{p}: catalog path does not exist")
-    data, origin = _merge(files)
+    data, origin = _merge(files, environ() if env is None else env)
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:

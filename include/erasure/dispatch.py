@@ -22,33 +22,27 @@ No Airflow here; the DAG ``erasure_dispatch`` is a thin wrapper.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-import psycopg2
-import psycopg2.extras
-from psycopg2 import sql
 
 from erasure.catalog import Catalog, Target
 from erasure.db import connect
-from erasure.sync_delete import DeleteResult, SyncDeleteClient
+from erasure.settings import Settings
+from erasure.targets import Claimed, Context, Outcome, TargetError, adapter_for
 from erasure.tracking.store import transition_task
+from erasure.vocab import DeleteOutcome, Runner, TaskStatus
 
 log = logging.getLogger(__name__)
 
-DISPATCH_KINDS = ("sync_api", "postgres_table")
-DEFAULT_LEASE_MINUTES = float(os.environ.get("ERASURE_DISPATCH_LEASE_MINUTES", "15"))
+DEFAULT_LEASE_MINUTES = 15.0
+"""Default of the ``dispatch_lease_minutes`` setting; callers pass the setting."""
 MAX_MAP_LENGTH = 1024
-POSTGRES_BATCH_SIZE = 1000
-MAX_BACKOFF = timedelta(days=1)
 
 # Due = may be claimed now. %(lease)s is an interval in minutes, %(claim)s the claimer's key.
 _DUE = """
@@ -63,24 +57,6 @@ _DUE = """
                  OR t.evidence ->> 'claim' = %(claim)s))
     )
 """
-
-
-@dataclass(frozen=True)
-class Claimed:
-    task_id: int
-    request_id: int
-    subject_id: str
-    attempts: int
-
-    @property
-    def attempt(self) -> int:
-        """The number of this attempt (1-based)."""
-        return self.attempts + 1
-
-    @property
-    def idempotency_key(self) -> str:
-        """Stable per erasure task: every retry and replay of this erasure carries the same key."""
-        return f"erasure-{self.request_id}-{self.task_id}"
 
 
 @dataclass
@@ -99,23 +75,22 @@ class BatchSummary:
         return asdict(self)
 
 
-def _sync_targets(catalog: Catalog, name: str) -> Target:
+def _dispatch_target(catalog: Catalog, name: str) -> Target:
     t = catalog.target(name)
-    if t.kind not in DISPATCH_KINDS:
-        raise ValueError(f"target '{name}' is of kind '{t.kind}'; dispatch handles {DISPATCH_KINDS}")
+    if adapter_for(t).runner != Runner.DISPATCH:
+        raise ValueError(f"target '{name}' is of kind '{t.kind}', which the dispatch stage does not erase")
     if not t.enabled:
         raise ValueError(f"target '{name}' is disabled in the catalog")
     return t
 
 
+def dispatch_targets(catalog: Catalog) -> list[Target]:
+    """Enabled targets whose kind the dispatch stage erases (mapped delete batches)."""
+    return [t for t in catalog.targets if t.enabled and adapter_for(t).runner == Runner.DISPATCH]
+
+
 def batch_size_of(target: Target) -> int:
-    return target.sync_api.batch_size if target.sync_api is not None else POSTGRES_BATCH_SIZE
-
-
-def backoff_for(target: Target, attempts_after: int) -> timedelta:
-    """Delay before the next attempt: ``retry_backoff_minutes * 2^(attempts_after - 1)``, capped at a day."""
-    minutes = target.retry_backoff_minutes * (2 ** max(0, min(attempts_after - 1, 20)))
-    return min(timedelta(minutes=minutes), MAX_BACKOFF)
+    return adapter_for(target).batch_size(target)
 
 
 def plan_batches(
@@ -132,7 +107,7 @@ def plan_batches(
     Returns ``[{"target", "batch", "of", "task_ids"}]`` — ids only, no subject identifiers. What does
     not fit waits for the next run.
     """
-    t = _sync_targets(catalog, target)
+    t = _dispatch_target(catalog, target)
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     size = batch_size or batch_size_of(t)
@@ -210,16 +185,6 @@ def claim(
 
 
 # -- recording outcomes --------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    item: Claimed
-    ok: bool
-    evidence: dict[str, Any]
-    error: str | None = None
-    permanent: bool = False
-    stage: str | None = None
-
-
 class OutcomeWriter:
     """Writes outcomes to the tracking store from a background thread, in small transactions.
 
@@ -290,16 +255,16 @@ class OutcomeWriter:
                 attempts_after = o.item.attempts + 1
                 if o.ok:
                     moved = transition_task(
-                        cur, o.item.task_id, "succeeded", ("in_progress",),
+                        cur, o.item.task_id, TaskStatus.SUCCEEDED, (TaskStatus.IN_PROGRESS,),
                         evidence=o.evidence, increment_attempts=True, stage=o.stage,
                     )  # fmt: skip
                 else:
                     moved = transition_task(
-                        cur, o.item.task_id, "failed", ("in_progress",),
+                        cur, o.item.task_id, TaskStatus.FAILED, (TaskStatus.IN_PROGRESS,),
                         evidence={**o.evidence, "permanent": o.permanent},
                         last_error=(o.error or "unknown error")[:2000],
                         increment_attempts=True,
-                        next_attempt_at=now + backoff_for(self.target, attempts_after),
+                        next_attempt_at=now + self.target.retry_delay(attempts_after),
                     )  # fmt: skip
                 self.moved += int(moved)
         self.written += len(items)
@@ -319,11 +284,13 @@ def run_batch(
     task_ids: Sequence[int],
     *,
     claim_key: str,
+    settings: Settings,
     lease_minutes: float = DEFAULT_LEASE_MINUTES,
     flush_every_s: float = 0.2,
 ) -> BatchSummary:
-    """Claim ``task_ids`` of ``target`` and erase their subjects there, recording each outcome."""
-    t = _sync_targets(catalog, target)
+    """Claim ``task_ids`` of ``target`` and erase their subjects there through the target's adapter,
+    recording each outcome as it comes."""
+    t = _dispatch_target(catalog, target)
     t0 = time.monotonic()
     summary = BatchSummary(target=t.name, requested=len(task_ids))
     items = claim(dsn, t, task_ids, claim_key, lease_minutes=lease_minutes)
@@ -332,16 +299,21 @@ def run_batch(
         summary.elapsed_s = round(time.monotonic() - t0, 3)
         return summary
     writer = OutcomeWriter(dsn, t, flush_every_s=flush_every_s)
-    config_error: Exception | None = None
+    outcomes: list[Outcome] = []
+    config_error: TargetError | None = None
+
+    def sink(o: Outcome) -> None:
+        outcomes.append(o)
+        writer.add(o)
+
     try:
-        if t.kind == "sync_api":
-            outcomes = asyncio.run(_run_sync(t, items, writer))
-        else:
-            outcomes, config_error = _run_postgres(t, items, writer)
+        adapter_for(t).erase_batch(Context(settings=settings, dsn=dsn, catalog=catalog), t, items, sink)
+    except TargetError as exc:  # the outcomes are recorded (retryable); the batch still fails visibly
+        config_error = exc
     finally:
         writer.close()
     for o in outcomes:
-        key = o.evidence.get("outcome", "deleted" if o.ok else "failed")
+        key = o.evidence.get("outcome", DeleteOutcome.DELETED if o.ok else "failed")
         summary.outcomes[key] = summary.outcomes.get(key, 0) + 1
         summary.succeeded += int(o.ok)
         summary.failed += int(not o.ok)
@@ -354,99 +326,13 @@ def run_batch(
     return summary
 
 
-def _resolve_token(t: Target) -> str | None:
-    env = t.sync_api.token_env if t.sync_api else None
-    if not env:
-        return None
-    token = os.environ.get(env)
-    if not token:
-        raise RuntimeError(f"target '{t.name}': sync_api.token_env names {env}, which is not set")
-    return token
-
-
-async def _run_sync(t: Target, items: list[Claimed], writer: OutcomeWriter) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    by_task = {c.task_id: c for c in items}
-
-    def record(r: DeleteResult) -> None:
-        c = by_task[r.key]
-        ev = {"kind": "sync_api", "attempt": c.attempt, **r.evidence()}
-        o = Outcome(c, r.ok, ev, error=r.error, permanent=r.permanent)
-        outcomes.append(o)
-        writer.add(o)
-
-    async with SyncDeleteClient.for_target(t, token=_resolve_token(t)) as client:
-        await client.delete_many(((c.task_id, c.subject_id, c.idempotency_key) for c in items), record)
-    return outcomes
-
-
-def _run_postgres(
-    t: Target, items: list[Claimed], writer: OutcomeWriter
-) -> tuple[list[Outcome], Exception | None]:
-    """``DELETE FROM <table> WHERE <key> = ANY(...)`` in one transaction; per-subject row counts."""
-    spec = t.postgres_table
-    assert spec is not None
-    at = datetime.now(UTC).isoformat(timespec="milliseconds")
-    base_ev = {"kind": "postgres_table", "table": spec.table, "key_column": spec.key_column, "at": at}
-    error: Exception | None = None
-    counts: dict[str, int] = {}
-    permanent = False
-    dsn = os.environ.get(spec.dsn_env)
-    if not dsn:
-        error = RuntimeError(
-            f"target '{t.name}': postgres_table.dsn_env names {spec.dsn_env}, which is not set"
-        )
-        permanent = False
-    else:
-        table = sql.Identifier(*spec.table.split("."))
-        stmt = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s) RETURNING {}").format(
-            table, sql.Identifier(spec.key_column), sql.Identifier(spec.key_column)
-        )
-        try:
-            conn = psycopg2.connect(dsn, application_name="erasure-dispatch")
-            try:
-                with conn, conn.cursor() as cur:
-                    cur.execute(stmt, ([c.subject_id for c in items],))
-                    for (key,) in cur.fetchall():
-                        counts[str(key)] = counts.get(str(key), 0) + 1
-            finally:
-                conn.close()
-        except psycopg2.Error as exc:
-            error = exc
-            permanent = isinstance(exc, psycopg2.ProgrammingError | psycopg2.DataError)
-    outcomes = []
-    for c in items:
-        if error is None:
-            n = counts.get(c.subject_id, 0)
-            ev = {
-                **base_ev,
-                "attempt": c.attempt,
-                "rows_deleted": n,
-                "outcome": "deleted" if n else "already_gone",
-            }
-            o = Outcome(c, True, ev, stage="deleted")
-        else:
-            msg = f"{type(error).__name__}: {str(error).strip()}"
-            ev = {
-                **base_ev,
-                "attempt": c.attempt,
-                "outcome": "permanent_failure" if permanent else "retryable_failure",
-            }
-            o = Outcome(c, False, ev, error=msg, permanent=permanent)
-        outcomes.append(o)
-        writer.add(o)
-    if error is not None and not isinstance(error, psycopg2.Error):
-        return outcomes, error
-    return outcomes, None
-
-
 def pool_specs(catalog: Catalog) -> dict[str, dict[str, Any]]:
     """Airflow pools per enabled target, in ``airflow pools import`` format."""
     pools: dict[str, dict[str, Any]] = {}
     for t in catalog.targets:
         if not t.enabled:
             continue
-        slots = t.sync_api.pool_slots if t.sync_api is not None else 1
+        slots = adapter_for(t).pool_slots(t)
         pools[t.pool] = {
             "slots": slots,
             "description": f"erasure target {t.name} ({t.kind}, owner {t.owner}); from the catalog",

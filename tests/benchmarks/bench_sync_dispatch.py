@@ -49,6 +49,7 @@ import httpx
 import pytest
 import yaml
 
+from erasure.settings import get_settings
 from erasure.catalog import load_catalog
 from erasure.dispatch import plan_batches, run_batch
 from tests.helpers.sync_fixtures import create_requests, query
@@ -137,7 +138,12 @@ def _pipeline(dsn: str, catalog_path: Path, names: list[str], run_id: str) -> di
     def one(name: str, batch: dict) -> None:
         with slots[name]:
             s = run_batch(
-                dsn, catalog, name, batch["task_ids"], claim_key=f"{run_id}/{name}/{batch['batch']}"
+                dsn,
+                catalog,
+                name,
+                batch["task_ids"],
+                claim_key=f"{run_id}/{name}/{batch['batch']}",
+                settings=get_settings(),
             )
         with lock:
             for k in totals:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from erasure import canary
+from erasure.settings import get_settings
 from erasure.catalog import Catalog, load_catalog
 from erasure.db import transaction
 
@@ -131,10 +132,15 @@ def _run_pipeline(world: World, dsn: str, bootstrap: str, spark: Any | None, rou
         print(f"[e2e {time.monotonic() - t0:6.1f}s] {what}")
 
     for i in range(rounds):
-        for t in [*cat.of_kind("sync_api"), *cat.of_kind("postgres_table")]:
+        for t in dispatch.dispatch_targets(cat):
             for b in dispatch.plan_batches(dsn, cat, t.name):
                 dispatch.run_batch(
-                    dsn, cat, t.name, b["task_ids"], claim_key=f"e2e/{i}/{t.name}/{b['batch']}"
+                    dsn,
+                    cat,
+                    t.name,
+                    b["task_ids"],
+                    claim_key=f"e2e/{i}/{t.name}/{b['batch']}",
+                    settings=get_settings(),
                 )
         lap(f"round {i}: sync + postgres dispatched")
         if cat.of_kind("kafka"):

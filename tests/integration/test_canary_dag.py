@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from erasure.settings import get_settings
 from erasure.db import transaction
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -54,7 +55,14 @@ def _erase(dsn: str, cat) -> None:
 
     for t in cat.of_kind("sync_api"):
         for b in dispatch.plan_batches(dsn, cat, t.name):
-            dispatch.run_batch(dsn, cat, t.name, b["task_ids"], claim_key=f"dagtest/{t.name}/{b['batch']}")
+            dispatch.run_batch(
+                dsn,
+                cat,
+                t.name,
+                b["task_ids"],
+                claim_key=f"dagtest/{t.name}/{b['batch']}",
+                settings=get_settings(),
+            )
     reconcile.reconcile(dsn, cat)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from erasure.settings import get_settings
 from erasure.reconcile import ReconcileResult, reconcile
 from tests.helpers.alert_receivers import webhook_receiver
 from tests.helpers.reconcile_data import build_catalog, fetch, make_request, snapshot
@@ -51,7 +52,14 @@ def test_failing_target_is_retried_with_backoff_then_escalated_with_one_alert(
         def dispatch() -> int:
             batches = plan_batches(tracking_db, cat, "crm_contacts")
             for b in batches:
-                run_batch(tracking_db, cat, "crm_contacts", b["task_ids"], claim_key=uuid.uuid4().hex)
+                run_batch(
+                    tracking_db,
+                    cat,
+                    "crm_contacts",
+                    b["task_ids"],
+                    claim_key=uuid.uuid4().hex,
+                    settings=get_settings(),
+                )
             return len(batches)
 
         def task() -> dict:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from erasure.dispatch import claim, plan_batches, run_batch
+from erasure.settings import get_settings
 from erasure_demo.partners.http_service import PartnerServer
 from tests.helpers.sync_fixtures import create_requests, query, task_ids, tasks, write_catalog
 
@@ -60,7 +61,15 @@ def deletions(srv: PartnerServer) -> list[dict]:
 def run_all(dsn, cat, target, claim_key="test", **kw):
     """Plan + run every batch of one target (what one DAG run does); returns summaries."""
     return [
-        run_batch(dsn, cat, target, b["task_ids"], claim_key=f"{claim_key}/{b['batch']}", **kw)
+        run_batch(
+            dsn,
+            cat,
+            target,
+            b["task_ids"],
+            claim_key=f"{claim_key}/{b['batch']}",
+            settings=get_settings(),
+            **kw,
+        )
         for b in plan_batches(dsn, cat, target)
     ]
 
@@ -101,7 +110,9 @@ def test_happy_path_and_rerun_skips(tracking_db, partners, tmp_path):
 
     # a re-run finds nothing due, and claiming the same ids again claims nothing
     assert plan_batches(tracking_db, cat, "crm") == []
-    again = run_batch(tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="again")
+    again = run_batch(
+        tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="again", settings=get_settings()
+    )
     assert again.claimed == 0
     assert len(deletions(p["crm"])) == 250
     assert set(succeeded_events(tracking_db).values()) == {1}
@@ -115,7 +126,9 @@ def test_held_requests_are_never_touched(tracking_db, partners, tmp_path):
     plan = plan_batches(tracking_db, cat, "crm")
     assert sum(len(b["task_ids"]) for b in plan) == 1
     # even when handed the held ids directly, the claim refuses them
-    summary = run_batch(tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="k")
+    summary = run_batch(
+        tracking_db, cat, "crm", task_ids(tracking_db, "crm"), claim_key="k", settings=get_settings()
+    )
     assert summary.claimed == 1
     by_subject = {r["subject_id"]: r for r in tasks(tracking_db)}
     assert by_subject["cus_held1"]["status"] == "pending" and by_subject["cus_go"]["status"] == "succeeded"
@@ -249,8 +262,9 @@ KILL_SCRIPT = """
 import json, sys
 from erasure.catalog import load_catalog
 from erasure.dispatch import run_batch
+from erasure.settings import get_settings
 a = json.loads(sys.argv[1])
-run_batch(a["dsn"], load_catalog(a["catalog"]), "crm", a["ids"], claim_key="killed-run")
+run_batch(a["dsn"], load_catalog(a["catalog"]), "crm", a["ids"], claim_key="killed-run", settings=get_settings())
 """
 
 
@@ -282,7 +296,7 @@ def test_batch_killed_mid_way_loses_nothing_and_deletes_once(tracking_db, partne
     assert len(claim(tracking_db, cat.target("crm"), ids, "killed-run")) == status["in_progress"]
     # ... and a later run after the lease (here: 0 minutes) finishes the rest
     faults(p["crm"], latency_ms=0)
-    sums = [run_batch(tracking_db, cat, "crm", b["task_ids"], claim_key="rerun", lease_minutes=0)
+    sums = [run_batch(tracking_db, cat, "crm", b["task_ids"], claim_key="rerun", lease_minutes=0, settings=get_settings())
             for b in plan_batches(tracking_db, cat, "crm", lease_minutes=0)]  # fmt: skip
     assert sum(s.claimed for s in sums) == status["in_progress"]
 

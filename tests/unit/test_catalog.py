@@ -61,7 +61,7 @@ def test_of_kind_selects_named_targets_and_names_unknown_ones():
 
 def test_minimal_catalog_loads(tmp_path):
     cat = load_catalog(write(tmp_path, BASE))
-    assert cat.target("crm_contacts").sync_api.batch_size == 500
+    assert cat.target("crm_contacts").spec.batch_size == 500
 
 
 @pytest.mark.parametrize(
@@ -129,13 +129,9 @@ def test_missing_path_and_empty_dir(tmp_path):
 def test_env_references(tmp_path, monkeypatch):
     text = textwrap.dedent(BASE).replace("http://127.0.0.1:1", "${CRM_URL:-http://127.0.0.1:9}")
     monkeypatch.delenv("CRM_URL", raising=False)
-    assert (
-        load_catalog(write(tmp_path, text)).target("crm_contacts").sync_api.base_url == "http://127.0.0.1:9"
-    )
+    assert load_catalog(write(tmp_path, text)).target("crm_contacts").spec.base_url == "http://127.0.0.1:9"
     monkeypatch.setenv("CRM_URL", "https://crm.internal")
-    assert (
-        load_catalog(write(tmp_path, text)).target("crm_contacts").sync_api.base_url == "https://crm.internal"
-    )
+    assert load_catalog(write(tmp_path, text)).target("crm_contacts").spec.base_url == "https://crm.internal"
     strict = textwrap.dedent(BASE).replace("http://127.0.0.1:1", "${CRM_URL_UNSET}")
     with pytest.raises(CatalogError, match="CRM_URL_UNSET is referenced but not set"):
         load_catalog(write(tmp_path, strict))

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from erasure.catalog import load_catalog
-from erasure.dispatch import backoff_for, pool_specs
+from erasure.dispatch import pool_specs
 from erasure.sync_delete import RateLimiter, RetryPolicy, SyncDeleteClient, classify, parse_retry_after
 from erasure_demo.partners.http_service import Faults, PartnerServer
 
@@ -229,8 +229,8 @@ def test_pools_and_backoff_from_catalog(catalog):
     assert pools["erasure_crm_contacts"]["slots"] == 2 and pools["erasure_hr_directory"]["slots"] == 1
     assert all({"slots", "description"} <= set(v) for v in pools.values())
     t = catalog.target("crm_contacts")  # retry_backoff_minutes: 1
-    assert [backoff_for(t, n) for n in (1, 2, 3)] == [timedelta(minutes=m) for m in (1, 2, 4)]
-    assert backoff_for(t, 40) == timedelta(days=1)
+    assert [t.retry_delay(n) for n in (1, 2, 3)] == [timedelta(minutes=m) for m in (1, 2, 4)]
+    assert t.retry_delay(40) == timedelta(days=1)
 
 
 def test_default_catalog_loads():

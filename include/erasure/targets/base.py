@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import httpx
     from pyspark.sql import SparkSession
 
-    from erasure.catalog import Target
+    from erasure.catalog import Catalog, Target
     from erasure.settings import Settings
 
 
@@ -102,9 +102,13 @@ class CheckResult:
 
 @dataclass
 class Context:
-    """What an operation may use besides the target: settings and the clients the caller owns."""
+    """What an operation may use besides the target: settings, the tracking store, the catalog and the
+    clients the caller owns (it also closes them)."""
 
     settings: Settings
+    dsn: str | None = None
+    """The tracking store (kinds whose erasure writes there, e.g. the Kafka outbox)."""
+    catalog: Catalog | None = None
     http: httpx.Client | None = None
     spark: SparkSession | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +117,11 @@ class Context:
         if self.spark is None:
             raise TargetError(f"target '{target.name}': kind '{target.kind}' needs a Spark session")
         return self.spark
+
+    def require_dsn(self) -> str:
+        if self.dsn is None:
+            raise TargetError("this operation needs the tracking store's DSN in its context")
+        return self.dsn
 
     def require_http(self) -> httpx.Client:
         if self.http is None:
@@ -133,6 +142,12 @@ def marker(subject_id: str, column: str) -> str:
 def marker_date(subject_id: str, column: str) -> date:
     """The recognisable value a canary stores in a date column."""
     return date(1950, 1, 1) + timedelta(days=zlib.crc32(f"{subject_id}:{column}".encode()) % 18000)
+
+
+def generic_summary(evidence: dict[str, Any]) -> str:
+    """The first few non-empty evidence fields, for evidence an adapter has no special line for."""
+    keep = {k: v for k, v in evidence.items() if v not in (None, "", [], {}) and k not in ("claim", "path")}
+    return "; ".join(f"{k}={v}" for k, v in list(keep.items())[:5])
 
 
 class TargetAdapter(ABC):

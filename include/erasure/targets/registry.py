@@ -20,7 +20,7 @@ _loaded = False
 
 def register(adapter_cls: type[TargetAdapter]) -> type[TargetAdapter]:
     """Class decorator: register a kind's adapter (a second adapter for the same kind is an error)."""
-    kind = adapter_cls.kind
+    kind = str(adapter_cls.kind)
     existing = _ADAPTERS.get(kind)
     if existing is not None and type(existing) is not adapter_cls:
         raise ValueError(f"target kind '{kind}' is registered twice ({type(existing).__name__})")
@@ -57,6 +57,12 @@ def adapter_for(target: Target) -> TargetAdapter:
 
 def spec_model(kind: str) -> type[Spec]:
     return adapter(kind).spec_model
+
+
+def kind_of_spec(model: type[Spec]) -> str:
+    """The kind whose catalog section ``model`` is (``model.__name__`` if none is registered)."""
+    _load_builtins()
+    return next((k for k, a in _ADAPTERS.items() if a.spec_model is model), model.__name__)
 
 
 def kinds_run_by(runner: Runner) -> list[str]:

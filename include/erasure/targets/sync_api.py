@@ -1,0 +1,200 @@
+"""Kind ``sync_api``: a partner's HTTP delete API, called per subject by the dispatch DAG's mapped batches.
+
+* erase: ``DELETE <base_url><delete_path>`` with an idempotency key per task, bounded concurrency, an
+  optional rate limit and retries inside the batch (``erasure.sync_delete``); 404/410/409 mean gone.
+* verify: ``GET <base_url><lookup_path>``: 404 gone, 200 still there.
+* test subjects: ``POST <base_url><create_path>`` (the partner's test-data endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import httpx
+from pydantic import Field, field_validator
+
+from erasure.settings import secret_from_env
+from erasure.targets.base import (
+    CheckResult,
+    Claimed,
+    Context,
+    Outcome,
+    OutcomeSink,
+    Spec,
+    TargetAdapter,
+    TargetError,
+    generic_summary,
+    marker,
+)
+from erasure.targets.registry import register
+from erasure.vocab import CheckOutcome, Runner, TargetKind
+
+if TYPE_CHECKING:
+    from erasure.catalog import Target
+
+
+class SyncApiSpec(Spec):
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    delete_path: str = "/subjects/{subject_id}"
+    lookup_path: str = "/subjects/{subject_id}"
+    create_path: str = "/test-subjects"
+    token_env: str | None = None
+    """Name of an environment variable holding a bearer token (never the token itself)."""
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    concurrency: Annotated[int, Field(ge=1, le=512)] = 16
+    rate_limit_per_s: Annotated[float, Field(gt=0)] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
+    pool_slots: Annotated[int, Field(ge=1, le=64)] = 2
+
+    @field_validator("delete_path", "lookup_path", "create_path")
+    @classmethod
+    def _has_placeholder(cls, v: str, info: Any) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        if info.field_name != "create_path" and "{subject_id}" not in v:
+            raise ValueError("must contain the placeholder {subject_id}")
+        return v
+
+
+def bearer_headers(target_name: str, token_env: str | None) -> dict[str, str]:
+    """``Authorization`` header from the variable the catalog names (a missing one is an error)."""
+    if not token_env:
+        return {}
+    token = secret_from_env(token_env, f"target '{target_name}': token_env")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def http_verify(
+    adapter: TargetAdapter, ctx: Context, target: Target, url: str, headers: dict[str, str]
+) -> CheckResult:
+    """GET ``url``: 404 = gone (pass), 200 = still there (fail), anything else = could not tell."""
+    try:
+        r = ctx.require_http().get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return adapter.check(target, CheckOutcome.ERROR, f"GET {url}: {type(exc).__name__}: {exc}")
+    if r.status_code == 404:
+        return adapter.check(target, CheckOutcome.PASS, f"GET {url} -> 404")
+    if r.status_code == 200:
+        return adapter.check(
+            target, CheckOutcome.FAIL, f"GET {url} -> 200: the subject's data is still there"
+        )
+    return adapter.check(target, CheckOutcome.ERROR, f"GET {url} -> {r.status_code}: {r.text[:200]}")
+
+
+def test_payload(target: Target, subject_id: str, subject_type: str) -> dict[str, Any]:
+    """The test record a partner stores for a canary: one recognisable value per personal field."""
+    data: dict[str, Any] = {target.identity_key: subject_id, "is_canary": True, "subject_type": subject_type}
+    for f in target.personal_data or ["data"]:
+        data[f] = marker(subject_id, f)
+    return {"subject_id": subject_id, "subject_type": subject_type, "is_test": True, "data": data}
+
+
+def http_seed(
+    adapter: TargetAdapter,
+    ctx: Context,
+    target: Target,
+    subjects: Sequence[tuple[str, str]],
+    create_url: str,
+    lookup_url: str,
+    headers: dict[str, str],
+) -> dict[str, str]:
+    """Seed each subject through a test-data endpoint, checking it was absent before and present after."""
+    client = ctx.require_http()
+    out: dict[str, str] = {}
+    for subject_id, subject_type in subjects:
+        url = lookup_url.format(subject_id=subject_id)
+        pre = http_verify(adapter, ctx, target, url, headers)
+        if pre.outcome == CheckOutcome.FAIL:
+            raise TargetError(
+                f"target '{target.name}': {subject_id} already exists there; refusing to seed a live id"
+            )
+        if pre.outcome == CheckOutcome.ERROR:
+            raise TargetError(f"target '{target.name}': lookup before seeding failed: {pre.detail}")
+        try:
+            r = client.post(create_url, json=test_payload(target, subject_id, subject_type), headers=headers)
+        except httpx.HTTPError as exc:
+            raise TargetError(
+                f"target '{target.name}': POST {create_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if r.status_code not in (200, 201, 204):
+            raise TargetError(f"target '{target.name}': POST {create_url} -> {r.status_code}: {r.text[:200]}")
+        post = http_verify(adapter, ctx, target, url, headers)
+        if post.outcome != CheckOutcome.FAIL:  # 'fail' = the data is present, as it should be now
+            raise TargetError(f"target '{target.name}': seeded but lookup does not find it ({post.detail})")
+        out[subject_id] = f"POST {create_url} -> {r.status_code}; GET {url} -> 200"
+    return out
+
+
+@register
+class SyncApiAdapter(TargetAdapter):
+    kind: ClassVar[str] = TargetKind.SYNC_API
+    spec_model = SyncApiSpec
+    runner = Runner.DISPATCH
+
+    def _spec(self, target: Target) -> SyncApiSpec:
+        return target.spec_as(SyncApiSpec)
+
+    def batch_size(self, target: Target) -> int:
+        return self._spec(target).batch_size
+
+    def pool_slots(self, target: Target) -> int:
+        return self._spec(target).pool_slots
+
+    def erase_batch(
+        self, ctx: Context, target: Target, items: Sequence[Claimed], sink: OutcomeSink
+    ) -> list[Outcome]:
+        from erasure.sync_delete import DeleteResult, SyncDeleteClient
+
+        spec = self._spec(target)
+        token = None
+        if spec.token_env:
+            token = secret_from_env(spec.token_env, f"target '{target.name}': sync_api.token_env")
+        by_task = {c.task_id: c for c in items}
+        outcomes: list[Outcome] = []
+
+        def record(r: DeleteResult) -> None:
+            c = by_task[r.key]
+            ev = {"kind": self.kind, "attempt": c.attempt, **r.evidence()}
+            o = Outcome(c, r.ok, ev, error=r.error, permanent=r.permanent)
+            outcomes.append(o)
+            sink(o)
+
+        async def run() -> None:
+            async with SyncDeleteClient.for_target(target, token=token) as client:
+                await client.delete_many(
+                    ((c.task_id, c.subject_id, c.idempotency_key) for c in items), record
+                )
+
+        asyncio.run(run())
+        return outcomes
+
+    def _urls(self, target: Target) -> tuple[str, str]:
+        s = self._spec(target)
+        base = s.base_url.rstrip("/")
+        return base + s.create_path, base + s.lookup_path
+
+    def verify(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
+        s = self._spec(target)
+        _, lookup = self._urls(target)
+        return http_verify(
+            self, ctx, target, lookup.format(subject_id=subject_id), bearer_headers(target.name, s.token_env)
+        )
+
+    def seed_test_subjects(
+        self, ctx: Context, target: Target, subjects: Sequence[tuple[str, str]]
+    ) -> dict[str, str]:
+        create, lookup = self._urls(target)
+        headers = bearer_headers(target.name, self._spec(target).token_env)
+        return http_seed(self, ctx, target, subjects, create, lookup, headers)
+
+    def evidence_summary(self, evidence: dict[str, Any]) -> str:
+        ev = evidence
+        if "http_status" not in ev:
+            return generic_summary(ev)
+        return (
+            f"HTTP {ev['http_status']} {ev.get('outcome', '')} id={ev.get('response_id')} "
+            f"key={ev.get('idempotency_key')}"
+        )

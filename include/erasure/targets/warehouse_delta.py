@@ -1,0 +1,234 @@
+"""Kind ``warehouse_delta``: a Delta table in the warehouse, erased by the ``erasure_warehouse`` Spark job.
+
+* erase: ONE batched ``MERGE ... WHEN MATCHED THEN DELETE`` (or masking of ``mask_columns``) for all
+  the run's subjects of the table; then ``REORG ... APPLY (PURGE)`` and ``VACUUM`` once the retention
+  has passed (the stage machine and the Delta operations are in :mod:`erasure.warehouse`; this
+  adapter is the batched delete step and the kind's lookups).
+* verify: no row for the subject at the latest version (mask mode: its ``mask_columns`` masked).
+* test subjects: one appended row per canary with recognisable values (one Delta commit per table).
+
+Every operation needs a Spark session in its context (``needs_spark``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from erasure.targets.base import (
+    CheckResult,
+    Claimed,
+    Context,
+    Outcome,
+    OutcomeSink,
+    Spec,
+    TargetAdapter,
+    TargetError,
+    generic_summary,
+    marker,
+    marker_date,
+)
+from erasure.targets.registry import register
+from erasure.vocab import CheckOutcome, Runner, TargetKind, WarehouseStage
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from erasure.catalog import Target
+
+NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
+MASK_STRING = "[erased]"
+
+
+class WarehouseDeltaSpec(Spec):
+    table: Annotated[str, Field(pattern=NAME_RE)]
+    path: str
+    """Table location; relative paths resolve against the ``warehouse_dir`` setting."""
+    key_column: Annotated[str, Field(pattern=NAME_RE)]
+    mode: Literal["delete", "mask"] = "delete"
+    mask_columns: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=list)
+    deletion_vectors: bool = False
+    retention_hours: Annotated[int, Field(ge=0)] = 168
+    """VACUUM retention; 0 purges old files at once (time travel to pre-erasure versions ends)."""
+
+    def validate_for(self, target_name: str) -> None:
+        if self.mode == "mask" and not self.mask_columns:
+            raise ValueError("warehouse_delta: mode 'mask' needs mask_columns")
+        if self.key_column in self.mask_columns:
+            raise ValueError("warehouse_delta: mask_columns must not contain key_column")
+
+    def resolved_path(self, warehouse_dir: str | os.PathLike[str] | None = None) -> str:
+        """The table's location: ``path`` itself when absolute or a URI, else under ``warehouse_dir``
+        (default: the ``warehouse_dir`` setting)."""
+        if "://" in self.path or os.path.isabs(self.path):
+            return self.path
+        if warehouse_dir is None:
+            from erasure.settings import get_settings
+
+            warehouse_dir = get_settings().warehouse_path
+        return str(Path(warehouse_dir) / self.path)
+
+
+def _spark_value(subject_id: str, column: str, dtype: Any, now: datetime) -> Any:
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.StringType):
+        return marker(subject_id, column)
+    if isinstance(dtype, T.DateType):
+        return marker_date(subject_id, column)
+    if isinstance(dtype, T.TimestampNTZType):
+        return now.replace(tzinfo=None)
+    if isinstance(dtype, T.TimestampType):
+        return now
+    if isinstance(dtype, T.BooleanType):
+        return False
+    if isinstance(dtype, T.IntegralType):
+        return 0
+    if isinstance(dtype, T.DecimalType):
+        return Decimal(0)
+    if isinstance(dtype, T.FractionalType):
+        return 0.0
+    return None
+
+
+@register
+class WarehouseDeltaAdapter(TargetAdapter):
+    kind: ClassVar[str] = TargetKind.WAREHOUSE_DELTA
+    spec_model = WarehouseDeltaSpec
+    runner = Runner.SPARK
+    needs_spark = True
+    default_batch_size = 1_000_000
+
+    def spec(self, target: Target) -> WarehouseDeltaSpec:
+        return target.spec_as(WarehouseDeltaSpec)
+
+    def _path(self, ctx: Context, target: Target) -> str:
+        return self.spec(target).resolved_path(ctx.settings.warehouse_path)
+
+    def erase_batch(
+        self, ctx: Context, target: Target, items: Sequence[Claimed], sink: OutcomeSink
+    ) -> list[Outcome]:
+        """One batched MERGE for all ``items``; each outcome is stage ``deleted`` with the commit's
+        evidence (purge and vacuum follow in :func:`erasure.warehouse.erase_target`)."""
+        from erasure.warehouse import delete_subjects
+
+        spec = self.spec(target)
+        res = delete_subjects(
+            ctx.require_spark(target),
+            spec,
+            [c.subject_id for c in items],
+            warehouse_dir=str(ctx.settings.warehouse_path),
+            user_metadata=ctx.extra.get("user_metadata"),
+        )
+        ev = {
+            "delete_version": res.version,
+            "delete_committed": res.committed,
+            "num_deleted_rows": res.metrics.get("numTargetRowsDeleted", 0),
+            "num_masked_rows": res.metrics.get("numTargetRowsUpdated", 0),
+            "batch_subjects": len({c.subject_id for c in items}),
+            "deleted_at": res.at,
+        }
+        outcomes = [Outcome(c, True, dict(ev), stage=WarehouseStage.DELETED) for c in items]
+        for o in outcomes:
+            sink(o)
+        return outcomes
+
+    def _frame(self, ctx: Context, target: Target, subject_id: str) -> Any:
+        from pyspark.sql import functions as F
+
+        spark = ctx.require_spark(target)
+        spec = self.spec(target)
+        return (
+            spark.read.format("delta")
+            .load(self._path(ctx, target))
+            .where(F.col(spec.key_column) == subject_id)
+        )
+
+    def verify(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
+        spec = self.spec(target)
+        try:
+            df = self._frame(ctx, target, subject_id)
+            if spec.mode == "delete":
+                n = df.count()
+                if n == 0:
+                    return self.check(target, CheckOutcome.PASS, f"{spec.table}: 0 rows for the subject")
+                return self.check(target, CheckOutcome.FAIL, f"{spec.table}: {n} row(s) still there")
+            rows = df.select(*spec.mask_columns).collect()
+            unmasked = sum(1 for r in rows for c in spec.mask_columns if r[c] not in (None, MASK_STRING))
+        except TargetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - could not look
+            return self.check(target, CheckOutcome.ERROR, f"{spec.table}: {type(exc).__name__}: {exc}")
+        if unmasked == 0:
+            return self.check(
+                target,
+                CheckOutcome.PASS,
+                f"{spec.table}: {len(rows)} row(s), columns {spec.mask_columns} masked",
+            )
+        return self.check(target, CheckOutcome.FAIL, f"{spec.table}: {unmasked} value(s) still unmasked")
+
+    def check_test_subject(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
+        """Delete mode: no row. Mask mode: the row may stay, the seeded values must not."""
+        spec = self.spec(target)
+        if spec.mode == "delete":
+            return self.verify(ctx, target, subject_id)
+        try:
+            rows = self._frame(ctx, target, subject_id).select(*spec.mask_columns).collect()
+        except TargetError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            return self.check(
+                target, CheckOutcome.ERROR, f"{self._path(ctx, target)}: {type(exc).__name__}: {exc}"
+            )
+        seeded = {c: (marker(subject_id, c), marker_date(subject_id, c)) for c in spec.mask_columns}
+        leaks = sum(1 for r in rows for c in spec.mask_columns if r[c] is not None and r[c] in seeded[c])
+        if leaks == 0:
+            return self.check(
+                target,
+                CheckOutcome.PASS,
+                f"{spec.table}: {len(rows)} row(s), columns {spec.mask_columns} masked",
+            )
+        return self.check(target, CheckOutcome.FAIL, f"{spec.table}: {leaks} seeded value(s) still unmasked")
+
+    def seed_test_subjects(
+        self, ctx: Context, target: Target, subjects: Sequence[tuple[str, str]]
+    ) -> dict[str, str]:
+        spark: SparkSession = ctx.require_spark(target)
+        spec = self.spec(target)
+        path = self._path(ctx, target)
+        try:
+            schema = spark.read.format("delta").load(path).schema
+        except Exception as exc:  # noqa: BLE001
+            raise TargetError(f"target '{target.name}': cannot read Delta table at {path}: {exc}") from exc
+        if spec.key_column not in schema.fieldNames():
+            raise TargetError(
+                f"target '{target.name}': table at {path} has no key column '{spec.key_column}'"
+            )
+        now = datetime.now(UTC)
+        rows = [
+            {
+                f.name: sid if f.name == spec.key_column else _spark_value(sid, f.name, f.dataType, now)
+                for f in schema.fields
+            }
+            for sid, _ in subjects
+        ]
+        spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(path)
+        return {sid: f"appended 1 test row to {spec.table}" for sid, _ in subjects}
+
+    def evidence_summary(self, evidence: dict[str, Any]) -> str:
+        ev = evidence
+        if "delete_version" not in ev:
+            return generic_summary(ev)
+        masked = ev.get("mode") == "mask"
+        n = ev.get("num_masked_rows") if masked else ev.get("num_deleted_rows")
+        return (
+            f"{'masked' if masked else 'deleted'} {n} rows (batch of {ev.get('batch_subjects')}) "
+            f"v{ev.get('delete_version')}; {ev.get('purge')}; vacuum v{ev.get('vacuum_version', '-')} "
+            f"removed {ev.get('vacuum_files_deleted', '-')} files"
+        )
