@@ -49,9 +49,9 @@ import httpx
 import pytest
 import yaml
 
-from erasure.settings import get_settings
 from erasure.catalog import load_catalog
 from erasure.dispatch import plan_batches, run_batch
+from erasure.settings import get_settings
 from tests.helpers.sync_fixtures import create_requests, query
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.integration]

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from erasure import canary
-from erasure.settings import get_settings
 from erasure.catalog import Catalog, load_catalog
 from erasure.db import transaction
+from erasure.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

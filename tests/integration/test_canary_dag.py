@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from erasure.settings import get_settings
 from erasure.db import transaction
+from erasure.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from erasure.settings import get_settings
 from erasure.reconcile import ReconcileResult, reconcile
+from erasure.settings import get_settings
 from tests.helpers.alert_receivers import webhook_receiver
 from tests.helpers.reconcile_data import build_catalog, fetch, make_request, snapshot
 
