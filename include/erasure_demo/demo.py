@@ -39,7 +39,14 @@ import httpx
 
 from erasure.catalog import Catalog, Target, load_catalog
 from erasure.db import transaction
+from erasure.settings import get_settings
+from erasure.targets import Context, adapter, adapter_for
+from erasure.targets.base import generic_summary
+from erasure.targets.postgres_table import PostgresTableSpec
+from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
+from erasure.vocab import CheckOutcome
 from erasure_demo.airflow_client import AirflowApi
+from erasure_demo.partners import partner_url
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -326,19 +333,8 @@ class Demo:
         return self.person("held")
 
     def _http_targets(self) -> list[tuple[Target, str]]:
-        out = []
-        for t in self.catalog.targets:
-            if not t.enabled:
-                continue
-            if t.kind == "sync_api" and t.sync_api:
-                out.append((t, t.sync_api.base_url.rstrip("/")))
-            elif t.kind == "kafka" and t.kafka and t.kafka.lookup_url:
-                out.append((t, t.kafka.lookup_url.rstrip("/")))
-        return out
-
-    def _lookup_url(self, t: Target, base: str, sid: str) -> str:
-        path = t.sync_api.lookup_path if t.sync_api else "/subjects/{subject_id}"
-        return base + path.format(subject_id=sid)
+        """The enabled targets played by a demo partner, with the URL of its HTTP (admin) endpoints."""
+        return [(t, url) for t in self.catalog.targets if t.enabled and (url := partner_url(t))]
 
     # ---------------------------------------------------------------- 1. preflight
     def preflight(self) -> None:
@@ -381,12 +377,14 @@ class Demo:
         from delta.tables import DeltaTable
 
         missing = [
-            t for t in targets if not DeltaTable.isDeltaTable(self.spark, t.warehouse_delta.resolved_path())
-        ]  # type: ignore[union-attr]
+            t
+            for t in targets
+            if not DeltaTable.isDeltaTable(self.spark, t.spec_as(WarehouseDeltaSpec).resolved_path())
+        ]
         if missing:
             self.out.step(
                 f"generating the warehouse Delta tables ({self.cfg.warehouse_rows:,} rows): "
-                + ", ".join(t.warehouse_delta.table for t in missing)  # type: ignore[union-attr]
+                + ", ".join(t.spec_as(WarehouseDeltaSpec).table for t in missing)
             )
             from erasure_demo import warehouse_gen
 
@@ -460,8 +458,7 @@ class Demo:
     def _seed_postgres(self, t: Target, people: list[Person]) -> None:
         from psycopg2 import sql
 
-        spec = t.postgres_table
-        assert spec is not None
+        spec = t.spec_as(PostgresTableSpec)
         schema, _, name = spec.table.rpartition(".")
         with transaction(os.environ[spec.dsn_env]) as cur:
             cur.execute(
@@ -496,8 +493,7 @@ class Demo:
     def _seed_warehouse(self) -> None:
         rng = random.Random(self.cfg.tag + "wh")
         for t in self.catalog.of_kind("warehouse_delta"):
-            spec = t.warehouse_delta
-            assert spec is not None
+            spec = t.spec_as(WarehouseDeltaSpec)
             people = [p for p in self.people if p.subject_type in t.subject_types]
             if not people:
                 continue
@@ -521,14 +517,22 @@ class Demo:
 
     # ---------------------------------------------------------------- counts
     def count_partners(self) -> dict[str, dict[str, Any]]:
+        """Per partner: its record count, and the demo people it still holds as the pipeline verifies an
+        erasure (the kind's adapter ``verify``: ``fail`` = still there; a subject it cannot tell about
+        counts as present)."""
+        ctx = Context(settings=get_settings(), http=self.http)
         out = {}
         for t, base in self._http_targets():
             stats = self.http.get(base + "/admin/stats").json()
             present = []
             for p in self.people:
                 if p.subject_type in t.subject_types:
-                    r = self.http.get(self._lookup_url(t, base, p.subject_id))
-                    if r.status_code == 200:
+                    check = adapter_for(t).verify(ctx, t, p.subject_id)
+                    if check.outcome == CheckOutcome.ERROR:
+                        self.out.info(
+                            f"{t.name}: cannot tell whether {p.subject_id} is there: {check.detail}"
+                        )
+                    if check.outcome != CheckOutcome.PASS:
                         present.append(p.subject_id)
             out[t.name] = {"subjects": int(stats.get("subjects", 0)), "demo_present": present}
         return out
@@ -538,14 +542,11 @@ class Demo:
 
         out = {}
         for t in self.catalog.of_kind("warehouse_delta"):
-            spec = t.warehouse_delta
-            assert spec is not None
+            spec = t.spec_as(WarehouseDeltaSpec)
             df = self.spark.read.format("delta").load(spec.resolved_path())
             ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
             unmasked = F.lit(False)
             if spec.mode == "mask":
-                from erasure.warehouse import MASK_STRING
-
                 for c in spec.mask_columns:
                     is_str = dict(df.dtypes)[c] == "string"
                     cond = (F.col(c) != F.lit(MASK_STRING)) if is_str else F.col(c).isNotNull()
@@ -572,8 +573,7 @@ class Demo:
 
         out = {}
         for t in self.catalog.of_kind("postgres_table"):
-            spec = t.postgres_table
-            assert spec is not None
+            spec = t.spec_as(PostgresTableSpec)
             ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
             with transaction(os.environ[spec.dsn_env]) as cur:
                 tbl = sql.Identifier(*spec.table.split("."))
@@ -728,7 +728,11 @@ class Demo:
         """Take one partner down (connections dropped) until the pipeline has hit the outage at least
         once and ``outage_seconds`` have passed; then it recovers (a watcher thread resets the fault)."""
         t = self.catalog.target(self.cfg.outage_target)
-        base = t.sync_api.base_url.rstrip("/") if t.sync_api else (t.kafka.lookup_url or "")  # type: ignore[union-attr]
+        base = partner_url(t)
+        if base is None:
+            raise SystemExit(
+                f"outage target '{t.name}' is not played by a demo partner with an HTTP endpoint"
+            )
         r = self.http.put(base + "/admin/faults", json={"down": True})
         r.raise_for_status()
         self.outage = {"target": t.name, "seconds": self.cfg.outage_seconds, "at": datetime.now(UTC)}
@@ -976,7 +980,7 @@ class Demo:
         for name, b in self.wh_before.items():
             a = self.wh_after.get(name, {})
             t = self.catalog.target(name)
-            mode = t.warehouse_delta.mode if t.warehouse_delta else "?"
+            mode = t.spec_as(WarehouseDeltaSpec).mode
             rows.append(
                 [
                     name,
@@ -1261,10 +1265,10 @@ class Demo:
     def close(self) -> None:
         if self.outage and "recovered_after_s" not in self.outage:  # interrupted: never leave a partner down
             t = self.catalog.target(self.outage["target"])
-            base = t.sync_api.base_url if t.sync_api else (t.kafka.lookup_url if t.kafka else None)
+            base = partner_url(t)
             if base:
                 try:
-                    self.http.delete(base.rstrip("/") + "/admin/faults")
+                    self.http.delete(base + "/admin/faults")
                 except httpx.HTTPError:
                     pass
         self.http.close()
@@ -1282,26 +1286,13 @@ def _short_error(text: str) -> str:
 
 
 def _evidence(t: dict[str, Any]) -> str:
-    """The task's evidence in one line, by kind (the full JSON is in erasure.task.evidence)."""
+    """The task's evidence in one line, as its kind's adapter summarises it (the full JSON is in
+    erasure.task.evidence)."""
     ev = dict(t.get("evidence") or {})
-    kind = t.get("kind")
-    if kind == "sync_api" and "http_status" in ev:
-        s = f"HTTP {ev['http_status']} {ev.get('outcome', '')} id={ev.get('response_id')} key={ev.get('idempotency_key')}"
-    elif kind == "kafka" and ev.get("ack"):
-        ack = ev["ack"]
-        s = (
-            f"ack '{ack.get('outcome')}' at {str(ack.get('acked_at', ''))[11:19]} for event {str(ev.get('event_id'))[:8]} "
-            f"({ack.get('topic')} p{ack.get('partition')}@{ack.get('offset')})"
-        )
-    elif kind == "warehouse_delta" and "delete_version" in ev:
-        n = ev.get("num_masked_rows") if ev.get("mode") == "mask" else ev.get("num_deleted_rows")
-        s = (
-            f"{'masked' if ev.get('mode') == 'mask' else 'deleted'} {n} rows (batch of {ev.get('batch_subjects')}) v{ev.get('delete_version')}; "
-            f"{ev.get('purge')}; vacuum v{ev.get('vacuum_version', '-')} removed {ev.get('vacuum_files_deleted', '-')} files"
-        )
-    else:
-        keep = {k: v for k, v in ev.items() if v not in (None, "", [], {}) and k not in ("claim", "path")}
-        s = "; ".join(f"{k}={v}" for k, v in list(keep.items())[:5])
+    try:
+        s = adapter(str(t.get("kind"))).evidence_summary(ev)
+    except KeyError:  # a kind this version does not know
+        s = generic_summary(ev)
     if t.get("last_error") and t.get("status") != "succeeded":
         s += f" | last error: {t['last_error'][:90]}"
     return s

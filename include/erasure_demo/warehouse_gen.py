@@ -33,6 +33,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from erasure.catalog import Catalog, Target
+from erasure.targets.warehouse_delta import WarehouseDeltaSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -267,8 +268,7 @@ def _generic(
 ) -> tuple[DataFrame, list[str]]:
     from pyspark.sql import functions as F
 
-    spec = target.warehouse_delta
-    assert spec is not None  # noqa: S101
+    spec = target.spec_as(WarehouseDeltaSpec)
     df = _facts(spark, rows, customers, subjects, DEFAULT_ROWS_PER_SUBJECT, seed)
     p = _person(seed, F.col("customer_id"))
     cols: list[Column] = [F.col("customer_id").alias(spec.key_column)]
@@ -315,9 +315,9 @@ def generate_table(
     """(Re)create the Delta table of one ``warehouse_delta`` target and return what was written."""
     from delta.tables import DeltaTable
 
-    spec = target.warehouse_delta
-    if spec is None:
+    if target.kind != "warehouse_delta":
         raise ValueError(f"target '{target.name}': kind is '{target.kind}', not warehouse_delta")
+    spec = target.spec_as(WarehouseDeltaSpec)
     n = resolve_rows(rows)
     population = customers if customers is not None else max(100, n // 10)
     if population < 1:

@@ -52,6 +52,7 @@ from aiohttp import web
 
 from erasure.catalog import Catalog, Target
 from erasure.events import SchemaError, new_ack, parse_event
+from erasure.targets.kafka import KafkaSpec
 from erasure_demo.partners.http_service import Faults, PartnerServer, PartnerService
 
 log = logging.getLogger("erasure_demo.partners.kafka")
@@ -116,12 +117,12 @@ class KafkaPartner:
         http: bool = True,
         http_port: int | None = None,
     ) -> None:
-        if target.kind != "kafka" or target.kafka is None:
+        if target.kind != "kafka":
             raise ValueError(
                 f"target '{target.name}': kind is '{target.kind}', a Kafka partner needs kind 'kafka'"
             )
         self.target = target
-        self.spec = target.kafka
+        self.spec = target.spec_as(KafkaSpec)
         self.bootstrap = bootstrap or os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092")
         base = Path(data_dir or Path(os.environ.get("ERASURE_LOCAL", ".local")) / "partners")
         self.store_path = base / f"{target.name}.db"
@@ -331,8 +332,7 @@ class _Consumer:
         from erasure_demo.partners.store import PartnerStore
 
         self.target = Target.model_validate_json(args.target_json)
-        assert self.target.kafka is not None
-        self.spec = self.target.kafka
+        self.spec = self.target.spec_as(KafkaSpec)
         self.store = PartnerStore(args.store)
         self.faults_file = Path(args.faults_file)
         self.stats_file = Path(args.stats_file)

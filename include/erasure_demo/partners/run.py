@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from erasure.catalog import Catalog, CatalogError, load_catalog
+from erasure.targets.sync_api import SyncApiSpec
 from erasure_demo.partners.http_service import PartnerService, start_site
 from erasure_demo.partners.store import PartnerStore
 
@@ -79,8 +80,7 @@ async def serve(catalog: Catalog, data_dir: Path, index_port: int | None, stop: 
     stores: list[PartnerStore] = []
     try:
         for t in catalog.of_kind("sync_api"):
-            spec = t.sync_api
-            assert spec is not None
+            spec = t.spec_as(SyncApiSpec)
             host, port = host_port(spec.base_url)
             token = os.environ.get(spec.token_env) if spec.token_env else None
             store = PartnerStore(data_dir / f"{t.name}.db")
