@@ -8,8 +8,9 @@ comes too late for the driver's class path when spark-submit already started the
     spark-submit --jars "$(ls $ERASURE_SPARK_JARS_DIR/*.jar | paste -sd,)" spark_jobs/build_event_dataset.py
 
 The session comes from ``erasure.spark.get_spark`` (Delta + Postgres jars, master from
-``ERASURE_SPARK_MASTER``). The tracking store DSN is read from the environment variable named by
-``--dsn-env`` (default ``ERASURE_TRACKING_DSN``), never from the command line (it holds a password).
+``ERASURE_SPARK_MASTER``); defaults come from ``erasure.settings`` (the ERASURE_* variables). The
+tracking store DSN is read from the environment variable named by ``--dsn-env`` (default
+``ERASURE_TRACKING_DSN``), never from the command line (it holds a password).
 The build report is printed as JSON on stdout and written to ``--report`` if given (spark-submit
 mixes the driver's stderr into stdout).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from datetime import timedelta
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalog", help="catalog file or directory (default: ERASURE_CATALOG)")
     p.add_argument("--dsn-env", default="ERASURE_TRACKING_DSN", help="environment variable holding the DSN")
     p.add_argument("--full-refresh", action="store_true", help="re-read the whole retention window")
-    p.add_argument("--retention-days", type=int, help="default: ERASURE_DATASET_RETENTION_DAYS or 90")
+    p.add_argument("--retention-days", type=int, help="default: ERASURE_DATASET_RETENTION_DAYS (90)")
     p.add_argument("--overlap-hours", type=float, default=6.0, help="incremental re-read window (default 6)")
     p.add_argument("--no-retention", action="store_true", help="skip the retention DELETE + VACUUM")
     p.add_argument("--master", help="Spark master (default: ERASURE_SPARK_MASTER or local[*])")
@@ -52,27 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     args = parse_args(argv)
     from erasure.catalog import load_catalog
-    from erasure.config import Settings
     from erasure.dq import DataQualityError
-    from erasure.event_dataset import build_event_dataset
+    from erasure.event_dataset import MAX_RETENTION_DAYS, build_event_dataset
+    from erasure.settings import SettingsError, get_settings, secret_from_env
     from erasure.spark import get_spark
 
-    dsn = os.environ.get(args.dsn_env)
-    if not dsn:
-        print(f"error: environment variable {args.dsn_env} (tracking store DSN) is not set", file=sys.stderr)
+    try:
+        settings = get_settings()
+        dsn = secret_from_env(args.dsn_env, "--dsn-env (the tracking store DSN)")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.retention_days is not None and not 1 <= args.retention_days <= 3650:
+    retention_days = settings.dataset_retention_days if args.retention_days is None else args.retention_days
+    if not 1 <= retention_days <= MAX_RETENTION_DAYS:
         print(
-            f"error: --retention-days must be between 1 and 3650, got {args.retention_days}", file=sys.stderr
+            f"error: --retention-days must be between 1 and {MAX_RETENTION_DAYS}, got {retention_days}",
+            file=sys.stderr,
         )
         return 1
-    settings = Settings.from_env()
     catalog = load_catalog(args.catalog or settings.catalog_path)
     sessions: list = []
 
     def spark():  # started only when there is something to write
         if not sessions:
-            sessions.append(get_spark("erasure-event-dataset", master=args.master))
+            sessions.append(get_spark("erasure-event-dataset", settings=settings, master=args.master))
         return sessions[0]
 
     try:
@@ -80,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             spark,
             dsn,
             catalog,
-            args.dataset_dir or settings.dataset_dir,
+            args.dataset_dir or settings.dataset_path,
             full_refresh=args.full_refresh,
-            retention_days=args.retention_days,
+            retention_days=retention_days,
             overlap=timedelta(hours=args.overlap_hours),
             apply_retention=not args.no_retention,
         )

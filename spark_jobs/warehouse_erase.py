@@ -12,7 +12,7 @@ Run it either way (the Delta and JDBC jars are in .local/jars):
         spark_jobs/warehouse_erase.py
 
 The tracking DSN comes from ``--dsn`` or ERASURE_TRACKING_DSN (prefer the environment: arguments
-are visible in the process list). Exit status: 0 all targets ok, 1 a target failed (recorded on its
+are visible in the process list); the other defaults from ``erasure.settings`` (ERASURE_* variables). Exit status: 0 all targets ok, 1 a target failed (recorded on its
 tasks), 2 bad arguments or configuration. The JSON report goes to ``--report`` and is the last
 line of stdout (Delta's VACUUM prints to stdout too).
 """
@@ -22,19 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--catalog", default=os.environ.get("ERASURE_CATALOG"), help="catalog file or directory")
+    p.add_argument("--catalog", default=None, help="catalog file or directory (default: ERASURE_CATALOG)")
     p.add_argument("--dsn", default=None, help="tracking store DSN (default: env ERASURE_TRACKING_DSN)")
     p.add_argument(
         "--master", default=None, help="Spark master (default: spark-submit's, ERASURE_SPARK_MASTER)"
     )
-    p.add_argument("--warehouse-dir", default=os.environ.get("ERASURE_WAREHOUSE_DIR"))
+    p.add_argument(
+        "--warehouse-dir", default=None, help="base of relative table paths (ERASURE_WAREHOUSE_DIR)"
+    )
     p.add_argument("--target", action="append", default=None, help="only this target (repeatable)")
     p.add_argument("--run-id", default=None, help="id recorded in evidence and Delta commit metadata")
     p.add_argument("--report", default=None, help="write the JSON report to this file")
@@ -42,10 +43,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _master(arg: str | None) -> str | None:
-    """--master, else the master spark-submit was given, else None (get_spark's env default)."""
+    """--master, else the master spark-submit was given, else None (the settings' ERASURE_SPARK_MASTER)."""
+    from erasure.settings import environ
+
     if arg:
         return arg
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: keep its --master
+    if environ().get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: keep its --master
         from pyspark import SparkConf
 
         return SparkConf().get("spark.master", None)
@@ -62,23 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     args = _parse(argv)
     from erasure.catalog import CatalogError, load_catalog
+    from erasure.settings import SettingsError, get_settings
 
-    dsn = args.dsn or os.environ.get("ERASURE_TRACKING_DSN")
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dsn = args.dsn or settings.tracking_dsn
     if not dsn:
         print("error: --dsn or ERASURE_TRACKING_DSN is required (the tracking store)", file=sys.stderr)
         return 2
     try:
-        catalog = load_catalog(args.catalog)
+        catalog = load_catalog(args.catalog or settings.catalog_path)
     except CatalogError as exc:
         print(f"error: --catalog: {exc}", file=sys.stderr)
         return 2
     from erasure.spark import get_spark
     from erasure.warehouse import erase_warehouse
 
-    spark = get_spark("erasure-warehouse", master=_master(args.master))
+    spark = get_spark("erasure-warehouse", settings=settings, master=_master(args.master))
     try:
         report = erase_warehouse(
-            spark, catalog, dsn, warehouse_dir=args.warehouse_dir, targets=args.target, run_id=args.run_id
+            spark,
+            catalog,
+            dsn,
+            settings=settings,
+            warehouse_dir=str(args.warehouse_dir or settings.warehouse_path),
+            targets=args.target,
+            run_id=args.run_id,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

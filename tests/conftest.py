@@ -201,9 +201,12 @@ def unique_topic(kafka_bootstrap: str):
 @pytest.fixture(scope="session")
 def spark():
     """One Delta-enabled Spark session per test session (start-up costs ~10 s)."""
+    from erasure.settings import get_settings
     from erasure.spark import get_spark
 
-    session = get_spark("erasure-tests", master=os.environ.get("ERASURE_SPARK_MASTER", "local[2]"))
+    session = get_spark(
+        "erasure-tests", settings=get_settings(), master=os.environ.get("ERASURE_SPARK_MASTER", "local[2]")
+    )
     yield session
     session.stop()
 

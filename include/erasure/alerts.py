@@ -14,10 +14,11 @@ Channels (``Team.channel`` in the catalog):
 
 * ``log:`` - a WARNING on the ``erasure.alerts`` logger (also ``webhook:log`` and ``webhook:``);
 * ``webhook:<url>`` - HTTP POST of the alert as JSON, with an ``Idempotency-Key`` header = dedupe key;
-* ``email:<address>`` - an email: through SMTP settings from the environment (``ERASURE_SMTP_HOST``,
-  ``ERASURE_SMTP_PORT``, ``ERASURE_SMTP_USER``, ``ERASURE_SMTP_PASSWORD``, ``ERASURE_SMTP_STARTTLS``,
-  ``ERASURE_SMTP_FROM``) when ``ERASURE_SMTP_HOST`` is set, else through Airflow's email backend
-  (``[smtp]`` config and the ``smtp_default`` connection). Airflow is imported only inside that notifier.
+* ``email:<address>`` - an email: through the SMTP settings of the :class:`~erasure.settings.Settings`
+  the caller passes (``ERASURE_SMTP_HOST``, ``ERASURE_SMTP_PORT``, ``ERASURE_SMTP_USER``,
+  ``ERASURE_SMTP_PASSWORD``, ``ERASURE_SMTP_STARTTLS``, ``ERASURE_SMTP_FROM``) when a host is set, else
+  through Airflow's email backend (``[smtp]`` config and the ``smtp_default`` connection). Airflow is
+  imported only inside that notifier. Without settings (``settings=None``) e-mail goes through Airflow.
 
 Notifiers are pluggable: pass ``notifiers={"webhook": MyNotifier(), ...}`` or call ``register_notifier``.
 """
@@ -26,20 +27,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import smtplib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from erasure.catalog import Catalog
 from erasure.db import transaction
+from erasure.vocab import AlertKind
+
+if TYPE_CHECKING:
+    from erasure.settings import Settings
 
 log = logging.getLogger("erasure.alerts")
 
-ALERT_KINDS = ("task_escalated", "sla_approaching", "sla_breached", "deadline_missed", "task_failed")
 DEFAULT_MAX_SEND_ATTEMPTS = 10
 
 
@@ -122,10 +125,11 @@ class WebhookNotifier:
 
 
 class EmailNotifier:
-    """Sends the alert by email: SMTP settings from ERASURE_SMTP_* if set, else Airflow's email backend."""
+    """Sends the alert by email: through ``settings.smtp_*`` (``ERASURE_SMTP_*``) when ``settings.smtp_host``
+    is set, else (or without settings) through Airflow's email backend."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = 30.0) -> None:
-        self.env = env if env is not None else os.environ
+    def __init__(self, settings: Settings | None = None, timeout_s: float = 30.0) -> None:
+        self.settings = settings
         self.timeout_s = timeout_s
 
     @staticmethod
@@ -143,33 +147,32 @@ class EmailNotifier:
     def send(self, alert: AlertRow, address: str) -> None:
         if "@" not in address:
             raise AlertError(f"email channel of team '{alert.team}': '{address}' is not an email address")
-        host = self.env.get("ERASURE_SMTP_HOST")
-        if host:
-            self._send_smtplib(alert, address, host)
+        if self.settings is not None and self.settings.smtp_host:
+            self._send_smtplib(alert, address, self.settings, self.settings.smtp_host)
         else:
             self._send_airflow(alert, address)
 
-    def _send_smtplib(self, alert: AlertRow, address: str, host: str) -> None:
-        port = int(self.env.get("ERASURE_SMTP_PORT", "25"))
+    def _send_smtplib(self, alert: AlertRow, address: str, s: Settings, host: str) -> None:
         msg = EmailMessage()
-        msg["From"] = self.env.get("ERASURE_SMTP_FROM", "erasure-pipeline@localhost")
+        msg["From"] = s.smtp_from
         msg["To"] = address
         msg["Subject"] = self.subject(alert)
         msg["X-Erasure-Dedupe-Key"] = alert.dedupe_key
         msg.set_content(self.body(alert))
-        with smtplib.SMTP(host, port, timeout=self.timeout_s) as smtp:
-            if self.env.get("ERASURE_SMTP_STARTTLS", "false").lower() in ("1", "true", "yes"):
+        with smtplib.SMTP(host, s.smtp_port, timeout=self.timeout_s) as smtp:
+            if s.smtp_starttls:
                 smtp.starttls()
-            user = self.env.get("ERASURE_SMTP_USER")
-            if user:
-                smtp.login(user, self.env.get("ERASURE_SMTP_PASSWORD", ""))
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_password or "")
             smtp.send_message(msg)
 
     def _send_airflow(self, alert: AlertRow, address: str) -> None:
         try:
             from airflow.utils.email import send_email  # Airflow's SMTP ([smtp] config, smtp_default)
         except ImportError as exc:  # pragma: no cover - Airflow is installed with the project
-            raise AlertError("email alerts need ERASURE_SMTP_HOST or an Airflow installation") from exc
+            raise AlertError(
+                "email alerts need ERASURE_SMTP_HOST (settings) or an Airflow installation"
+            ) from exc
         html = "<pre>" + self.body(alert).replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
         send_email(
             to=[address],
@@ -187,8 +190,14 @@ def register_notifier(scheme: str, notifier: Notifier) -> None:
     _REGISTRY[scheme] = notifier
 
 
-def default_notifiers() -> dict[str, Notifier]:
-    return {"log": LogNotifier(), "webhook": WebhookNotifier(), "email": EmailNotifier(), **_REGISTRY}
+def default_notifiers(settings: Settings | None = None) -> dict[str, Notifier]:
+    """The built-in notifiers (e-mail configured from ``settings``) and the registered ones."""
+    return {
+        "log": LogNotifier(),
+        "webhook": WebhookNotifier(),
+        "email": EmailNotifier(settings),
+        **_REGISTRY,
+    }
 
 
 def parse_channel(channel: str) -> tuple[str, str]:
@@ -215,7 +224,7 @@ def record_alert(
     cur: Any,
     *,
     dedupe_key: str,
-    kind: str,
+    kind: AlertKind | str,
     team: str,
     channel: str,
     message: str,
@@ -241,7 +250,7 @@ def record_alert(
         """,
         (
             dedupe_key,
-            kind,
+            str(kind),
             team,
             channel,
             request_id,
@@ -255,7 +264,7 @@ def record_alert(
 
 
 def raise_team_alert(
-    cur: Any, catalog: Catalog, *, team: str, dedupe_key: str, kind: str, message: str, **kw: Any
+    cur: Any, catalog: Catalog, *, team: str, dedupe_key: str, kind: AlertKind | str, message: str, **kw: Any
 ) -> bool:
     """``record_alert`` routed to a catalog team's channel."""
     return record_alert(
@@ -280,15 +289,20 @@ class DeliveryResult:
 
 
 def deliver_pending(
-    dsn: str | None = None,
+    dsn: str,
     *,
+    settings: Settings | None = None,
     notifiers: Mapping[str, Notifier] | None = None,
     limit: int = 200,
     max_send_attempts: int = DEFAULT_MAX_SEND_ATTEMPTS,
     dedupe_keys: list[str] | None = None,
 ) -> DeliveryResult:
-    """Send unsent alerts (oldest first); each one in its own transaction, locked while it is sent."""
-    chosen = {**default_notifiers(), **(notifiers or {})}
+    """Send unsent alerts (oldest first); each one in its own transaction, locked while it is sent.
+
+    ``settings`` configures the built-in e-mail notifier (``ERASURE_SMTP_*``); ``notifiers`` replace
+    notifiers by channel scheme.
+    """
+    chosen = {**default_notifiers(settings), **(notifiers or {})}
     result = DeliveryResult()
     done: list[int] = []
     for _ in range(limit):
@@ -338,9 +352,10 @@ def deliver_pending(
 
 
 def record_deadline_miss(
-    dsn: str | None,
+    dsn: str,
     catalog: Catalog,
     *,
+    settings: Settings | None = None,
     dag_id: str,
     run_id: str,
     deadline_id: str | None = None,
@@ -358,7 +373,7 @@ def record_deadline_miss(
     if not run_id:
         raise AlertError("deadline context: run_id is missing")
     team = team or catalog.pipeline_owner
-    key = f"deadline_missed:{dag_id}:{run_id}:{deadline_id or 'dagrun'}"
+    key = f"{AlertKind.DEADLINE_MISSED}:{dag_id}:{run_id}:{deadline_id or 'dagrun'}"
     msg = f"DAG run {dag_id}/{run_id} missed its deadline ({deadline_time})"
     if description:
         msg += f": {description}"
@@ -368,7 +383,7 @@ def record_deadline_miss(
             catalog,
             team=team,
             dedupe_key=key,
-            kind="deadline_missed",
+            kind=AlertKind.DEADLINE_MISSED,
             message=msg,
             details={
                 "dag_id": dag_id,
@@ -377,4 +392,4 @@ def record_deadline_miss(
                 "deadline_time": str(deadline_time) if deadline_time is not None else None,
             },
         )
-    return key, deliver_pending(dsn, notifiers=notifiers, dedupe_keys=[key])
+    return key, deliver_pending(dsn, settings=settings, notifiers=notifiers, dedupe_keys=[key])

@@ -8,15 +8,18 @@ status --request ID|EXTERNAL_ID | --subject TYPE:ID [--json]
 reconcile                one reconcile pass (replay, retry/escalate, complete, SLA, alerts)
 intake submit|ingest     register requests / the intake table's pending rows (see erasure.intake_cli)
 hold place|release|list|recheck   legal holds
+
+Settings (the tracking DSN, the Kafka bootstrap, the catalog, SMTP) come from the ERASURE_* environment
+variables, read once per invocation (erasure.settings.get_settings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from erasure.catalog import CatalogError, load_catalog
+from erasure.settings import Settings, SettingsError, get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,22 +50,29 @@ def main(argv: list[str] | None = None) -> int:
 
     add_intake_parsers(sub)
     args = parser.parse_args(argv)
+    try:
+        settings = get_settings()  # the edge: read the environment once, pass the values on
+        return _run(args, settings)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "db":
         from erasure.tracking import downgrade, upgrade
 
+        dsn = settings.require_tracking_dsn()
         if args.action == "upgrade":
-            upgrade(revision=args.revision or "head")
+            upgrade(dsn, revision=args.revision or "head")
         else:
-            downgrade(revision=args.revision or "base")
+            downgrade(dsn, revision=args.revision or "base")
         print(f"tracking store: {args.action} done")
     elif args.cmd == "kafka-topics":
         from erasure.kafka_admin import TopicsError, ensure_topics
 
         try:
-            created = ensure_topics(
-                os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092"), timeout=args.timeout
-            )
+            created = ensure_topics(settings.kafka_bootstrap, timeout=args.timeout)
         except TopicsError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -73,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         from erasure.dispatch import pool_specs
 
         try:
-            print(json.dumps(pool_specs(load_catalog(args.catalog)), indent=2))
+            print(json.dumps(pool_specs(load_catalog(args.catalog or settings.catalog_path)), indent=2))
         except CatalogError as exc:
             print(exc, file=sys.stderr)
             return 1
     elif args.cmd == "catalog":
         try:
-            cat_ = load_catalog(args.path)
+            cat_ = load_catalog(args.path or settings.catalog_path)
         except CatalogError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -89,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "status":
         from erasure import status
 
+        dsn = settings.require_tracking_dsn()
         try:
             if args.request is not None:
-                found = [status.request_status(args.request)]
+                found = [status.request_status(args.request, dsn)]
             else:
-                found = status.subject_status(*status.parse_subject(args.subject))
+                found = status.subject_status(*status.parse_subject(args.subject), dsn)
         except (LookupError, ValueError) as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -101,13 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "reconcile":
         import json
 
+        from erasure.alerts import EmailNotifier
         from erasure.reconcile import reconcile
 
-        print(json.dumps(reconcile().as_dict(), indent=2))
+        result = reconcile(
+            settings.require_tracking_dsn(),
+            load_catalog(settings.catalog_path),
+            sla_warn_days=settings.sla_warn_days,
+            notifiers={"email": EmailNotifier(settings)},
+        )
+        print(json.dumps(result.as_dict(), indent=2))
     elif args.cmd in ("intake", "hold"):  # issue 3
         from erasure.intake_cli import run as run_intake_command
 
-        return run_intake_command(args)
+        return run_intake_command(args, settings)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Connections to the tracking store (psycopg2). Callers own transactions: ``with transaction(dsn) as cur``."""
+"""Connections to the tracking store (psycopg2). Callers own transactions: ``with transaction(dsn) as cur``.
+
+The DSN is always an argument: the edge (CLI, Airflow glue, Spark entry points) gets it from
+``erasure.settings`` or the ``erasure_tracking`` Airflow connection and passes it on.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,22 @@ from contextlib import contextmanager
 import psycopg2
 import psycopg2.extras
 
-from erasure.config import tracking_dsn
-
 psycopg2.extras.register_uuid()
 
 
-def connect(dsn: str | None = None) -> psycopg2.extensions.connection:
-    """Open a connection; ``dsn`` defaults to ERASURE_TRACKING_DSN. Sessions use UTC."""
-    conn = psycopg2.connect(dsn or tracking_dsn(), application_name="erasure-pipeline")
+def _require(dsn: str) -> str:
+    # psycopg2 would treat "" as "use libpq's PG* environment variables": a silent fallback we refuse
+    if not dsn or not isinstance(dsn, str):
+        raise ValueError(
+            "dsn: the tracking store's DSN is required (ERASURE_TRACKING_DSN or the erasure_tracking "
+            f"connection, passed by the caller), got {dsn!r}"
+        )
+    return dsn
+
+
+def connect(dsn: str) -> psycopg2.extensions.connection:
+    """Open a connection to ``dsn``. Sessions use UTC."""
+    conn = psycopg2.connect(_require(dsn), application_name="erasure-pipeline")
     with conn.cursor() as cur:
         cur.execute("SET TIME ZONE 'UTC'")
     conn.commit()
@@ -23,7 +35,7 @@ def connect(dsn: str | None = None) -> psycopg2.extensions.connection:
 
 
 @contextmanager
-def transaction(dsn: str | None = None) -> Iterator[psycopg2.extras.RealDictCursor]:
+def transaction(dsn: str) -> Iterator[psycopg2.extras.RealDictCursor]:
     """One transaction: commit on success, roll back on any exception (nothing half-written)."""
     conn = connect(dsn)
     try:

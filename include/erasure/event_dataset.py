@@ -19,9 +19,9 @@ One build (:func:`build_event_dataset`):
 5. **erased subjects**: MERGE the ``request_completed`` events into ``<dataset_dir>/erased_subjects``
    (one row per completed request, partitioned by ``erasure_date``): the offline dataset that other
    jobs read to erase the subjects from their own tables;
-6. **retention** (:func:`enforce_retention`): rows older than ``retention_days`` (default 90,
-   ``ERASURE_DATASET_RETENTION_DAYS``) are deleted and the tables VACUUMed, so the dataset does not keep
-   subject identifiers longer than documented (docs/event-dataset.md).
+6. **retention** (:func:`enforce_retention`): rows older than ``retention_days`` (the callers pass the
+   setting ``ERASURE_DATASET_RETENTION_DAYS``, default 90) are deleted and the tables VACUUMed, so the
+   dataset does not keep subject identifiers longer than documented (docs/event-dataset.md).
 
 Readers: Spark (``delta.`path```) or any Delta reader; :func:`sla_compliance_by_team` and friends read
 with the independent ``deltalake`` (delta-rs) package + DuckDB, no Spark needed. No Airflow here.
@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from erasure.catalog import Catalog
-from erasure.dq import ACK_OUTCOMES, UNKNOWN_TEAM, ValidationSummary, validate_events
+from erasure.dq import UNKNOWN_TEAM, ValidationSummary, validate_events
+from erasure.vocab import AckOutcome, EventOutcome, EventType
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,7 +84,7 @@ TRACKING_ASSET_NAME, TRACKING_ASSET_URI = "erasure_tracking_store", "erasure://t
 EVENTS_ASSET_NAME, EVENTS_ASSET_URI = "erasure_events", "erasure://datasets/erasure_events"
 SUBJECTS_ASSET_NAME, SUBJECTS_ASSET_URI = "erased_subjects", "erasure://datasets/erased_subjects"
 
-DEFAULT_RETENTION_DAYS = 90
+MAX_RETENTION_DAYS = 3650
 DEFAULT_DELETED_FILE_RETENTION_HOURS = 24
 DEFAULT_LOG_RETENTION_DAYS = 7
 DEFAULT_OVERLAP = timedelta(hours=6)
@@ -141,8 +142,16 @@ SUBJECT_COLUMNS: tuple[tuple[str, str, bool], ...] = (
 EVENT_STATS_COLUMNS = "event_id,event_type,occurred_at,request_id,task_id,target"
 SUBJECT_STATS_COLUMNS = "request_id,completed_at"
 
-_SUCCESS_EVENTS = {"request_completed", "task_succeeded", "rows_deleted", "files_purged", "vacuumed"}
-_FAILURE_EVENTS = {"request_failed", "task_failed"}
+_SUCCESS_EVENTS = frozenset(
+    {
+        EventType.REQUEST_COMPLETED,
+        EventType.TASK_SUCCEEDED,
+        EventType.ROWS_DELETED,
+        EventType.FILES_PURGED,
+        EventType.VACUUMED,
+    }
+)
+_FAILURE_EVENTS = frozenset({EventType.REQUEST_FAILED, EventType.TASK_FAILED})
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./:+@=-]+$")
 
 
@@ -165,14 +174,18 @@ def subjects_path(dataset_dir: str | os.PathLike[str]) -> str:
     return f"{_dir(dataset_dir)}/{SUBJECTS_TABLE}"
 
 
-def retention_days_from_env() -> int:
-    raw = os.environ.get("ERASURE_DATASET_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))
-    try:
-        days = int(raw)
-    except ValueError:
-        raise ValueError(f"ERASURE_DATASET_RETENTION_DAYS: not an integer: {raw!r}") from None
-    if not 1 <= days <= 3650:
-        raise ValueError(f"ERASURE_DATASET_RETENTION_DAYS: must be between 1 and 3650, got {days}")
+def check_retention_days(days: int) -> int:
+    """``days`` if it is a whole number of days between 1 and :data:`MAX_RETENTION_DAYS`, else ValueError.
+
+    Callers pass ``Settings.dataset_retention_days`` (``ERASURE_DATASET_RETENTION_DAYS``) or an override.
+    """
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise ValueError(
+            f"retention_days: a number of days is required (e.g. the setting "
+            f"ERASURE_DATASET_RETENTION_DAYS), got {days!r}"
+        )
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"retention_days: must be between 1 and {MAX_RETENTION_DAYS}, got {days}")
     return days
 
 
@@ -327,19 +340,20 @@ def _first(d: Mapping[str, Any], *paths: str) -> Any:
     return None
 
 
-def outcome_of(event_type: str, status: str | None) -> str:
-    """Coarse outcome class of an event: success, failure, escalated or pending."""
+def outcome_of(event_type: str, status: str | None) -> EventOutcome:
+    """Coarse outcome class of an event: success, failure, escalated or pending.
+
+    An ``ack_received`` event's status is the partner's :class:`AckOutcome`.
+    """
     if event_type in _SUCCESS_EVENTS:
-        return "success"
+        return EventOutcome.SUCCESS
     if event_type in _FAILURE_EVENTS:
-        return "failure"
-    if event_type == "task_escalated":
-        return "escalated"
-    if event_type == "ack_received":
-        if status in ACK_OUTCOMES:
-            return "failure" if status == "failed" else "success"
-        return "failure"
-    return "pending"
+        return EventOutcome.FAILURE
+    if event_type == EventType.TASK_ESCALATED:
+        return EventOutcome.ESCALATED
+    if event_type == EventType.ACK_RECEIVED:
+        return EventOutcome.SUCCESS if status in AckOutcome.successes() else EventOutcome.FAILURE
+    return EventOutcome.PENDING
 
 
 def evidence_fields(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -563,7 +577,7 @@ def refresh_erased_subjects(
         events_path(dataset_dir),
         SUBJECT_SOURCE_COLUMNS,
         cutoff_date,
-        filters=[("event_type", "=", "request_completed")],
+        filters=[("event_type", "=", EventType.REQUEST_COMPLETED.value)],
     )
     if completed.num_rows == 0:
         return {"inserted": 0}
@@ -612,7 +626,7 @@ def enforce_retention(
     spark: SparkSession | Callable[[], SparkSession],
     dataset_dir: str | os.PathLike[str],
     *,
-    retention_days: int | None = None,
+    retention_days: int,
     today: date | None = None,
     vacuum: bool = True,
 ) -> dict[str, Any]:
@@ -627,7 +641,7 @@ def enforce_retention(
     from deltalake import DeltaTable
 
     spark = _spark(spark)
-    days = retention_days if retention_days is not None else retention_days_from_env()
+    days = check_retention_days(retention_days)
     cutoff = (today or datetime.now(UTC).date()) - timedelta(days=days)
     out: dict[str, Any] = {
         "retention_days": days,
@@ -725,8 +739,8 @@ def build_event_dataset(
     catalog: Catalog,
     dataset_dir: str | os.PathLike[str],
     *,
+    retention_days: int,
     full_refresh: bool = False,
-    retention_days: int | None = None,
     overlap: timedelta = DEFAULT_OVERLAP,
     apply_retention: bool = True,
     deleted_file_retention_hours: int = DEFAULT_DELETED_FILE_RETENTION_HOURS,
@@ -735,10 +749,11 @@ def build_event_dataset(
     """Extract -> enrich -> validate (GX) -> MERGE events -> MERGE erased subjects -> retention.
 
     ``spark`` is a session or a factory; with a factory Spark starts only when there is something to
-    write. Raises ``erasure.dq.DataQualityError`` (nothing written) when the batch fails validation.
+    write. ``retention_days`` is the dataset's retention (``Settings.dataset_retention_days`` or an
+    override). Raises ``erasure.dq.DataQualityError`` (nothing written) when the batch fails validation.
     """
     spark = _spark(spark)
-    days = retention_days if retention_days is not None else retention_days_from_env()
+    days = check_retention_days(retention_days)
     now = now or datetime.now(UTC)
     since = _since(dataset_dir, now=now, retention_days=days, full_refresh=full_refresh, overlap=overlap)
     batch = extract_events(dsn, since)

@@ -42,11 +42,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from erasure.vocab import AckOutcome
+
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 EVENT_TYPE = "erasure.requested"
-OUTCOMES = ("erased", "not_found", "failed")
-SUCCESS_OUTCOMES = ("erased", "not_found")
 
 _TARGET_RE = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -104,7 +104,7 @@ class ErasureEvent(_Model):
 class Ack(_Model):
     event_id: uuid.UUID
     target: Annotated[str, Field(pattern=_TARGET_RE)]
-    outcome: Literal["erased", "not_found", "failed"]
+    outcome: AckOutcome
     details: dict[str, Any] = Field(default_factory=dict)
     acked_at: AwareDatetime
     schema_version: Annotated[int, Field(strict=True)] = SCHEMA_VERSION
@@ -112,7 +112,7 @@ class Ack(_Model):
 
     @property
     def succeeded(self) -> bool:
-        return self.outcome in SUCCESS_OUTCOMES
+        return self.outcome in AckOutcome.successes()
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")
@@ -218,7 +218,7 @@ def new_event(
 def new_ack(
     event: ErasureEvent | uuid.UUID | str,
     target: str,
-    outcome: str,
+    outcome: AckOutcome | str,
     details: dict[str, Any] | None = None,
     acked_at: datetime | None = None,
 ) -> Ack:

@@ -29,11 +29,10 @@ import psycopg2.extras
 
 from erasure.catalog import Catalog
 from erasure.db import connect
-from erasure.tracking.store import OPEN_REQUEST_STATUSES
+from erasure.vocab import IntakeStatus, RequestSource, RequestStatus
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("api", "intake_table", "canary", "cli")
 FIELDS = ("external_id", "subject_type", "subject_id", "requested_by", "reason", "jurisdiction")
 REQUIRED = ("subject_type", "subject_id", "requested_by")
 DEFAULT_JURISDICTION = "GDPR"
@@ -93,7 +92,7 @@ class Outcome:
     """What happened to one received request (``index`` is its position in the input)."""
 
     index: int
-    status: str  # registered | duplicate | rejected
+    status: IntakeStatus  # registered | duplicate | rejected
     request_id: int | None = None
     external_id: str | None = None
     held: bool = False
@@ -113,12 +112,12 @@ class IntakeResult:
 
     def add(self, outcome: Outcome) -> None:
         self.received += 1
-        if outcome.status == "registered":
+        if outcome.status == IntakeStatus.REGISTERED:
             self.registered += 1
             self.held += int(outcome.held)
-        elif outcome.status == "duplicate":
+        elif outcome.status == IntakeStatus.DUPLICATE:
             self.duplicates += 1
-        elif outcome.status == "rejected":
+        elif outcome.status == IntakeStatus.REJECTED:
             self.rejected += 1
         else:  # pragma: no cover - programming error
             raise IntakeError(f"unknown outcome status {outcome.status!r}")
@@ -142,14 +141,16 @@ class IntakeResult:
         """Plain data (for XCom). ``max_outcomes`` keeps the first N outcomes, rejections first."""
         outcomes = self.outcomes
         if max_outcomes is not None and len(outcomes) > max_outcomes:
-            outcomes = sorted(outcomes, key=lambda o: (o.status == "registered", o.index))[:max_outcomes]
+            outcomes = sorted(outcomes, key=lambda o: (o.status == IntakeStatus.REGISTERED, o.index))[
+                :max_outcomes
+            ]
         return {
             "received": self.received,
             "registered": self.registered,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "held": self.held,
-            "outcomes": [asdict(o) for o in outcomes],
+            "outcomes": [{**asdict(o), "status": str(o.status)} for o in outcomes],
             "outcomes_truncated": len(outcomes) < len(self.outcomes),
         }
 
@@ -440,7 +441,7 @@ def _register_one(
     cur: Any,
     catalog: Catalog,
     req: ValidRequest,
-    source: str,
+    source: RequestSource,
     is_canary: bool,
     run_id: str | None,
     index: int,
@@ -452,11 +453,11 @@ def _register_one(
         **asdict(req),
         "source": source,
         "is_canary": is_canary,
-        "status": "held" if hold else "in_progress",
+        "status": RequestStatus.HELD if hold else RequestStatus.IN_PROGRESS,
         "status_reason": (f"legal hold {hold['id']}: {hold['reason']}"[:1000] if hold else None),
         "sla_days": catalog.sla_for(req.jurisdiction),
         "run_id": run_id,
-        "open": list(OPEN_REQUEST_STATUSES),
+        "open": list(RequestStatus.open()),
     }
     for _ in range(3):
         cur.execute(_INSERT_REQUEST, params)
@@ -474,7 +475,7 @@ def _register_one(
                 log.warning("no enabled catalog target applies to subject type %s", req.subject_type)
             return Outcome(
                 index=index,
-                status="registered",
+                status=IntakeStatus.REGISTERED,
                 request_id=request_id,
                 external_id=req.external_id,
                 held=hold is not None,
@@ -491,7 +492,7 @@ def _register_one(
         if existing["matched_by"] == "external_id" and not same_subject:
             return Outcome(
                 index=index,
-                status="rejected",
+                status=IntakeStatus.REJECTED,
                 external_id=req.external_id,
                 errors=[
                     asdict(
@@ -509,7 +510,7 @@ def _register_one(
         )
         return Outcome(
             index=index,
-            status="duplicate",
+            status=IntakeStatus.DUPLICATE,
             request_id=int(existing["id"]),
             external_id=req.external_id,
             message=f"duplicate of request {existing['id']} ({existing['status']}) by {how}",
@@ -518,7 +519,7 @@ def _register_one(
 
 
 def _record_rejection(
-    cur: Any, source: str, payload: Any, errors: list[dict[str, str]], run_id: str | None
+    cur: Any, source: RequestSource, payload: Any, errors: list[dict[str, str]], run_id: str | None
 ) -> None:
     ext = payload.get("external_id") if isinstance(payload, dict) else None
     cur.execute(
@@ -538,16 +539,19 @@ def _message(errors: list[dict[str, str]]) -> str:
     return "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
 
 
-def _check_source(source: str) -> None:
-    if source not in SOURCES:
-        raise IntakeError(f"source must be one of {SOURCES}, got {source!r}")
+def _check_source(source: RequestSource | str) -> RequestSource:
+    try:
+        return RequestSource(source)
+    except ValueError:
+        known = tuple(s.value for s in RequestSource)
+        raise IntakeError(f"source must be one of {known}, got {source!r}") from None
 
 
 def _process(
     conn: Any,
     catalog: Catalog,
     payload: Any,
-    source: str,
+    source: RequestSource,
     is_canary: bool,
     run_id: str | None,
     index: int,
@@ -559,15 +563,15 @@ def _process(
         if req is not None:
             cur.execute("SAVEPOINT intake_item")
             outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index)
-            if outcome.status == "rejected":
+            if outcome.status == IntakeStatus.REJECTED:
                 cur.execute("ROLLBACK TO SAVEPOINT intake_item")
             else:
                 cur.execute("RELEASE SAVEPOINT intake_item")
         else:
-            outcome = Outcome(index=index, status="rejected", errors=[asdict(e) for e in errs])
+            outcome = Outcome(index=index, status=IntakeStatus.REJECTED, errors=[asdict(e) for e in errs])
             ext = payload.get("external_id") if isinstance(payload, dict) else None
             outcome.external_id = _sanitise_str(ext, MAX_LEN["external_id"]) if isinstance(ext, str) else None
-        if outcome.status == "rejected":
+        if outcome.status == IntakeStatus.REJECTED:
             outcome.message = _message(outcome.errors)
             _record_rejection(cur, source, payload, outcome.errors, run_id)
             log.warning("request #%s rejected (%s): %s", index, source, outcome.message)
@@ -581,7 +585,7 @@ def _process(
                 (
                     outcome.status,
                     outcome.request_id,
-                    outcome.message[:2000] if outcome.status == "rejected" else None,
+                    outcome.message[:2000] if outcome.status == IntakeStatus.REJECTED else None,
                     intake_id,
                 ),
             )
@@ -592,7 +596,7 @@ def register_requests(
     dsn: str,
     catalog: Catalog,
     requests: list[Any],
-    source: str,
+    source: RequestSource | str,
     run_id: str | None = None,
     *,
     is_canary: bool = False,
@@ -603,7 +607,7 @@ def register_requests(
     A batch longer than :data:`MAX_BATCH` is rejected as a whole (one ``rejected_request`` row naming
     the field ``requests``; every item counts as rejected) and nothing else is written.
     """
-    _check_source(source)
+    source = _check_source(source)
     if not isinstance(requests, list | tuple):
         raise IntakeError(f"requests must be a list, got {_type_name(requests)}")
     result = IntakeResult()
@@ -620,7 +624,9 @@ def register_requests(
                 )
             log.warning("batch rejected (%s): %s", source, err["problem"])
             for i in range(len(requests)):
-                result.add(Outcome(index=i, status="rejected", errors=[err], message=_message([err])))
+                result.add(
+                    Outcome(index=i, status=IntakeStatus.REJECTED, errors=[err], message=_message([err]))
+                )
             return result
         for i, payload in enumerate(requests):
             with conn:  # one transaction per request
@@ -673,7 +679,14 @@ def ingest_pending(
                     payload = {k: v for k, v in row.items() if v is not None}
                     result.add(
                         _process(
-                            conn, catalog, payload, "intake_table", False, run_id, result.received, intake_id
+                            conn,
+                            catalog,
+                            payload,
+                            RequestSource.INTAKE_TABLE,
+                            False,
+                            run_id,
+                            result.received,
+                            intake_id,
                         )
                     )
             if len(ids) < chunk:
@@ -722,7 +735,7 @@ def result_report(result: dict[str, Any], max_lines: int = 50) -> str:
     ]
     shown = 0
     for o in result.get("outcomes", []):
-        if o["status"] == "registered" and not o["held"]:
+        if o["status"] == IntakeStatus.REGISTERED and not o["held"]:
             continue
         if shown >= max_lines:
             lines.append("... (more outcomes in the XCom of task 'register')")
@@ -731,9 +744,9 @@ def result_report(result: dict[str, Any], max_lines: int = 50) -> str:
         ident = f"request #{o['index']}" + (
             f" (external_id {o['external_id']})" if o.get("external_id") else ""
         )
-        if o["status"] == "rejected":
+        if o["status"] == IntakeStatus.REJECTED:
             lines.append(f"REJECTED {ident}: {o['message']}")
-        elif o["status"] == "duplicate":
+        elif o["status"] == IntakeStatus.DUPLICATE:
             lines.append(f"DUPLICATE {ident}: {o['message']}")
         else:
             lines.append(f"HELD {ident} -> request {o['request_id']}: {o['message']}")

@@ -16,7 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from erasure.vocab import RequestSource
+
+if TYPE_CHECKING:
+    from erasure.settings import Settings
 
 
 def add_parsers(sub: Any) -> None:
@@ -82,18 +87,18 @@ def _load_requests(args: argparse.Namespace) -> list[Any]:
     return [single]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run an ``intake`` or ``hold`` command against the tracking store of ``settings``."""
     from erasure.catalog import CatalogError, load_catalog
-    from erasure.config import tracking_dsn
     from erasure.holds import HoldError, list_holds, place_hold, recheck_held_requests, release_hold
     from erasure.intake import ingest_pending, register_requests, result_report
 
-    dsn = tracking_dsn()
+    dsn = settings.require_tracking_dsn()
     try:
         if args.cmd == "intake":
-            catalog = load_catalog(args.catalog)
+            catalog = load_catalog(args.catalog or settings.catalog_path)
             if args.action == "submit":
-                res = register_requests(dsn, catalog, _load_requests(args), "cli")
+                res = register_requests(dsn, catalog, _load_requests(args), RequestSource.CLI)
             else:
                 res = ingest_pending(dsn, catalog, limit=args.limit)
             out = res.to_dict()
@@ -103,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
             return 2 if res.rejected else 0
         if args.action == "place":
             st, sid = _subject(args.subject)
-            h = place_hold(dsn, st, sid, args.reason, args.by, load_catalog(args.catalog))
+            h = place_hold(
+                dsn, st, sid, args.reason, args.by, load_catalog(args.catalog or settings.catalog_path)
+            )
             state = "placed" if h.created else "already active"
             print(
                 f"legal hold {h.hold_id} {state} on {st}:{sid}; requests now held: {h.requests_held or 'none'}"

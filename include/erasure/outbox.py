@@ -45,8 +45,10 @@ import psycopg2.extras
 
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
-from erasure.events import SUCCESS_OUTCOMES, SchemaError, new_event, parse_ack, parse_event
+from erasure.events import SchemaError, new_event, parse_ack, parse_event
+from erasure.targets.kafka import KafkaSpec
 from erasure.tracking.store import transition_task
+from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def producer_config(kafka: str | Mapping[str, Any], **overrides: Any) -> dict[st
 
 def kafka_targets(catalog: Catalog, targets: Iterable[str] | None = None) -> list[Target]:
     """Enabled Kafka-kind targets of the catalog (optionally only the named ones)."""
-    return catalog.of_kind("kafka", targets)
+    return catalog.of_kind(TargetKind.KAFKA, targets)
 
 
 # ------------------------------------------------------------------------------------ enqueue
@@ -114,6 +116,8 @@ class EnqueueResult:
     enqueued: int = 0
     invalid: int = 0
     event_ids: list[str] = field(default_factory=list)
+    task_ids: list[int] = field(default_factory=list)
+    """The tasks of ``event_ids``, in the same order."""
     by_target: dict[str, int] = field(default_factory=dict)
 
 
@@ -122,6 +126,7 @@ def enqueue_due(
     catalog: Catalog,
     *,
     targets: Iterable[str] | None = None,
+    task_ids: Iterable[int] | None = None,
     limit: int = 10000,
     now: datetime | None = None,
 ) -> EnqueueResult:
@@ -147,18 +152,23 @@ def enqueue_due(
              WHERE t.kind = 'kafka' AND t.status = 'pending'
                AND t.next_attempt_at <= COALESCE(%(now)s, now())
                AND t.target = ANY(%(targets)s)
+               AND (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
                AND r.status IN ('received', 'in_progress')
              ORDER BY t.next_attempt_at, t.id
              LIMIT %(limit)s
                FOR UPDATE OF t SKIP LOCKED
             """,
-            {"now": now, "targets": list(ts), "limit": limit},
+            {
+                "now": now,
+                "targets": list(ts),
+                "ids": None if task_ids is None else list(task_ids),
+                "limit": limit,
+            },
         )
         rows = cur.fetchall()
         outbox_rows = []
         for row in rows:
-            spec = ts[row["target"]].kafka
-            assert spec is not None
+            spec = ts[row["target"]].spec_as(KafkaSpec)
             try:
                 ev = new_event(
                     subject_type=row["subject_type"],
@@ -171,8 +181,8 @@ def enqueue_due(
                 transition_task(
                     cur,
                     row["task_id"],
-                    "failed",
-                    ("pending",),
+                    TaskStatus.FAILED,
+                    (TaskStatus.PENDING,),
                     last_error=f"cannot build erasure event: {exc}",
                 )
                 result.invalid += 1
@@ -180,8 +190,8 @@ def enqueue_due(
             moved = transition_task(
                 cur,
                 row["task_id"],
-                "awaiting_ack",
-                ("pending",),
+                TaskStatus.AWAITING_ACK,
+                (TaskStatus.PENDING,),
                 increment_attempts=True,
                 evidence={
                     "event_id": str(ev.event_id),
@@ -195,6 +205,7 @@ def enqueue_due(
                 (ev.event_id, row["task_id"], spec.topic, ev.key, ev.to_json(), ev.attempt, ev.issued_at)
             )
             result.event_ids.append(str(ev.event_id))
+            result.task_ids.append(row["task_id"])
             result.by_target[row["target"]] = result.by_target.get(row["target"], 0) + 1
         if outbox_rows:
             psycopg2.extras.execute_values(
@@ -443,13 +454,13 @@ def mark_for_replay(
             RETURNING o.event_id, o.task_id, o.attempt, o.publish_count
         )
         INSERT INTO erasure.event_log (request_id, task_id, target, event_type, status, attempt, details)
-        SELECT t.request_id, t.id, t.target, 'event_replayed', t.status, m.attempt,
+        SELECT t.request_id, t.id, t.target, %(event_type)s, t.status, m.attempt,
                jsonb_build_object('kafka_event_id', m.event_id, 'publish_count', m.publish_count,
                                   'reason', %(reason)s::text)
           FROM marked m JOIN erasure.task t ON t.id = m.task_id
         RETURNING details ->> 'kafka_event_id' AS event_id
         """,
-        {"ids": ids, "reason": reason},
+        {"ids": ids, "reason": reason, "event_type": EventType.EVENT_REPLAYED},
     )
     return [r["event_id"] if isinstance(r, dict) else r[0] for r in cur.fetchall()]
 
@@ -465,13 +476,11 @@ def republish(
 
 
 # ------------------------------------------------------------------------------------ acks
-ACK_STATUSES = ("matched", "duplicate", "unknown", "malformed", "mismatch")
-
-
 @dataclass
 class AckResult:
     messages: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACK_STATUSES, 0))
+    counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AckStatus})
+    """Messages recorded per :class:`AckStatus` (keys are the statuses' values)."""
     already_seen: int = 0
     """Messages redelivered after they were recorded (crash between DB commit and offset commit)."""
     tasks_succeeded: int = 0
@@ -480,7 +489,7 @@ class AckResult:
 
 
 def ack_topics(catalog: Catalog) -> list[str]:
-    topics = sorted({t.kafka.ack_topic for t in catalog.of_kind("kafka") if t.kafka is not None})
+    topics = sorted({t.spec_as(KafkaSpec).ack_topic for t in catalog.of_kind(TargetKind.KAFKA)})
     return topics or [DEFAULT_ACK_TOPIC]
 
 
@@ -506,7 +515,7 @@ def consume_acks(
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     topics = topics or (ack_topics(catalog) if catalog is not None else [DEFAULT_ACK_TOPIC])
-    targets = {t.name: t for t in catalog.of_kind("kafka")} if catalog is not None else {}
+    targets = {t.name: t for t in catalog.of_kind(TargetKind.KAFKA)} if catalog is not None else {}
     cfg = {
         **DEFAULT_CONSUMER_CONFIG,
         **kafka_client_config(kafka),
@@ -580,7 +589,7 @@ def _apply_ack_batch(dsn: str, msgs: list[Any], targets: dict[str, Target], resu
 def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) -> None:
     topic, part, off = m.topic(), m.partition(), m.offset()
     raw = m.value()
-    status, error, ack, row = "malformed", None, None, None
+    status, error, ack, row = AckStatus.MALFORMED, None, None, None
     try:
         ack = parse_ack(raw)
     except SchemaError as exc:
@@ -597,16 +606,19 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
         )
         row = cur.fetchone()
         if row is None:
-            status, error = "unknown", "no outbox event with this event_id"
+            status, error = AckStatus.UNKNOWN, "no outbox event with this event_id"
         elif row["target"] != ack.target:
             status, error = (
-                "mismatch",
+                AckStatus.MISMATCH,
                 f"ack is for target '{ack.target}' but event {ack.event_id} was sent to '{row['target']}'",
             )
         elif row["acked_at"] is not None:
-            status, error = "duplicate", f"event already acknowledged at {row['acked_at'].isoformat()}"
+            status, error = (
+                AckStatus.DUPLICATE,
+                f"event already acknowledged at {row['acked_at'].isoformat()}",
+            )
         else:
-            status = "matched"
+            status = AckStatus.MATCHED
     cur.execute(
         """
         INSERT INTO erasure.ack_log (topic, kafka_partition, kafka_offset, event_id, target, outcome, status, error, raw)
@@ -623,15 +635,15 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
             ack.outcome if ack else None,
             status,
             error,
-            _raw_text(raw) if status == "malformed" else None,
+            _raw_text(raw) if status is AckStatus.MALFORMED else None,
         ),
     )
     if cur.fetchone() is None:
         result.already_seen += 1
         return
-    result.counts[status] += 1
-    if status != "matched":
-        if status != "duplicate":
+    result.counts[status.value] += 1
+    if status is not AckStatus.MATCHED:
+        if status is not AckStatus.DUPLICATE:
             log.warning("ack %s/%s@%s %s: %s", topic, part, off, status, error)
         return
     assert ack is not None and row is not None
@@ -649,12 +661,12 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
         "UPDATE erasure.outbox SET acked_at = now(), ack = %s::jsonb WHERE event_id = %s",
         (json.dumps(evidence_ack), ack.event_id),
     )
-    if ack.outcome in SUCCESS_OUTCOMES:
+    if ack.outcome in AckOutcome.successes():
         moved = transition_task(
             cur,
             row["task_id"],
-            "succeeded",
-            ("awaiting_ack", "failed", "escalated"),
+            TaskStatus.SUCCEEDED,
+            (TaskStatus.AWAITING_ACK, TaskStatus.FAILED, TaskStatus.ESCALATED),
             evidence={"ack": evidence_ack},
         )
         result.tasks_succeeded += int(moved)
@@ -665,8 +677,8 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
         moved = transition_task(
             cur,
             row["task_id"],
-            "failed",
-            ("awaiting_ack",),
+            TaskStatus.FAILED,
+            (TaskStatus.AWAITING_ACK,),
             evidence={"ack": evidence_ack},
             last_error=f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
             next_attempt_at=nxt,

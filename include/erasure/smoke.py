@@ -5,9 +5,12 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from erasure.db import connect
+
+if TYPE_CHECKING:
+    from erasure.settings import Settings
 
 
 def check_postgres(dsn: str) -> dict[str, Any]:
@@ -54,14 +57,15 @@ def check_kafka(bootstrap: str, topic: str = "erasure.smoke", timeout: float = 3
     raise RuntimeError(f"smoke message produced to {topic} but not read back within {timeout}s")
 
 
-def check_spark(master: str | None = None) -> dict[str, Any]:
+def check_spark(settings: Settings, master: str | None = None) -> dict[str, Any]:
+    """A Delta round trip on a session built from ``settings`` (``master`` overrides its master)."""
     from erasure.spark import delta_version, get_spark
 
-    spark = get_spark("erasure-smoke", master=master)
+    spark = get_spark("erasure-smoke", settings=settings, master=master)
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/smoke"
         spark.range(100).write.format("delta").save(path)
         n = spark.read.format("delta").load(path).count()
     if n != 100:
         raise RuntimeError(f"Delta round trip read {n} rows, wrote 100")
-    return {"rows": n, "delta": delta_version(), "spark": spark.version}
+    return {"rows": n, "delta": delta_version(settings.jars_path), "spark": spark.version}

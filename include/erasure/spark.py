@@ -1,7 +1,9 @@
 """The one Spark session builder: Delta jars from the project's Maven download through ``spark.jars``.
 
-Spark's own runtime download (``spark.jars.packages``) is not used. The master is configurable
-(``ERASURE_SPARK_MASTER`` or ``master=``; default ``local[*]``) so the same jobs run on a cluster.
+Spark's own runtime download (``spark.jars.packages``) is not used. Everything configurable comes from
+:class:`erasure.settings.Settings` (``ERASURE_SPARK_MASTER`` default ``local[*]``, the jars directory,
+shuffle partitions, UI, driver memory, the local state directory), so the same jobs run on a cluster;
+``master=`` overrides the settings' master (e.g. the one spark-submit was given).
 """
 
 from __future__ import annotations
@@ -14,16 +16,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from erasure.settings import Settings
+
 REQUIRED_JARS = ("delta-spark_4.2_2.13-", "delta-storage-")
 
 
-def spark_jars(jars_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """The jars handed to Spark: Delta (spark + storage) and the Postgres JDBC driver."""
-    d = Path(
-        jars_dir
-        or os.environ.get("ERASURE_SPARK_JARS_DIR")
-        or Path(__file__).resolve().parents[2] / ".local" / "jars"
-    )
+def spark_jars(jars_dir: str | os.PathLike[str]) -> list[str]:
+    """The jars handed to Spark: Delta (spark + storage) and the Postgres JDBC driver, from ``jars_dir``."""
+    d = Path(jars_dir)
     jars = sorted(glob.glob(str(d / "*.jar")))
     for prefix in REQUIRED_JARS:
         if not any(Path(j).name.startswith(prefix) for j in jars):
@@ -33,34 +33,35 @@ def spark_jars(jars_dir: str | os.PathLike[str] | None = None) -> list[str]:
     return jars
 
 
-def delta_version(jars_dir: str | os.PathLike[str] | None = None) -> str:
+def delta_version(jars_dir: str | os.PathLike[str]) -> str:
     jar = next(Path(j).name for j in spark_jars(jars_dir) if Path(j).name.startswith(REQUIRED_JARS[0]))
     return jar.removeprefix(REQUIRED_JARS[0]).removesuffix(".jar")
 
 
 def get_spark(
     app_name: str = "erasure",
+    *,
+    settings: Settings,
     master: str | None = None,
     extra_conf: dict[str, str] | None = None,
-    jars_dir: str | os.PathLike[str] | None = None,
 ) -> SparkSession:
-    """Build (or reuse) a Delta-enabled SparkSession."""
+    """Build (or reuse) a Delta-enabled SparkSession configured from ``settings``."""
     from pyspark.sql import SparkSession
 
-    jars = spark_jars(jars_dir)
-    local_dir = os.environ.get("ERASURE_LOCAL", str(Path(__file__).resolve().parents[2] / ".local"))
+    jars = spark_jars(settings.jars_path)
+    local_dir = str(settings.local_dir)
     builder = (
         SparkSession.builder.appName(app_name)
-        .master(master or os.environ.get("ERASURE_SPARK_MASTER") or "local[*]")
+        .master(master or settings.spark_master)
         .config("spark.jars", ",".join(jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.shuffle.partitions", os.environ.get("ERASURE_SPARK_SHUFFLE_PARTITIONS", "4"))
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", os.environ.get("ERASURE_SPARK_UI", "false"))
+        .config("spark.ui.enabled", "true" if settings.spark_ui else "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
-        .config("spark.driver.memory", os.environ.get("ERASURE_SPARK_DRIVER_MEMORY", "2g"))
+        .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.sql.warehouse.dir", os.path.join(local_dir, "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={os.path.join(local_dir, 'derby')}")
     )

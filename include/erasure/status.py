@@ -1,7 +1,7 @@
 """Status of erasure requests: every target's state, attempts, last error and evidence.
 
-``request_status(ref=...)`` takes a request id or external id; ``subject_status(subject_type, subject_id)``
-returns every request of a subject (newest first). ``format_status`` renders them for the CLI
+``request_status(ref, dsn)`` takes a request id or external id; ``subject_status(subject_type, subject_id,
+dsn)`` returns every request of a subject (newest first). ``format_status`` renders them for the CLI
 (``python -m erasure.cli status --request ID | --subject TYPE:ID [--json]``).
 """
 
@@ -11,6 +11,10 @@ import json
 from typing import Any
 
 from erasure.db import transaction
+from erasure.vocab import TaskStatus
+
+_RETRYABLE = (TaskStatus.PENDING, TaskStatus.FAILED)
+"""Task statuses whose ``next_attempt_at`` is meaningful (shown as ``next=``)."""
 
 _REQUEST_COLS = (
     "id, external_id, subject_type, subject_id, jurisdiction, source, is_canary, status, status_reason, "
@@ -77,7 +81,7 @@ def _with_details(cur: Any, req: dict[str, Any]) -> dict[str, Any]:
     return req
 
 
-def request_status(ref: str | int, dsn: str | None = None) -> dict[str, Any]:
+def request_status(ref: str | int, dsn: str) -> dict[str, Any]:
     """One request by numeric id or external id (an id that is also someone's external id: id wins)."""
     ref_s = str(ref).strip()
     if not ref_s:
@@ -103,7 +107,7 @@ def parse_subject(value: str) -> tuple[str, str]:
     return stype.strip(), sid.strip()
 
 
-def subject_status(subject_type: str, subject_id: str, dsn: str | None = None) -> list[dict[str, Any]]:
+def subject_status(subject_type: str, subject_id: str, dsn: str) -> list[dict[str, Any]]:
     """Every request of a subject, newest first (an empty list is an error: nothing is known)."""
     with transaction(dsn) as cur:
         cur.execute(
@@ -140,7 +144,7 @@ def format_status(requests: list[dict[str, Any]]) -> str:
             stage = f" stage={t['stage']}" if t.get("stage") else ""
             lines.append(
                 f"  {t['target']:<{width}}  {t['kind']:<15} {t['status']:<12} attempts={t['attempts']}{stage}"
-                f"  next={_fmt_ts(t['next_attempt_at']) if t['status'] in ('pending', 'failed') else '-'}"
+                f"  next={_fmt_ts(t['next_attempt_at']) if t['status'] in _RETRYABLE else '-'}"
             )
             if t.get("last_error"):
                 lines.append(f"  {'':<{width}}  last_error: {t['last_error'][:300]}")

@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-Outcome = Literal["deleted", "already_gone", "conflict", "permanent_failure", "retryable_failure"]
-SUCCESS_OUTCOMES: tuple[str, ...] = ("deleted", "already_gone", "conflict")
+from erasure.vocab import DeleteOutcome
+
 SNIPPET_CHARS = 300
 
 
@@ -64,7 +64,7 @@ class DeleteResult:
 
     subject_id: str
     idempotency_key: str
-    outcome: Outcome
+    outcome: DeleteOutcome
     http_status: int | None = None
     response_id: str | None = None
     response_snippet: str = ""
@@ -79,11 +79,11 @@ class DeleteResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in SUCCESS_OUTCOMES
+        return self.outcome in DeleteOutcome.successes()
 
     @property
     def permanent(self) -> bool:
-        return self.outcome == "permanent_failure"
+        return self.outcome == DeleteOutcome.PERMANENT_FAILURE
 
     def evidence(self) -> dict[str, Any]:
         """The JSON kept in the tracking store (no caller key)."""
@@ -139,19 +139,19 @@ def parse_retry_after(value: str | None, default: float, cap: float) -> float:
     return max(0.0, min(secs, cap))
 
 
-def classify(status: int) -> Outcome | Literal["retry", "throttle"]:
-    """Map an HTTP status to an outcome, or to 'retry' / 'throttle'."""
+def classify(status: int) -> DeleteOutcome | Literal["retry", "throttle"]:
+    """Map an HTTP status to an outcome, or to 'retry' / 'throttle' (what the client does next)."""
     if 200 <= status < 300:
-        return "deleted"
+        return DeleteOutcome.DELETED
     if status in (404, 410):
-        return "already_gone"
+        return DeleteOutcome.ALREADY_GONE
     if status == 409:
-        return "conflict"
+        return DeleteOutcome.CONFLICT
     if status == 429:
         return "throttle"
     if status == 408 or status >= 500:
         return "retry"
-    return "permanent_failure"
+    return DeleteOutcome.PERMANENT_FAILURE
 
 
 def _now_iso() -> str:
@@ -200,9 +200,9 @@ class SyncDeleteClient:
     @classmethod
     def for_target(cls, target: Any, token: str | None = None, **overrides: Any) -> SyncDeleteClient:
         """Build from a catalog ``Target`` of kind ``sync_api`` (token resolved by the caller)."""
-        spec = target.sync_api
-        if spec is None:
-            raise ValueError(f"target '{target.name}' is of kind '{target.kind}', not 'sync_api'")
+        from erasure.targets.sync_api import SyncApiSpec
+
+        spec = target.spec_as(SyncApiSpec)
         kw: dict[str, Any] = {
             "base_url": spec.base_url,
             "delete_path": spec.delete_path,
@@ -238,7 +238,9 @@ class SyncDeleteClient:
         """Erase one subject, retrying per the policy. Never raises for HTTP/network problems."""
         if self._session is None:
             raise RuntimeError("use 'async with SyncDeleteClient(...)' before calling delete()")
-        res = DeleteResult(subject_id, idempotency_key, "retryable_failure", key=key, started_at=_now_iso())
+        res = DeleteResult(
+            subject_id, idempotency_key, DeleteOutcome.RETRYABLE_FAILURE, key=key, started_at=_now_iso()
+        )
         t0 = time.monotonic()
         url = self.url_for(subject_id)
         retries = 0
@@ -254,13 +256,13 @@ class SyncDeleteClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 res.http_status, res.response_id, res.response_snippet = None, None, ""
                 res.error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
-                verdict: str = "retry"
+                verdict: DeleteOutcome | str = "retry"
             else:
                 res.http_status = status
                 res.response_id = _response_id(headers, body)
                 res.response_snippet = body[:SNIPPET_CHARS]
                 verdict = classify(status)
-                res.error = None if verdict in SUCCESS_OUTCOMES else f"HTTP {status}: {body[:200]}"
+                res.error = None if verdict in DeleteOutcome.successes() else f"HTTP {status}: {body[:200]}"
                 if verdict == "throttle":
                     res.throttled += 1
                     if res.throttled <= self.retry.max_throttle_waits:
@@ -271,14 +273,14 @@ class SyncDeleteClient:
                         )
                         self._limiter.pause(wait)
                         continue
-                    verdict = "retryable_failure"
+                    verdict = DeleteOutcome.RETRYABLE_FAILURE
             if verdict == "retry":
                 retries += 1
                 if retries <= self.retry.max_retries:
                     await asyncio.sleep(self.retry.backoff(retries))
                     continue
-                verdict = "retryable_failure"
-            res.outcome = verdict  # type: ignore[assignment]
+                verdict = DeleteOutcome.RETRYABLE_FAILURE
+            res.outcome = DeleteOutcome(verdict)
             break
         res.finished_at = _now_iso()
         res.elapsed_ms = round((time.monotonic() - t0) * 1000, 1)

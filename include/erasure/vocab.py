@@ -132,6 +132,15 @@ class EventType(StrEnum):
     EVENT_REPLAYED = "event_replayed"
 
 
+class EventOutcome(StrEnum):
+    """Coarse outcome class of an event in the Delta event dataset (column ``outcome``)."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ESCALATED = "escalated"
+
+
 class CheckOutcome(StrEnum):
     """A look at one target for one subject (canary checks, verification)."""
 

@@ -12,6 +12,7 @@ import pytest
 
 from erasure import outbox
 from erasure.events import new_ack
+from erasure.vocab import AckStatus
 from erasure_demo.partners.kafka_partner import KafkaPartner
 from erasure_demo.partners.store import PartnerStore
 from tests.helpers.db import query
@@ -34,7 +35,7 @@ def setup(tracking_db, unique_topic, tmp_path):
 
 def _consume_until(dsn, bootstrap, cat, group, want_matched, timeout=60):
     """Consume acks (bounded runs) until ``want_matched`` acks matched; returns the summed counts."""
-    total: dict[str, int] = dict.fromkeys(outbox.ACK_STATUSES, 0)
+    total: dict[str, int] = {s.value: 0 for s in AckStatus}
     deadline = time.monotonic() + timeout
     while total["matched"] < want_matched and time.monotonic() < deadline:
         res = outbox.consume_acks(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from erasure.alerts import AlertError, AlertRow, EmailNotifier, LogNotifier, WebhookNotifier, parse_channel
+from erasure.settings import Settings
 from tests.helpers.alert_receivers import smtp_receiver, webhook_receiver
 
 
@@ -78,14 +79,12 @@ def test_webhook_notifier_rejects_non_http_address() -> None:
         WebhookNotifier().send(_alert(), "ftp://x")
 
 
-def test_email_notifier_via_smtplib_settings_from_env() -> None:
+def test_email_notifier_via_smtplib_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     with smtp_receiver() as smtp:
-        env = {
-            "ERASURE_SMTP_HOST": smtp.host,
-            "ERASURE_SMTP_PORT": str(smtp.port),
-            "ERASURE_SMTP_FROM": "p@x.org",
-        }
-        EmailNotifier(env=env).send(_alert(), "crm-oncall@example.com")
+        monkeypatch.setenv("ERASURE_SMTP_HOST", smtp.host)
+        monkeypatch.setenv("ERASURE_SMTP_PORT", str(smtp.port))
+        monkeypatch.setenv("ERASURE_SMTP_FROM", "p@x.org")
+        EmailNotifier(Settings()).send(_alert(), "crm-oncall@example.com")
         assert len(smtp.messages) == 1
         msg = smtp.messages[0]
         assert msg["to"] == ["crm-oncall@example.com"]
@@ -102,7 +101,7 @@ def test_email_notifier_via_airflow_smtp(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv("AIRFLOW__SMTP__SMTP_SSL", "False")
         monkeypatch.setenv("AIRFLOW__SMTP__SMTP_MAIL_FROM", "airflow@example.com")
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", f"smtp://{smtp.host}:{smtp.port}")
-        EmailNotifier(env={}).send(_alert(team="billing"), "billing-oncall@example.com")
+        EmailNotifier(Settings(smtp_host=None)).send(_alert(team="billing"), "billing-oncall@example.com")
         assert len(smtp.messages) == 1
         assert smtp.messages[0]["to"] == ["billing-oncall@example.com"]
         assert "task_escalated" in smtp.messages[0]["data"]
@@ -110,4 +109,4 @@ def test_email_notifier_via_airflow_smtp(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_email_notifier_rejects_non_address() -> None:
     with pytest.raises(AlertError, match="not an email address"):
-        EmailNotifier(env={"ERASURE_SMTP_HOST": "127.0.0.1"}).send(_alert(), "nobody")
+        EmailNotifier(Settings(smtp_host="127.0.0.1")).send(_alert(), "nobody")

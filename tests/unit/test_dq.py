@@ -11,14 +11,15 @@ from erasure.dq import DataQualityError, validate_events
 from erasure.event_dataset import (
     EVENT_COLUMN_NAMES,
     _interval_hours,
+    check_retention_days,
     enrich,
     events_path,
     evidence_fields,
     outcome_of,
-    retention_days_from_env,
     to_arrow,
     to_frame,
 )
+from erasure.settings import Settings, SettingsError, reload_settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -167,5 +168,11 @@ def test_settings_are_checked(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="dataset_dir"):
         events_path(str(tmp_path / "we`ird"))
     monkeypatch.setenv("ERASURE_DATASET_RETENTION_DAYS", "0")
+    with pytest.raises(SettingsError, match="ERASURE_DATASET_RETENTION_DAYS"):
+        reload_settings()
+    monkeypatch.delenv("ERASURE_DATASET_RETENTION_DAYS")
+    assert Settings().dataset_retention_days == 90
+    with pytest.raises(ValueError, match="retention_days"):
+        check_retention_days(0)
     with pytest.raises(ValueError, match="ERASURE_DATASET_RETENTION_DAYS"):
-        retention_days_from_env()
+        check_retention_days(None)  # type: ignore[arg-type]

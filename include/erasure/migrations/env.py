@@ -5,6 +5,11 @@ from sqlalchemy import create_engine, text
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
+if not url:
+    raise RuntimeError(
+        "no sqlalchemy.url: run migrations through erasure.tracking.migrate.upgrade(dsn) "
+        "or `python -m erasure.cli db upgrade`"
+    )
 engine = create_engine(url)
 with engine.begin() as conn:
     conn.execute(text("CREATE SCHEMA IF NOT EXISTS erasure"))

@@ -1,6 +1,9 @@
-"""The tracking store (PostgreSQL schema ``erasure``): migrations and guarded status changes."""
+"""The tracking store (PostgreSQL schema ``erasure``): migrations and guarded status changes.
+
+Statuses live in :mod:`erasure.vocab` (``TaskStatus``, ``RequestStatus``, ...).
+"""
 
 from erasure.tracking.migrate import downgrade, upgrade
-from erasure.tracking.store import OPEN_REQUEST_STATUSES, TASK_STATUSES, transition_task
+from erasure.tracking.store import transition_task
 
-__all__ = ["upgrade", "downgrade", "transition_task", "TASK_STATUSES", "OPEN_REQUEST_STATUSES"]
+__all__ = ["upgrade", "downgrade", "transition_task"]
