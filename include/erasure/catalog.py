@@ -185,12 +185,9 @@ class Catalog(_Model):
     def subject_type(self, name: str) -> SubjectType | None:
         return next((s for s in self.subject_types if s.name == name), None)
 
-    def targets_for(self, subject_type: str, kind: str | None = None) -> list[Target]:
-        return [
-            t
-            for t in self.targets
-            if t.enabled and subject_type in t.subject_types and (kind is None or t.kind == kind)
-        ]
+    def targets_for(self, subject_type: str) -> list[Target]:
+        """Enabled targets that hold data of ``subject_type``."""
+        return [t for t in self.targets if t.enabled and subject_type in t.subject_types]
 
     def of_kind(self, kind: str, names: Iterable[str] | None = None) -> list[Target]:
         """Enabled targets of ``kind``; with ``names`` only those, and a ValueError naming any that is

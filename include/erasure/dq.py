@@ -27,42 +27,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from erasure.targets.registry import kinds
+from erasure.vocab import AckOutcome, EventType, RequestStatus, TaskStatus
+
 log = logging.getLogger("erasure.dq")
 
-# Enumerations of the tracking store (include/erasure/migrations/versions/0001_tracking_store.py).
-EVENT_TYPES: tuple[str, ...] = (
-    "request_received",
-    "request_held",
-    "request_released",
-    "request_completed",
-    "request_failed",
-    "task_created",
-    "task_dispatched",
-    "event_published",
-    "ack_received",
-    "rows_deleted",
-    "files_purged",
-    "vacuumed",
-    "task_succeeded",
-    "task_failed",
-    "task_escalated",
-    "task_retried",
-    "event_replayed",
-)
+# Enumerations of the tracking store: the one vocabulary (erasure.vocab) and the registered kinds.
+EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
 REQUEST_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e.startswith("request_"))
 TASK_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e not in REQUEST_EVENT_TYPES)
-TARGET_KINDS: tuple[str, ...] = ("sync_api", "kafka", "warehouse_delta", "postgres_table")
-REQUEST_STATUSES: tuple[str, ...] = ("received", "held", "in_progress", "completed", "failed", "rejected")
-TASK_STATUSES: tuple[str, ...] = (
-    "pending",
-    "in_progress",
-    "awaiting_ack",
-    "succeeded",
-    "failed",
-    "escalated",
-)
-ACK_OUTCOMES: tuple[str, ...] = ("erased", "not_found", "failed")
-"""Outcomes of a partner ack (erasure.events.OUTCOMES); the event log stores them as the status."""
+REQUEST_STATUSES: tuple[str, ...] = tuple(s.value for s in RequestStatus)
+TASK_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
+ACK_OUTCOMES: tuple[str, ...] = tuple(o.value for o in AckOutcome)
+"""Outcomes of a partner ack; the event log stores them as the status."""
 OUTCOMES: tuple[str, ...] = ("pending", "success", "failure", "escalated")
 UNKNOWN_TEAM = "unknown"
 """Owner team of a target that is no longer in the catalog (its history stays in the dataset)."""
@@ -166,7 +143,7 @@ def build_expectations(
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=c, row_condition=task_rows) for c in TASK_KEY_COLUMNS]
     exps += [
         gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
-        gxe.ExpectColumnValuesToBeInSet(column="target_kind", value_set=list(TARGET_KINDS)),
+        gxe.ExpectColumnValuesToBeInSet(column="target_kind", value_set=[str(k) for k in kinds()]),
         gxe.ExpectColumnValuesToBeInSet(column="outcome", value_set=list(OUTCOMES)),
         gxe.ExpectColumnValuesToBeInSet(
             column="status",

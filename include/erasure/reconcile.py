@@ -4,14 +4,15 @@ One ``reconcile()`` run does, in order (each step in its own transaction, every 
 previous status so a concurrent dispatch / ack consumer is never overwritten):
 
 1. **replay** - the newest outbox event of an ``awaiting_ack`` task, published but not acknowledged
-   within the target's ``kafka.ack_timeout_minutes``, is marked for re-publication
+   within the target's ack timeout (its adapter's ``ack_timeout``: ``kafka.ack_timeout_minutes``), is marked for re-publication
    (``erasure.outbox.mark_for_replay``: ``published_at = NULL``, same ``event_id`` and payload so
    partners dedupe, an ``event_replayed`` event-log row); the outbox publisher re-sends it and counts
    ``publish_count``. Once ``publish_count`` reached the target's ``max_attempts`` the task is escalated.
 2. **retry / escalate** - a ``failed`` task whose backoff has elapsed goes back to ``pending`` (dispatch
    picks up ``pending`` and ``failed`` tasks with ``next_attempt_at <= now``); while the backoff runs,
    ``next_attempt_at`` is pushed to its end so dispatch waits too. Backoff after the n-th failed attempt:
-   ``retry_backoff_minutes * 2**(n-1)`` (capped at 24 h). A task with ``attempts >= max_attempts`` or a
+   :meth:`erasure.catalog.Target.retry_delay`, ``retry_backoff_minutes * 2**(n-1)`` capped at 24 h (the one
+   retry policy, also used by dispatch and the warehouse job). A task with ``attempts >= max_attempts`` or a
    permanent failure (``evidence.permanent = true``) is ``escalated`` and one alert goes to the target's
    owner team. Tasks escalated by other steps (e.g. dispatch) get their one alert here too.
 3. **recompute** - a request is ``completed`` only when every task ``succeeded`` *with* evidence; it is
@@ -20,7 +21,8 @@ previous status so a concurrent dispatch / ack consumer is never overwritten):
    ``in_progress`` again. ``completed`` is never touched again; ``held`` requests are left alone.
 4. **SLA** - an open request within ``sla_warn_days`` of ``due_at`` raises one ``sla_approaching`` alert,
    one past ``due_at`` one ``sla_breached`` alert, to the catalog's pipeline owner, naming the blocking
-   targets.
+   targets. A target with its own ``sla_days`` raises one ``target_sla_breached`` alert per task to its
+   owner team when the task is not done ``sla_days`` after the request was received.
 5. **deliver** - unsent alerts are sent (``erasure.alerts.deliver_pending``); failures retry next run.
 
 Running it again once everything is complete changes nothing (no row is updated, no alert is sent).
@@ -30,26 +32,29 @@ Alerts name the request (id, external id) and target, never the subject identifi
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from erasure.alerts import DeliveryResult, Notifier, deliver_pending, raise_team_alert
-from erasure.catalog import Catalog, Target, load_catalog
+from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.outbox import mark_for_replay
+from erasure.targets import adapter_for
 from erasure.tracking.store import transition_task
+from erasure.vocab import AlertKind, RequestStatus, TaskStatus
 
 log = logging.getLogger("erasure.reconcile")
 
-ACTIVE_REQUEST_STATUSES = ("received", "in_progress")
+ACTIVE_REQUEST_STATUSES = (RequestStatus.RECEIVED, RequestStatus.IN_PROGRESS)
 """Requests whose tasks reconcile retries, replays and escalates (not held, not finished)."""
-SLA_REQUEST_STATUSES = ("received", "in_progress", "failed")
+SLA_REQUEST_STATUSES = (RequestStatus.RECEIVED, RequestStatus.IN_PROGRESS, RequestStatus.FAILED)
 """Requests that still count against their SLA (a failed request is not erased yet)."""
-MAX_BACKOFF = timedelta(hours=24)
 DEFAULT_SLA_WARN_DAYS = 5.0
+DEFAULT_ACK_TIMEOUT = timedelta(minutes=60)
+_DEFAULT_TARGET = Target.model_construct(retry_backoff_minutes=5.0, max_attempts=5)
+"""Stands in for a target that is no longer in the catalog (the catalog's defaults)."""
 DEFAULT_BATCH = 5000
 STEPS = ("replay", "retry", "recompute", "sla", "deliver")
 
@@ -66,6 +71,7 @@ class ReconcileResult:
     started: int = 0
     reopened: int = 0
     sla_alerts: int = 0
+    target_sla_alerts: int = 0
     alerts_sent: int = 0
     alerts_failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -87,6 +93,7 @@ class ReconcileResult:
             + self.started
             + self.reopened
             + self.sla_alerts
+            + self.target_sla_alerts
             + self.alerts_sent
         )
 
@@ -106,22 +113,20 @@ def _owner(catalog: Catalog, target: Target | None) -> str:
     return target.owner if target is not None else catalog.pipeline_owner
 
 
-def backoff(target: Target | None, attempts: int) -> timedelta:
-    """Wait after the ``attempts``-th failed attempt: ``retry_backoff_minutes * 2**(attempts-1)``, capped."""
-    base = target.retry_backoff_minutes if target is not None else 5.0
-    n = max(int(attempts), 1)
-    minutes = base * (2 ** min(n - 1, 20))
-    return min(timedelta(minutes=minutes), MAX_BACKOFF)
+def retry_delay(target: Target | None, attempts: int) -> timedelta:
+    """The target's retry policy (:meth:`Target.retry_delay`); a target no longer in the catalog
+    waits as a default target would."""
+    return (target or _DEFAULT_TARGET).retry_delay(max(int(attempts), 1))
 
 
 def max_attempts(target: Target | None) -> int:
-    return target.max_attempts if target is not None else 5
+    return (target or _DEFAULT_TARGET).max_attempts
 
 
 def ack_timeout(target: Target | None) -> timedelta:
-    if target is not None and target.kafka is not None:
-        return timedelta(minutes=target.kafka.ack_timeout_minutes)
-    return timedelta(minutes=60)
+    """How long an event may wait for its acknowledgement (the kind's own setting, else an hour)."""
+    timeout = adapter_for(target).ack_timeout(target) if target is not None else None
+    return timeout or DEFAULT_ACK_TIMEOUT
 
 
 def escalation_key(task_id: int, attempts: int) -> str:
@@ -145,7 +150,7 @@ def _alert_escalation(
         catalog,
         team=_owner(catalog, _target(catalog, row["target"])),
         dedupe_key=escalation_key(row["task_id"], row["attempts"]),
-        kind="task_escalated",
+        kind=AlertKind.TASK_ESCALATED,
         message=_escalation_message(row, reason),
         request_id=row["request_id"],
         task_id=row["task_id"],
@@ -168,7 +173,7 @@ def _escalate(
     moved = transition_task(
         cur,
         row["task_id"],
-        "escalated",
+        TaskStatus.ESCALATED,
         (from_status,),
         evidence={"escalation": {"reason": reason, "at": _utcnow().isoformat()}},
         last_error=row.get("last_error") or reason,
@@ -184,7 +189,7 @@ def _escalate(
 
 # ---------------------------------------------------------------------------------------------- steps
 def replay_unacked(
-    dsn: str | None, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
+    dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
     """Step 1: unpublish events whose ack timed out (same event id), or escalate after max attempts."""
     with transaction(dsn) as cur:
@@ -217,7 +222,9 @@ def replay_unacked(
                     f"no acknowledgement of event {row['event_id']} after {row['publish_count']} publication(s) "
                     f"(ack timeout {int(timeout.total_seconds() // 60)} min, max_attempts {max_attempts(target)})"
                 )
-                _escalate(cur, catalog, {**row, "last_error": reason}, "awaiting_ack", reason, result)
+                _escalate(
+                    cur, catalog, {**row, "last_error": reason}, TaskStatus.AWAITING_ACK, reason, result
+                )
                 continue
             mins = int(timeout.total_seconds() // 60)
             if mark_for_replay(cur, [row["event_id"]], reason=f"no ack within {mins} min (ack timeout)"):
@@ -225,7 +232,7 @@ def replay_unacked(
 
 
 def retry_or_escalate(
-    dsn: str | None, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
+    dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
     """Step 2: failed tasks -> pending once their backoff elapsed, or escalated after max attempts."""
     with transaction(dsn) as cur:
@@ -246,19 +253,28 @@ def retry_or_escalate(
             evidence = row["evidence"] or {}
             if target is None:
                 _escalate(
-                    cur, catalog, row, "failed", f"target '{row['target']}' is not in the catalog", result
+                    cur,
+                    catalog,
+                    row,
+                    TaskStatus.FAILED,
+                    f"target '{row['target']}' is not in the catalog",
+                    result,
                 )
             elif evidence.get("permanent") is True:
-                _escalate(cur, catalog, row, "failed", f"permanent failure: {row['last_error']}", result)
+                _escalate(
+                    cur, catalog, row, TaskStatus.FAILED, f"permanent failure: {row['last_error']}", result
+                )
             elif row["attempts"] >= max_attempts(target):
                 reason = (
                     f"failed {row['attempts']} of max_attempts {max_attempts(target)}: {row['last_error']}"
                 )
-                _escalate(cur, catalog, row, "failed", reason, result)
+                _escalate(cur, catalog, row, TaskStatus.FAILED, reason, result)
             else:
-                due = max(row["next_attempt_at"], row["updated_at"] + backoff(target, row["attempts"]))
+                due = max(row["next_attempt_at"], row["updated_at"] + retry_delay(target, row["attempts"]))
                 if due <= now:
-                    if transition_task(cur, row["task_id"], "pending", ("failed",), next_attempt_at=now):
+                    if transition_task(
+                        cur, row["task_id"], TaskStatus.PENDING, (TaskStatus.FAILED,), next_attempt_at=now
+                    ):
                         result.retried += 1
                 elif row["next_attempt_at"] < due:
                     cur.execute(
@@ -284,7 +300,7 @@ def retry_or_escalate(
             _alert_escalation(cur, catalog, row, row["last_error"] or "escalated", result)
 
 
-def recompute_requests(dsn: str | None, result: ReconcileResult) -> None:
+def recompute_requests(dsn: str, result: ReconcileResult) -> None:
     """Step 3: request status from its tasks (set-based, guarded; completed is final)."""
     ok = "(t.status = 'succeeded' AND t.evidence <> '{}'::jsonb)"
     with transaction(dsn) as cur:
@@ -351,21 +367,8 @@ def blocking_targets(cur: Any, request_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in cur.fetchall()]
 
 
-def sla_warn_days_from_env() -> float:
-    raw = os.environ.get("ERASURE_SLA_WARN_DAYS")
-    if raw is None or raw == "":
-        return DEFAULT_SLA_WARN_DAYS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"ERASURE_SLA_WARN_DAYS: '{raw}' is not a number of days") from None
-    if value < 0:
-        raise ValueError(f"ERASURE_SLA_WARN_DAYS: must be >= 0, got {value}")
-    return value
-
-
 def check_sla(
-    dsn: str | None,
+    dsn: str,
     catalog: Catalog,
     now: datetime,
     result: ReconcileResult,
@@ -395,7 +398,7 @@ def check_sla(
         )
         for req in cur.fetchall():
             breached = req["due_at"] <= now
-            kind = "sla_breached" if breached else "sla_approaching"
+            kind = AlertKind.SLA_BREACHED if breached else AlertKind.SLA_APPROACHING
             blocking = blocking_targets(cur, req["id"])
             names = ", ".join(f"{b['target']} ({b['status']}, {b['attempts']} attempts)" for b in blocking)
             when = req["due_at"].isoformat()
@@ -429,12 +432,67 @@ def check_sla(
                 result.sla_alerts += 1
 
 
+def check_target_sla(
+    dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
+) -> None:
+    """Step 4b: a target's own ``sla_days`` (counted from the request's receipt): one
+    ``target_sla_breached`` alert per task still not done past it, to the target's owner team."""
+    targets = [t for t in catalog.targets if t.enabled and t.sla_days is not None]
+    if not targets:
+        return
+    with transaction(dsn) as cur:
+        for target in targets:
+            cur.execute(
+                """
+                SELECT t.id AS task_id, t.request_id, t.status, t.attempts, t.last_error, r.external_id,
+                       r.received_at + make_interval(days => %(days)s) AS target_due_at
+                  FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
+                 WHERE t.target = %(target)s AND t.status <> ALL(%(done)s) AND r.status = ANY(%(open)s)
+                   AND r.received_at + make_interval(days => %(days)s) <= %(now)s
+                   AND NOT EXISTS (SELECT 1 FROM erasure.alert a
+                                    WHERE a.dedupe_key = %(kind)s || ':' || t.id)
+                 ORDER BY t.id
+                 LIMIT %(batch)s
+                """,
+                {
+                    "target": target.name,
+                    "days": target.sla_days,
+                    "done": list(TaskStatus.terminal()),
+                    "open": list(SLA_REQUEST_STATUSES),
+                    "now": now,
+                    "kind": AlertKind.TARGET_SLA_BREACHED.value,
+                    "batch": batch,
+                },
+            )
+            for row in cur.fetchall():
+                due = row["target_due_at"].isoformat()
+                msg = (
+                    f"Target '{target.name}' has not erased request {row['request_id']} (external id "
+                    f"{row['external_id']}) within its own SLA of {target.sla_days} days (due {due}); task "
+                    f"{row['task_id']} is {row['status']} after {row['attempts']} attempt(s)"
+                )
+                if row["last_error"]:
+                    msg += f"; last error: {row['last_error'][:300]}"
+                if raise_team_alert(
+                    cur,
+                    catalog,
+                    team=target.owner,
+                    dedupe_key=f"{AlertKind.TARGET_SLA_BREACHED}:{row['task_id']}",
+                    kind=AlertKind.TARGET_SLA_BREACHED,
+                    message=msg,
+                    request_id=row["request_id"],
+                    target=target.name,
+                    details={"task_id": row["task_id"], "status": row["status"], "target_due_at": due},
+                ):
+                    result.target_sla_alerts += 1
+
+
 def reconcile(
-    dsn: str | None = None,
-    catalog: Catalog | None = None,
+    dsn: str,
+    catalog: Catalog,
     *,
     now: datetime | None = None,
-    sla_warn_days: float | None = None,
+    sla_warn_days: float = DEFAULT_SLA_WARN_DAYS,
     notifiers: Mapping[str, Notifier] | None = None,
     steps: Collection[str] = STEPS,
     batch: int = DEFAULT_BATCH,
@@ -442,15 +500,16 @@ def reconcile(
     """Run the given ``steps`` (default: all, in order) once.
 
     ``now`` may be given (tests simulate time passing); default: the current UTC time.
+    ``sla_warn_days``: the ``sla_warn_days`` setting (ERASURE_SLA_WARN_DAYS) at the caller.
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"reconcile steps: unknown step(s) {unknown} (known: {list(STEPS)})")
-    catalog = catalog or load_catalog()
     now = now or _utcnow()
     if now.tzinfo is None:
         raise ValueError("reconcile now: must be timezone-aware (UTC)")
-    warn = sla_warn_days_from_env() if sla_warn_days is None else sla_warn_days
+    if sla_warn_days < 0:
+        raise ValueError(f"sla_warn_days: must be >= 0, got {sla_warn_days}")
     result = ReconcileResult()
     if "replay" in steps:
         replay_unacked(dsn, catalog, now, result, batch)
@@ -459,7 +518,8 @@ def reconcile(
     if "recompute" in steps:
         recompute_requests(dsn, result)
     if "sla" in steps:
-        check_sla(dsn, catalog, now, result, warn, batch)
+        check_sla(dsn, catalog, now, result, sla_warn_days, batch)
+        check_target_sla(dsn, catalog, now, result, batch)
     if "deliver" in steps:
         merge_delivery(result, deliver_pending(dsn, notifiers=notifiers))
     log.info("reconcile: %s", {k: v for k, v in result.as_dict().items() if v})

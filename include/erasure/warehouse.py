@@ -1,6 +1,7 @@
 """Warehouse erasure: erase subjects from Delta tables, logically and then physically.
 
-For every enabled catalog target of kind ``warehouse_delta`` one run does, per table:
+The engine of the ``warehouse_delta`` target kind (its catalog section and lookups are in
+:mod:`erasure.targets.warehouse_delta`). For every enabled target of that kind one run does, per table:
 
 1. **delete** (stage ``deleted``): ONE batched ``MERGE INTO t USING broadcast(subjects) s
    ON t.<key> = s.key WHEN MATCHED THEN DELETE`` for all the run's subjects of that table (open-source
@@ -39,7 +40,7 @@ longest write to that table while other writers are active.
 
 Residue outside data files: ``_delta_log`` commit files keep per-file column statistics (min/max)
 until the log retention (``delta.logRetentionDuration``, 30 days by default) expires them; the demo
-tables (see :mod:`erasure.warehouse_gen`) therefore collect statistics only on non-personal columns.
+tables (see :mod:`erasure_demo.warehouse_gen`) therefore collect statistics only on non-personal columns.
 
 Core module: no Airflow imports. Spark only through :func:`erasure.spark.get_spark` (callers pass
 the session in).
@@ -49,7 +50,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -57,19 +57,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from erasure.catalog import Catalog, Target, WarehouseDeltaSpec
+from erasure.catalog import Catalog, Target
 from erasure.db import transaction
+from erasure.settings import Settings
+from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
 from erasure.tracking.store import transition_task
+from erasure.vocab import TargetKind, TaskStatus, WarehouseStage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("erasure.warehouse")
 
-KIND = "warehouse_delta"
-STAGES = (None, "deleted", "purged", "vacuumed")
-PICKED_STATUSES = ("pending", "in_progress", "failed")
-MASK_STRING = "[erased]"
+KIND = TargetKind.WAREHOUSE_DELTA
+STAGES = (None, *WarehouseStage)
+PICKED_STATUSES = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 DEFAULT_RETENTION_CHECK_HOURS = 168
@@ -314,12 +316,12 @@ def purge_deleted_rows(
     return StepResult("purge", version, committed, metrics, round(seconds, 3), _now().isoformat())
 
 
-def _listing_parallelism(spark: SparkSession) -> int:
+def _listing_parallelism(spark: SparkSession, configured: int | None = None) -> int:
     """Tasks for VACUUM's file listing. Spark's default (10,000) turns a small table's VACUUM into
-    minutes of empty tasks on a small cluster; 2 per core (ERASURE_VACUUM_LISTING_PARALLELISM)."""
-    env = os.environ.get("ERASURE_VACUUM_LISTING_PARALLELISM")
-    if env:
-        return max(1, int(env))
+    minutes of empty tasks on a small cluster; 2 per core unless ``configured``
+    (the ``vacuum_listing_parallelism`` setting, ERASURE_VACUUM_LISTING_PARALLELISM)."""
+    if configured:
+        return max(1, configured)
     return max(2, 2 * int(spark.sparkContext.defaultParallelism))
 
 
@@ -328,13 +330,16 @@ def vacuum_table(
     spec: WarehouseDeltaSpec,
     *,
     warehouse_dir: str | None = None,
+    listing_parallelism: int | None = None,
 ) -> StepResult:
     """``VACUUM ... RETAIN <retention_hours> HOURS``; the duration check is off only below 168 h."""
     dt = _delta_table(spark, spec, warehouse_dir)
     path = spec.resolved_path(warehouse_dir)
     before = dt.history(1).select("version").collect()[0]["version"]
     hours = int(spec.retention_hours)
-    conf: dict[str, str | None] = {LISTING_PARALLELISM_CONF: str(_listing_parallelism(spark))}
+    conf: dict[str, str | None] = {
+        LISTING_PARALLELISM_CONF: str(_listing_parallelism(spark, listing_parallelism))
+    }
     if hours < DEFAULT_RETENTION_CHECK_HOURS:
         conf[RETENTION_CHECK_CONF] = "false"
     started = time.perf_counter()
@@ -352,6 +357,18 @@ def vacuum_table(
             metrics = {k: int(v) for k, v in (r["operationMetrics"] or {}).items() if str(v).isdigit()}
             break
     return StepResult("vacuum", version, version > before, metrics, round(seconds, 3), _now().isoformat())
+
+
+def delete_evidence(res: StepResult, batch_subjects: int) -> dict[str, Any]:
+    """What a task keeps of the batched delete that erased its subject (stage ``deleted``)."""
+    return {
+        "delete_version": res.version,
+        "delete_committed": res.committed,
+        "num_deleted_rows": res.metrics.get("numTargetRowsDeleted", 0),
+        "num_masked_rows": res.metrics.get("numTargetRowsUpdated", 0),
+        "batch_subjects": batch_subjects,
+        "deleted_at": res.at,
+    }
 
 
 def erase_table(
@@ -420,13 +437,15 @@ def _claim(dsn: str, tasks: list[WarehouseTask], evidence: dict[str, Any]) -> li
             moved = transition_task(
                 cur,
                 t.task_id,
-                "in_progress",
+                TaskStatus.IN_PROGRESS,
                 PICKED_STATUSES,
                 evidence=evidence,
-                increment_attempts=t.status != "in_progress",
+                increment_attempts=t.status != TaskStatus.IN_PROGRESS,
             )
             if moved:
-                t.status = "in_progress"
+                if t.status != TaskStatus.IN_PROGRESS:
+                    t.attempts += 1  # as the store counts it: this run is a new attempt
+                t.status = TaskStatus.IN_PROGRESS
                 claimed.append(t)
     return claimed
 
@@ -438,7 +457,7 @@ def _advance(
     to_stage: str,
     evidence: dict[str, Any],
     *,
-    to_status: str = "in_progress",
+    to_status: TaskStatus = TaskStatus.IN_PROGRESS,
 ) -> list[WarehouseTask]:
     """Move tasks from ``from_stage`` to ``to_stage`` in one transaction; forward only (rows locked,
     current stage and status checked). Returns the tasks that moved (their ``stage`` updated)."""
@@ -454,10 +473,10 @@ def _advance(
         current = {r["id"]: r for r in cur.fetchall()}
         for t in tasks:
             row = current.get(t.task_id)
-            if row is None or row["status"] != "in_progress" or row["stage"] != from_stage:
+            if row is None or row["status"] != TaskStatus.IN_PROGRESS or row["stage"] != from_stage:
                 continue
             if transition_task(
-                cur, t.task_id, to_status, ("in_progress",), evidence=evidence, stage=to_stage
+                cur, t.task_id, to_status, (TaskStatus.IN_PROGRESS,), evidence=evidence, stage=to_stage
             ):
                 t.stage = to_stage
                 t.status = to_status
@@ -466,16 +485,19 @@ def _advance(
     return moved
 
 
-def _fail(dsn: str, tasks: list[WarehouseTask], error: str, backoff_minutes: float) -> None:
+def _fail(dsn: str, target: Target, tasks: list[WarehouseTask], error: str) -> None:
+    """Mark ``tasks`` failed; the next attempt waits the target's retry delay (:meth:`Target.retry_delay`,
+    exponential in the attempts made, like every other kind)."""
+    now = _now()
     with transaction(dsn) as cur:
         for t in tasks:
             transition_task(
                 cur,
                 t.task_id,
-                "failed",
-                ("in_progress",),
+                TaskStatus.FAILED,
+                (TaskStatus.IN_PROGRESS,),
                 last_error=error[:4000],
-                next_attempt_at=_now() + timedelta(minutes=backoff_minutes),
+                next_attempt_at=now + target.retry_delay(max(1, t.attempts)),
             )
 
 
@@ -496,10 +518,10 @@ def erase_target(
     *,
     run_id: str,
     warehouse_dir: str | None = None,
+    listing_parallelism: int | None = None,
 ) -> TargetReport:
     """Advance every workable task of one warehouse target as far as it can go in this run."""
-    spec = target.warehouse_delta
-    assert spec is not None  # noqa: S101 (guaranteed by the catalog's kind check)
+    spec = target.spec_as(WarehouseDeltaSpec)
     path = spec.resolved_path(warehouse_dir)
     rep = TargetReport(target=target.name, table=spec.table, path=path, mode=spec.mode)
     picked = pick_tasks(dsn, target)
@@ -528,17 +550,10 @@ def erase_target(
                 res.version,
                 res.metrics,
             )
-            ev = {
-                "delete_version": res.version,
-                "delete_committed": res.committed,
-                "num_deleted_rows": res.metrics.get("numTargetRowsDeleted", 0),
-                "num_masked_rows": res.metrics.get("numTargetRowsUpdated", 0),
-                "batch_subjects": rep.subjects_in_batch,
-                "deleted_at": res.at,
-            }
-            rep.advanced["deleted"] = len(_advance(dsn, to_delete, None, "deleted", ev))
+            ev = delete_evidence(res, rep.subjects_in_batch)
+            rep.advanced["deleted"] = len(_advance(dsn, to_delete, None, WarehouseStage.DELETED, ev))
         # 2. purge deletion vectors
-        to_purge = [t for t in tasks if t.stage == "deleted"]
+        to_purge = [t for t in tasks if t.stage == WarehouseStage.DELETED]
         if to_purge:
             log.info("target=%s step=purge status=start", target.name)
             res = purge_deleted_rows(spark, spec, warehouse_dir=warehouse_dir, user_metadata=meta)
@@ -554,12 +569,14 @@ def erase_target(
                 "retention_hours": spec.retention_hours,
                 "vacuum_due_at": due.isoformat(),
             }
-            rep.advanced["purged"] = len(_advance(dsn, to_purge, "deleted", "purged", ev))
+            rep.advanced["purged"] = len(
+                _advance(dsn, to_purge, WarehouseStage.DELETED, WarehouseStage.PURGED, ev)
+            )
         # 3. vacuum once the retention has passed since the purge
         now = _now()
         to_vacuum, waiting = [], []
         for t in tasks:
-            if t.stage != "purged":
+            if t.stage != WarehouseStage.PURGED:
                 continue
             due = _vacuum_due(t, spec.retention_hours)
             (to_vacuum if due is not None and due <= now else waiting).append(t)
@@ -568,7 +585,9 @@ def erase_target(
             rep.vacuum_due_at = max(_vacuum_due(t, spec.retention_hours) or now for t in waiting).isoformat()
         if to_vacuum:
             log.info("target=%s step=vacuum status=start retain_hours=%d", target.name, spec.retention_hours)
-            res = vacuum_table(spark, spec, warehouse_dir=warehouse_dir)
+            res = vacuum_table(
+                spark, spec, warehouse_dir=warehouse_dir, listing_parallelism=listing_parallelism
+            )
             rep.vacuum = res
             ev = {
                 "vacuum_version": res.version,
@@ -577,13 +596,20 @@ def erase_target(
                 "vacuumed_at": res.at,
             }
             rep.advanced["vacuumed"] = len(
-                _advance(dsn, to_vacuum, "purged", "vacuumed", ev, to_status="succeeded")
+                _advance(
+                    dsn,
+                    to_vacuum,
+                    WarehouseStage.PURGED,
+                    WarehouseStage.VACUUMED,
+                    ev,
+                    to_status=TaskStatus.SUCCEEDED,
+                )
             )
     except Exception as exc:  # noqa: BLE001 (recorded on the tasks, reported, job exits non-zero)
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.exception("target=%s failed: %s", target.name, msg)
         rep.error = msg
-        _fail(dsn, [t for t in tasks if t.status == "in_progress"], msg, target.retry_backoff_minutes)
+        _fail(dsn, target, [t for t in tasks if t.status == TaskStatus.IN_PROGRESS], msg)
     return rep
 
 
@@ -592,6 +618,7 @@ def erase_warehouse(
     catalog: Catalog,
     dsn: str,
     *,
+    settings: Settings,
     warehouse_dir: str | None = None,
     targets: Sequence[str] | None = None,
     run_id: str | None = None,
@@ -600,13 +627,22 @@ def erase_warehouse(
 
     Subjects come from the tracking store: tasks of kind ``warehouse_delta`` in status pending,
     in_progress or failed (with attempts left) whose request is ``in_progress``. One failing target
-    does not stop the others; see ``WarehouseReport.ok``.
+    does not stop the others; see ``WarehouseReport.ok``. ``warehouse_dir`` defaults to the
+    ``warehouse_dir`` setting.
     """
+    warehouse_dir = str(warehouse_dir or settings.warehouse_path)
     wanted = catalog.of_kind(KIND, targets or None)
     report = WarehouseReport(run_id=run_id or uuid.uuid4().hex, started_at=_now().isoformat())
     for target in wanted:
         report.targets.append(
-            erase_target(spark, target, dsn, run_id=report.run_id, warehouse_dir=warehouse_dir)
+            erase_target(
+                spark,
+                target,
+                dsn,
+                run_id=report.run_id,
+                warehouse_dir=warehouse_dir,
+                listing_parallelism=settings.vacuum_listing_parallelism,
+            )
         )
     report.finished_at = _now().isoformat()
     return report

@@ -82,7 +82,7 @@ def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> di
     from erasure.warehouse import delete_subjects, purge_deleted_rows, vacuum_table
     from erasure_demo.warehouse_gen import customer_id, generate_tables
 
-    spec = catalog.target(target).warehouse_delta
+    spec = catalog.target(target).spec
     customers = max(ROWS // 10, SUBJECTS + SAMPLE + 1)
     started = time.perf_counter()
     gen = generate_tables(
@@ -201,10 +201,15 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(ROOT))
     from erasure.catalog import load_catalog
+    from erasure.settings import get_settings
     from erasure.spark import get_spark
     from tests import conftest  # noqa: F401  (loads scripts/env.sh into the environment)
 
-    session = get_spark("erasure-bench-warehouse", master=os.environ.get("ERASURE_SPARK_MASTER", "local[2]"))
+    session = get_spark(
+        "erasure-bench-warehouse",
+        settings=get_settings(),
+        master=os.environ.get("ERASURE_SPARK_MASTER", "local[2]"),
+    )
     try:
         print(json.dumps(run(session, load_catalog(ROOT / "include" / "catalog")), indent=2))
     finally:

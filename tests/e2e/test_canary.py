@@ -81,7 +81,7 @@ def world_factory(tmp_path: Path, kafka_bootstrap: str, unique_topic) -> Iterato
         servers: dict[str, Any] = {}
         for t in base.of_kind("sync_api"):
             if t.name in names:
-                spec = t.sync_api
+                spec = t.spec
                 servers[t.name] = PartnerServer(
                     t.name,
                     tmp_path / "partners" / f"{t.name}.db",
@@ -150,7 +150,7 @@ def _run_pipeline(world: World, dsn: str, bootstrap: str, spark: Any | None, rou
             _wait_for_acks(world, bootstrap, dsn)
             lap(f"round {i}: acks consumed")
         if spark is not None and cat.of_kind("warehouse_delta"):
-            warehouse.erase_warehouse(spark, cat, dsn, run_id=f"e2e-{i}")
+            warehouse.erase_warehouse(spark, cat, dsn, settings=get_settings(), run_id=f"e2e-{i}")
             lap(f"round {i}: warehouse erased")
         reconcile.reconcile(dsn, cat)
         with transaction(dsn) as cur:

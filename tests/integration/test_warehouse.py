@@ -21,6 +21,8 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from erasure.settings import get_settings
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +43,7 @@ def warehouse(spark, catalog, tmp_path_factory) -> str:
 
 
 def _spec(catalog, target: str):
-    return catalog.target(target).warehouse_delta
+    return catalog.target(target).spec
 
 
 def _register(dsn: str, subjects: list[str], targets=WH_TARGETS, tag: str = "") -> dict[tuple[str, str], int]:
@@ -144,7 +146,7 @@ def test_erasure_deletes_masks_purges_and_vacuums_with_evidence(spark, catalog, 
     )
 
     ids = _register(tracking_db, subjects)
-    report = erase_warehouse(spark, catalog, tracking_db, warehouse_dir=warehouse)
+    report = erase_warehouse(spark, catalog, tracking_db, settings=get_settings(), warehouse_dir=warehouse)
 
     assert report.ok, report.to_dict()
     by_target = {r.target: r for r in report.targets}
@@ -226,7 +228,7 @@ def test_rerun_for_the_same_subjects_is_harmless(spark, catalog, warehouse, trac
 
     subjects = SUBJECTS[3:5]
     _register(tracking_db, subjects)
-    assert erase_warehouse(spark, catalog, tracking_db, warehouse_dir=warehouse).ok
+    assert erase_warehouse(spark, catalog, tracking_db, settings=get_settings(), warehouse_dir=warehouse).ok
     paths = {t: _spec(catalog, t).resolved_path(warehouse) for t in WH_TARGETS}
     snap = {
         t: (_version(spark, p), _state(spark, p, _spec(catalog, t).key_column, subjects))
@@ -234,7 +236,7 @@ def test_rerun_for_the_same_subjects_is_harmless(spark, catalog, warehouse, trac
     }
 
     # same run again: nothing is picked (all succeeded), nothing is written
-    again = erase_warehouse(spark, catalog, tracking_db, warehouse_dir=warehouse)
+    again = erase_warehouse(spark, catalog, tracking_db, settings=get_settings(), warehouse_dir=warehouse)
     assert again.ok and all(r.tasks_picked == 0 and r.delete is None for r in again.targets)
 
     # a new request for the same subjects (the first ones completed): succeeds with 0 rows erased
@@ -243,7 +245,7 @@ def test_rerun_for_the_same_subjects_is_harmless(spark, catalog, warehouse, trac
         cur.execute("UPDATE erasure.request SET status = 'completed' WHERE subject_id = ANY(%s)", (subjects,))
     conn.close()
     ids = _register(tracking_db, subjects, tag="-again")
-    third = erase_warehouse(spark, catalog, tracking_db, warehouse_dir=warehouse)
+    third = erase_warehouse(spark, catalog, tracking_db, settings=get_settings(), warehouse_dir=warehouse)
     assert third.ok
     for r in third.targets:  # the MERGE matched nothing to change: no new table version
         assert (
@@ -269,7 +271,9 @@ def test_task_waits_at_purged_until_retention_passed(spark, catalog, warehouse, 
     subjects = SUBJECTS[5:6]
     ids = _register(tracking_db, subjects, targets=("wh_orders",))
     for _ in range(2):  # the second run changes nothing: retention still not passed
-        rep = erase_warehouse(spark, cat2, tracking_db, warehouse_dir=warehouse, targets=["wh_orders"])
+        rep = erase_warehouse(
+            spark, cat2, tracking_db, settings=get_settings(), warehouse_dir=warehouse, targets=["wh_orders"]
+        )
         assert rep.ok and rep.targets[0].waiting_for_retention == 1 and rep.targets[0].vacuum is None
     row = _tasks(tracking_db, ids.values())[ids[(subjects[0], "wh_orders")]]
     assert row["status"] == "in_progress" and row["stage"] == "purged" and row["attempts"] == 1
@@ -289,7 +293,9 @@ def test_bad_catalog_table_fails_the_target_with_a_clear_error(
             t["warehouse_delta"]["key_column"] = "buyer_id"
     cat2 = Catalog.model_validate(data)
     ids = _register(tracking_db, SUBJECTS[6:7], targets=("wh_orders",))
-    rep = erase_warehouse(spark, cat2, tracking_db, warehouse_dir=warehouse, targets=["wh_orders"])
+    rep = erase_warehouse(
+        spark, cat2, tracking_db, settings=get_settings(), warehouse_dir=warehouse, targets=["wh_orders"]
+    )
     assert not rep.ok and "key_column 'buyer_id'" in rep.targets[0].error
     row = next(iter(_tasks(tracking_db, ids.values()).values()))
     assert row["status"] == "failed" and row["stage"] is None and "buyer_id" in row["last_error"]
@@ -355,7 +361,7 @@ def test_killed_job_leaves_tables_consistent_and_next_run_completes(spark, catal
     if v1 == v0:  # killed mid-write: the new files exist but no version references them
         assert debris, "the kill came before the MERGE wrote anything"
 
-    report = erase_warehouse(spark, catalog, tracking_db, warehouse_dir=warehouse)
+    report = erase_warehouse(spark, catalog, tracking_db, settings=get_settings(), warehouse_dir=warehouse)
     assert report.ok, report.to_dict()
     rows = _tasks(tracking_db, ids.values())
     assert all(r["status"] == "succeeded" and r["stage"] == "vacuumed" for r in rows.values()), rows

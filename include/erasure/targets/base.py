@@ -18,6 +18,7 @@ Operations
 ``seed_test_subjects`` put recognisable synthetic data for canary subjects into the target
 ``check_test_subject`` after erasure, check a canary's synthetic data is gone
 ``evidence_summary``   one line of a task's evidence for reports
+``ack_timeout``        how long an asynchronous erasure may wait for its acknowledgement (``None``: not acked)
 """
 
 from __future__ import annotations
@@ -199,6 +200,11 @@ class TargetAdapter(ABC):
         """After erasure: the seeded data is gone. Default: :meth:`verify`."""
         return self.verify(ctx, target, subject_id)
 
+    def ack_timeout(self, target: Target) -> timedelta | None:
+        """How long an erasure handed to the target may wait for its acknowledgement before it is
+        re-sent; ``None`` for kinds whose erasure is not acknowledged asynchronously."""
+        return None
+
     # -- reports --------------------------------------------------------------------------------
     @abstractmethod
     def evidence_summary(self, evidence: dict[str, Any]) -> str:
@@ -215,6 +221,7 @@ OPERATIONS: tuple[str, ...] = (
     "seed_test_subjects",
     "check_test_subject",
     "evidence_summary",
+    "ack_timeout",
     "batch_size",
     "pool_slots",
 )

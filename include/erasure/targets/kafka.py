@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Field
@@ -64,15 +65,15 @@ class KafkaAdapter(TargetAdapter):
         """Enqueue an erasure event for each of ``items`` (pending tasks) and move them to
         ``awaiting_ack`` in one transaction. The outcome is *accepted*, not erased: the partner's ack
         closes the task, so nothing is reported to ``sink``."""
-        from erasure.catalog import Catalog
         from erasure.outbox import enqueue_due
 
-        catalog = ctx.catalog or Catalog.model_validate(
-            {"teams": [{"name": target.owner}], "pipeline_owner": target.owner, "targets": [target]}
-        )
+        if ctx.catalog is None:
+            raise TargetError(
+                f"target '{target.name}': enqueueing erasure events needs the catalog in the context"
+            )
         res = enqueue_due(
             ctx.require_dsn(),
-            catalog,
+            ctx.catalog,
             targets=[target.name],
             task_ids=[c.task_id for c in items],
             limit=max(1, len(items)),
@@ -87,6 +88,9 @@ class KafkaAdapter(TargetAdapter):
             for c in items
             if c.task_id in enqueued
         ]
+
+    def ack_timeout(self, target: Target) -> timedelta | None:
+        return timedelta(minutes=self._spec(target).ack_timeout_minutes)
 
     def _base(self, target: Target) -> str | None:
         url = self._spec(target).lookup_url

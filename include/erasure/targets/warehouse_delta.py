@@ -116,24 +116,16 @@ class WarehouseDeltaAdapter(TargetAdapter):
     ) -> list[Outcome]:
         """One batched MERGE for all ``items``; each outcome is stage ``deleted`` with the commit's
         evidence (purge and vacuum follow in :func:`erasure.warehouse.erase_target`)."""
-        from erasure.warehouse import delete_subjects
+        from erasure.warehouse import delete_evidence, delete_subjects
 
-        spec = self.spec(target)
         res = delete_subjects(
             ctx.require_spark(target),
-            spec,
+            self.spec(target),
             [c.subject_id for c in items],
             warehouse_dir=str(ctx.settings.warehouse_path),
             user_metadata=ctx.extra.get("user_metadata"),
         )
-        ev = {
-            "delete_version": res.version,
-            "delete_committed": res.committed,
-            "num_deleted_rows": res.metrics.get("numTargetRowsDeleted", 0),
-            "num_masked_rows": res.metrics.get("numTargetRowsUpdated", 0),
-            "batch_subjects": len({c.subject_id for c in items}),
-            "deleted_at": res.at,
-        }
+        ev = delete_evidence(res, len({c.subject_id for c in items}))
         outcomes = [Outcome(c, True, dict(ev), stage=WarehouseStage.DELETED) for c in items]
         for o in outcomes:
             sink(o)
