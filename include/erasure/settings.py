@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +68,7 @@ class Settings(BaseSettings):
     dispatch_batch_timeout_minutes: Annotated[float, Field(gt=0)] = 10.0
     sla_warn_days: Annotated[float, Field(ge=0)] = 5.0
     """Alert the owner this many days before a request's due date."""
-    dataset_retention_days: Annotated[int, Field(ge=1)] = 90
+    dataset_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
     """Subject identifiers in the event dataset are removed after this many days."""
     canary_schedule: str = "17 * * * *"
 
@@ -111,18 +110,33 @@ class Settings(BaseSettings):
         return self.tracking_dsn
 
 
-@lru_cache(maxsize=1)
+SECRET_FIELDS = frozenset({"tracking_dsn", "smtp_user", "smtp_password"})
+"""Settings whose values never appear in an error message."""
+
+
+def _invalid(exc: ValidationError) -> SettingsError:
+    """One line per bad value, naming the environment variable (and the value, unless it is secret)."""
+    problems = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        var = f"ERASURE_{name.upper()}" if name else "ERASURE_*"
+        got = "" if name in SECRET_FIELDS else f" (got {err.get('input')!r})"
+        problems.append(f"environment variable {var}: {err['msg']}{got}")
+    return SettingsError("invalid setting: " + "; ".join(problems))
+
+
 def get_settings() -> Settings:
-    """The process's settings, read from the environment on first use (never at import time)."""
+    """The settings, read from the environment now (never at import time). Not cached: it costs well
+    under a millisecond, and a changed environment (a test, a DAG file parsed again) is always seen;
+    call it once at the edge and pass the object on."""
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError names the field; say which variable
-        raise SettingsError(f"invalid ERASURE_* setting: {exc}") from exc
+    except ValidationError as exc:  # pydantic names the field; say which variable
+        raise _invalid(exc) from None
 
 
 def reload_settings() -> Settings:
-    """Forget the cached settings and read the environment again (tests that change it)."""
-    get_settings.cache_clear()
+    """Read the environment again: the same as :func:`get_settings` (nothing is cached)."""
     return get_settings()
 
 
