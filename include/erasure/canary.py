@@ -277,7 +277,7 @@ def seed_warehouse(
             (list(subject_ids) if subject_ids is not None else None,) * 2,
         )
         subjects = cur.fetchall()
-    todo: dict[str, list[str]] = {}
+    todo: dict[str, list[tuple[str, str]]] = {}
     for s in subjects:
         for t in canary_targets(catalog, s["subject_type"]):
             if spark_seeded(t) and t.name not in s["done"]:

@@ -17,14 +17,17 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+if TYPE_CHECKING:
+    from erasure.targets.base import Spec
+
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 MAX_RETRY_DELAY = timedelta(days=1)
-_S = TypeVar("_S")
+_S = TypeVar("_S", bound="Spec")
 _ENV_RE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -558,7 +558,7 @@ def erase_target(
             log.info("target=%s step=purge status=start", target.name)
             res = purge_deleted_rows(spark, spec, warehouse_dir=warehouse_dir, user_metadata=meta)
             rep.purge = res
-            due = datetime.fromisoformat(res.at) + timedelta(hours=spec.retention_hours)
+            vacuum_due = datetime.fromisoformat(res.at) + timedelta(hours=spec.retention_hours)
             ev = {
                 "purge_version": res.version,
                 "purge_committed": res.committed,
@@ -567,14 +567,15 @@ def erase_target(
                 "deletion_vectors_removed": res.metrics.get("numDeletionVectorsRemoved", 0),
                 "purged_at": res.at,
                 "retention_hours": spec.retention_hours,
-                "vacuum_due_at": due.isoformat(),
+                "vacuum_due_at": vacuum_due.isoformat(),
             }
             rep.advanced["purged"] = len(
                 _advance(dsn, to_purge, WarehouseStage.DELETED, WarehouseStage.PURGED, ev)
             )
         # 3. vacuum once the retention has passed since the purge
         now = _now()
-        to_vacuum, waiting = [], []
+        to_vacuum: list[WarehouseTask] = []
+        waiting: list[WarehouseTask] = []
         for t in tasks:
             if t.stage != WarehouseStage.PURGED:
                 continue
