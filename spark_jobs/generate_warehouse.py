@@ -29,11 +29,11 @@ def _subjects(value: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--catalog", default=os.environ.get("ERASURE_CATALOG"))
+    p.add_argument("--catalog", default=None, help="default: $ERASURE_CATALOG")
     p.add_argument("--rows", default="tiny", help="rows per fact table: int or tiny|demo|bench")
     p.add_argument("--customers", type=int, default=None, help="customer population (default rows // 10)")
     p.add_argument("--subjects", default=None, help="ids that get rows in every table: a,b,c or @file")
-    p.add_argument("--warehouse-dir", default=os.environ.get("ERASURE_WAREHOUSE_DIR"))
+    p.add_argument("--warehouse-dir", default=None, help="default: $ERASURE_WAREHOUSE_DIR")
     p.add_argument("--target", action="append", default=None, help="only this target (repeatable)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--master", default=None)
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from erasure.settings import get_settings
     from erasure.spark import get_spark
 
     master = args.master
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from pyspark import SparkConf
 
         master = SparkConf().get("spark.master", None)
-    spark = get_spark("erasure-warehouse-gen", master=master)
+    spark = get_spark("erasure-warehouse-gen", settings=get_settings(), master=master)
     try:
         tables = generate_tables(
             spark,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import secrets
 import sys
@@ -39,7 +38,7 @@ import httpx
 
 from erasure.catalog import Catalog, Target, load_catalog
 from erasure.db import transaction
-from erasure.settings import get_settings
+from erasure.settings import get_settings, secret_from_env
 from erasure.targets import Context, adapter, adapter_for
 from erasure.targets.base import generic_summary
 from erasure.targets.postgres_table import PostgresTableSpec
@@ -287,8 +286,9 @@ class Demo:
     def __init__(self, cfg: DemoConfig, console: Console | None = None) -> None:
         self.cfg = cfg
         self.out = console or Console()
-        self.catalog = load_catalog()
-        self.dsn = os.environ["ERASURE_TRACKING_DSN"]
+        self.settings = get_settings()
+        self.catalog = load_catalog(self.settings.catalog_path)
+        self.dsn = self.settings.require_tracking_dsn()
         self.api = AirflowApi.from_env()
         self.http = httpx.Client(timeout=15)
         self.people = make_people(cfg, self.catalog)
@@ -318,7 +318,7 @@ class Demo:
             from erasure.spark import get_spark
 
             self.out.info("starting Spark (local, Delta) for the warehouse tables ...")
-            self._spark = get_spark("erasure-demo")
+            self._spark = get_spark("erasure-demo", settings=self.settings)
             self._spark.sparkContext.setLogLevel("ERROR")
         return self._spark
 
@@ -460,7 +460,7 @@ class Demo:
 
         spec = t.spec_as(PostgresTableSpec)
         schema, _, name = spec.table.rpartition(".")
-        with transaction(os.environ[spec.dsn_env]) as cur:
+        with transaction(secret_from_env(spec.dsn_env, f"target '{t.name}': postgres_table.dsn_env")) as cur:
             cur.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema=%s AND table_name=%s",
                 (schema or "public", name),
@@ -520,7 +520,7 @@ class Demo:
         """Per partner: its record count, and the demo people it still holds as the pipeline verifies an
         erasure (the kind's adapter ``verify``: ``fail`` = still there; a subject it cannot tell about
         counts as present)."""
-        ctx = Context(settings=get_settings(), http=self.http)
+        ctx = Context(settings=self.settings, http=self.http)
         out = {}
         for t, base in self._http_targets():
             stats = self.http.get(base + "/admin/stats").json()
@@ -575,7 +575,9 @@ class Demo:
         for t in self.catalog.of_kind("postgres_table"):
             spec = t.spec_as(PostgresTableSpec)
             ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
-            with transaction(os.environ[spec.dsn_env]) as cur:
+            with transaction(
+                secret_from_env(spec.dsn_env, f"target '{t.name}': postgres_table.dsn_env")
+            ) as cur:
                 tbl = sql.Identifier(*spec.table.split("."))
                 cur.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(tbl))
                 total = int(cur.fetchone()["n"])
@@ -1160,7 +1162,7 @@ class Demo:
 
         from erasure import event_dataset as ed
 
-        ddir = os.environ.get("ERASURE_DATASET_DIR", ".local/datasets")
+        ddir = str(self.settings.dataset_path)
         path = ed.events_path(ddir)
         try:
             from deltalake import DeltaTable

@@ -52,6 +52,7 @@ from aiohttp import web
 
 from erasure.catalog import Catalog, Target
 from erasure.events import SchemaError, new_ack, parse_event
+from erasure.settings import get_settings
 from erasure.targets.kafka import KafkaSpec
 from erasure_demo.partners.http_service import Faults, PartnerServer, PartnerService
 
@@ -123,8 +124,9 @@ class KafkaPartner:
             )
         self.target = target
         self.spec = target.spec_as(KafkaSpec)
-        self.bootstrap = bootstrap or os.environ.get("ERASURE_KAFKA_BOOTSTRAP", "127.0.0.1:59092")
-        base = Path(data_dir or Path(os.environ.get("ERASURE_LOCAL", ".local")) / "partners")
+        settings = get_settings()
+        self.bootstrap = bootstrap or settings.kafka_bootstrap
+        base = Path(data_dir or settings.local_dir / "partners")
         self.store_path = base / f"{target.name}.db"
         self.faults_path = base / f"{target.name}.kafka-faults.json"
         self.stats_path = base / f"{target.name}.kafka-stats.json"

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from erasure.catalog import Catalog, CatalogError, load_catalog
+from erasure.settings import get_settings
 from erasure.targets.sync_api import SyncApiSpec
 from erasure_demo.partners.http_service import PartnerService, start_site
 from erasure_demo.partners.store import PartnerStore
@@ -118,7 +119,7 @@ async def serve(catalog: Catalog, data_dir: Path, index_port: int | None, stop: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="erasure_demo.partners.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--catalog", default=os.environ.get("ERASURE_CATALOG"), help="catalog file or directory")
+    p.add_argument("--catalog", default=None, help="catalog file or directory (default: $ERASURE_CATALOG)")
     p.add_argument("--data-dir", default=None, help="default: $ERASURE_LOCAL/partners")
     p.add_argument("--index-port", type=int, default=int(os.environ.get("ERASURE_PARTNER_PORT_BASE", "58100")),
                    help="port of the partner index (0 = none)")  # fmt: skip
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         print(exc, file=sys.stderr)
         return 1
-    data_dir = Path(args.data_dir or Path(os.environ.get("ERASURE_LOCAL", ".local")) / "partners")
+    data_dir = Path(args.data_dir or get_settings().local_dir / "partners")
 
     async def _main() -> None:
         stop = asyncio.Event()
