@@ -26,7 +26,7 @@ status:
 	bash $(STACK) status
 
 lint:
-	.local/venv/bin/ruff check . && .local/venv/bin/ruff format --check .
+	.local/venv/bin/ruff check . && .local/venv/bin/ruff format --check . && .local/venv/bin/mypy
 
 fmt:
 	.local/venv/bin/ruff check --fix . && .local/venv/bin/ruff format .

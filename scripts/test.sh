@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test`: set up, start the real stack, lint, run every test, stop what this run started.
+# `make test`: set up, start the real stack, lint and type-check, run every test, stop what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/stack.sh setup
@@ -10,4 +10,5 @@ cleanup() { bash scripts/stack.sh down || true; }
 if [ "$started" -gt 0 ] || [ "${CI:-}" = true ]; then trap cleanup EXIT; fi
 bash scripts/stack.sh up postgres kafka airflow partners
 ruff check . && ruff format --check .
+mypy  # the product package, configured in pyproject.toml [tool.mypy]
 python -m pytest -m "not benchmark" -p no:cacheprovider "$@"
