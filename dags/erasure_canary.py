@@ -1,23 +1,7 @@
-"""erasure_canary: synthetic subjects are seeded everywhere, erased through the normal pipeline, verified.
+"""The pipeline's own end-to-end test, in production: synthetic subjects are seeded in every target,
+erased through the normal pipeline and verified gone.
 
-Thin DAG file: the logic lives in ``erasure.canary`` (no Airflow in the core).
-"""
-
-from __future__ import annotations
-
-import os
-from datetime import timedelta
-
-from airflow.sdk import Param, dag, task
-
-DELAY_VARIABLE = "erasure_canary_delay_minutes"
-TIMEOUT_VARIABLE = "erasure_canary_verify_timeout_minutes"
-SCHEDULE = os.environ.get("ERASURE_CANARY_SCHEDULE", "17 * * * *")
-
-DOC = f"""
-### erasure_canary — the pipeline's own end-to-end test, in production
-
-Every run (cron `{SCHEDULE}`, env `ERASURE_CANARY_SCHEDULE`) does three idempotent steps:
+Every run (cron from `ERASURE_CANARY_SCHEDULE`, default `17 * * * *`) does three idempotent steps:
 
 1. **seed**: creates `count` synthetic subjects per subject type (`canary_<random>` customers) and puts
    test data for them in **every** catalog target of that type: partners' test-data endpoints
@@ -30,35 +14,31 @@ Every run (cron `{SCHEDULE}`, env `ERASURE_CANARY_SCHEDULE`) does three idempote
    pass/fail per target and **alerts the owning team** of each failing target. The task fails when a
    canary fails, so the run is red in the UI.
 
-Delay before requesting: Param `delay_minutes`, else Variable `{DELAY_VARIABLE}`, else 60.
-Verify timeout: Param `verify_timeout_minutes`, else Variable `{TIMEOUT_VARIABLE}`, else 4320 (3 days: the warehouse DAG runs daily and a task is done only after the VACUUM of a later run).
+Delay before requesting: Param `delay_minutes`, else Variable `erasure_canary_delay_minutes`, else 60.
+Verify timeout: Param `verify_timeout_minutes`, else Variable `erasure_canary_verify_timeout_minutes`,
+else 4320 (3 days: the warehouse DAG runs daily and a task is done only after the VACUUM of a later run).
 Canary subjects never mix with real ones: recognisable ids, own tables, `is_canary` on their requests.
+
+Code: `erasure.canary` (no Airflow).
 """
 
+from __future__ import annotations
 
-def _minutes(params: dict, name: str, variable: str, default: int) -> int:
-    from airflow.sdk import Variable
+from datetime import timedelta
 
-    v = params.get(name)
-    if v is None:
-        v = Variable.get(variable, default=default)
-    try:
-        v = int(v)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: must be an integer number of minutes, got {v!r}") from exc
-    if v < 0:
-        raise ValueError(f"{name}: must be >= 0, got {v}")
-    return v
+from airflow.sdk import Param, dag, get_current_context, task
+
+from erasure.airflow.defaults import dag_kwargs
+from erasure.airflow.runtime import current_catalog, current_settings
+
+DELAY_VARIABLE = "erasure_canary_delay_minutes"
+TIMEOUT_VARIABLE = "erasure_canary_verify_timeout_minutes"
 
 
 @dag(
     dag_id="erasure_canary",
-    schedule=SCHEDULE,
-    catchup=False,
+    schedule=current_settings().canary_schedule,
     max_active_runs=1,
-    doc_md=DOC,
-    tags=["erasure", "canary", "testing"],
-    default_args={"owner": "privacy-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "delay_minutes": Param(
             None,
@@ -82,17 +62,20 @@ def _minutes(params: dict, name: str, variable: str, default: int) -> int:
             description="Subject types to create canaries for",
         ),
     },
+    **dag_kwargs(__doc__, tags=["canary", "testing"], retries=2, retry_delay=timedelta(minutes=1)),
 )
 def erasure_canary():
     @task
-    def seed(params: dict | None = None, run_id: str | None = None) -> dict:
+    def seed() -> dict:
         from erasure import canary
         from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
+        from erasure.airflow.params import minutes
 
-        params = params or {}
-        dsn, cat = tracking_dsn(), load_catalog()
-        delay = timedelta(minutes=_minutes(params, "delay_minutes", DELAY_VARIABLE, 60))
+        ctx = get_current_context()
+        params = ctx["params"]
+        settings = current_settings()
+        dsn, cat = tracking_dsn(), current_catalog(settings)
+        delay = timedelta(minutes=minutes(params, "delay_minutes", variable=DELAY_VARIABLE, default=60))
         seeded = []
         if int(params.get("count", 1)) > 0:
             seeded = canary.seed_subjects(
@@ -101,45 +84,48 @@ def erasure_canary():
                 subject_types=params.get("subject_types") or ["customer"],
                 count=int(params.get("count", 1)),
                 delay=delay,
-                run_id=run_id,
+                settings=settings,
+                run_id=ctx["run_id"],
             )
         appended: dict = {}
         if canary.warehouse_seeding_pending(dsn, cat):
             from erasure.spark import get_spark
 
-            spark = get_spark("erasure-canary-seed")
+            spark = get_spark("erasure-canary-seed", settings=settings)
             try:
-                appended = canary.seed_warehouse(spark, dsn, cat)
+                appended = canary.seed_warehouse(spark, dsn, cat, settings=settings)
             finally:
                 spark.stop()
         return {"subjects": [s["subject_id"] for s in seeded], "warehouse_rows": appended}
 
     @task
-    def request(params: dict | None = None, run_id: str | None = None) -> list:
+    def request() -> list:
         from erasure import canary
         from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
 
-        return canary.file_requests(tracking_dsn(), load_catalog(), run_id=run_id)
+        return canary.file_requests(tracking_dsn(), current_catalog(), run_id=get_current_context()["run_id"])
 
     @task
-    def verify(params: dict | None = None) -> list:
+    def verify() -> list:
         from airflow.sdk.exceptions import AirflowFailException
 
         from erasure import canary
         from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
+        from erasure.airflow.params import minutes
 
-        params = params or {}
-        dsn, cat = tracking_dsn(), load_catalog()
-        timeout = timedelta(minutes=_minutes(params, "verify_timeout_minutes", TIMEOUT_VARIABLE, 4320))
+        params = get_current_context()["params"]
+        settings = current_settings()
+        dsn, cat = tracking_dsn(), current_catalog(settings)
+        timeout = timedelta(
+            minutes=minutes(params, "verify_timeout_minutes", variable=TIMEOUT_VARIABLE, default=4320)
+        )
         spark = None
         if canary.ready_to_verify(dsn, cat, timeout=timeout, needs_spark=True):
             from erasure.spark import get_spark
 
-            spark = get_spark("erasure-canary-verify")
+            spark = get_spark("erasure-canary-verify", settings=settings)
         try:
-            results = canary.verify_subjects(dsn, cat, spark=spark, timeout=timeout)
+            results = canary.verify_subjects(dsn, cat, settings=settings, spark=spark, timeout=timeout)
         finally:
             if spark is not None:
                 spark.stop()

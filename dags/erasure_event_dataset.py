@@ -1,19 +1,5 @@
-"""erasure_event_dataset: the Delta dataset of erasure events, validated with Great Expectations.
+"""The erasure event dataset: a Delta table of every erasure event, validated with Great Expectations.
 
-Thin DAG file: the work is in ``erasure.event_dataset`` (no Airflow there) and docs/event-dataset.md.
-"""
-
-from __future__ import annotations
-
-from datetime import timedelta
-
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-
-from erasure.airflow.assets import ERASED_SUBJECTS, ERASURE_EVENTS, TRACKING_STORE
-from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
-
-DOC = """
-### erasure_event_dataset
 Builds the **erasure event dataset** (Delta, `$ERASURE_DATASET_DIR/erasure_events`, partitioned by
 `event_date`) from the tracking store's event log, plus the compact **erased subjects** table
 (`$ERASURE_DATASET_DIR/erased_subjects`, one row per completed request) that offline jobs use to erase
@@ -31,7 +17,20 @@ when requests started, completed, failed or re-opened). Produces the assets
 `erasure_events` and `erased_subjects` (schedule downstream DAGs on them).
 Params: `full_refresh` re-reads the whole retention window (idempotent); `retention_days` overrides it.
 See docs/event-dataset.md for the schema, access rules and example queries.
+
+Code: `erasure.event_dataset` (no Airflow); Spark runs in the task's process, started only when there
+is something to write.
 """
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+
+from erasure.airflow.assets import ERASED_SUBJECTS, ERASURE_EVENTS, TRACKING_STORE
+from erasure.airflow.deadlines import run_deadline
+from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
 
 
 @dag(
@@ -39,23 +38,26 @@ See docs/event-dataset.md for the schema, access rules and example queries.
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("20 * * * *", timezone="UTC"), assets=[TRACKING_STORE]
     ),
-    catchup=False,
     max_active_runs=1,
-    deadline=run_deadline(timedelta(minutes=45)),  # issue 6: alert if a run is not done in time
+    deadline=run_deadline(timedelta(minutes=45)),
     dagrun_timeout=timedelta(minutes=50),
-    doc_md=DOC,
-    tags=["erasure", "dataset", "delta", "data-quality"],
-    default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
         "full_refresh": Param(False, type="boolean", description="re-read the whole retention window"),
         "retention_days": Param(
             None, type=["null", "integer"], minimum=1, maximum=3650, description="override the retention"
         ),
     },
+    **dag_kwargs(
+        __doc__,
+        tags=["dataset", "delta", "data-quality"],
+        owner=DATA_PLATFORM,
+        retries=1,
+        retry_delay=timedelta(minutes=2),
+    ),
 )
 def erasure_event_dataset():
     @task(outlets=[ERASURE_EVENTS, ERASED_SUBJECTS])
-    def build(params: dict | None = None, outlet_events=None) -> dict:
+    def build() -> dict:
         import json
         import logging
         from functools import partial
@@ -63,22 +65,23 @@ def erasure_event_dataset():
         from airflow.sdk.exceptions import AirflowFailException
 
         from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
-        from erasure.config import Settings
+        from erasure.airflow.runtime import current_catalog, current_settings
         from erasure.dq import DataQualityError
         from erasure.event_dataset import build_event_dataset
         from erasure.spark import get_spark
 
-        params = params or {}
-        settings = Settings.from_env()
+        ctx = get_current_context()
+        params = ctx["params"]
+        settings = current_settings()
         try:
             report = build_event_dataset(
-                partial(get_spark, "erasure-event-dataset"),  # started only if there is something to write
+                # Spark starts only if there is something to write
+                partial(get_spark, "erasure-event-dataset", settings=settings),
                 tracking_dsn(),
-                load_catalog(settings.catalog_path),
-                settings.dataset_dir,
+                current_catalog(settings),
+                settings.dataset_path,
+                retention_days=params.get("retention_days") or settings.dataset_retention_days,
                 full_refresh=bool(params.get("full_refresh")),
-                retention_days=params.get("retention_days"),
                 apply_retention=False,
             )
         except DataQualityError as exc:
@@ -86,30 +89,31 @@ def erasure_event_dataset():
                 "GX report: %s", json.dumps(exc.summary.report, default=str)
             )
             raise AirflowFailException(str(exc)) from exc
-        if outlet_events is not None:
-            outlet_events[ERASURE_EVENTS].extra = {
-                "version": report.events_version,
-                "inserted": report.inserted,
-                "updated": report.updated,
-                "max_occurred_at": report.max_occurred_at,
-            }
-            outlet_events[ERASED_SUBJECTS].extra = {
-                "version": report.subjects_version,
-                "inserted": report.subjects_inserted,
-            }
+        outlet_events = ctx["outlet_events"]
+        outlet_events[ERASURE_EVENTS].extra = {
+            "version": report.events_version,
+            "inserted": report.inserted,
+            "updated": report.updated,
+            "max_occurred_at": report.max_occurred_at,
+        }
+        outlet_events[ERASED_SUBJECTS].extra = {
+            "version": report.subjects_version,
+            "inserted": report.subjects_inserted,
+        }
         return report.to_dict()
 
     @task
-    def enforce_retention(params: dict | None = None) -> dict:
-        from erasure.config import Settings
+    def enforce_retention() -> dict:
+        from erasure.airflow.runtime import current_settings
         from erasure.event_dataset import enforce_retention as apply
         from erasure.spark import get_spark
 
-        params = params or {}
+        settings = current_settings()
         return apply(
-            get_spark("erasure-event-dataset"),
-            Settings.from_env().dataset_dir,
-            retention_days=params.get("retention_days"),
+            get_spark("erasure-event-dataset", settings=settings),
+            settings.dataset_path,
+            retention_days=get_current_context()["params"].get("retention_days")
+            or settings.dataset_retention_days,
         )
 
     build() >> enforce_retention()

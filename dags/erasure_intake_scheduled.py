@@ -1,20 +1,5 @@
-"""Scheduled intake: registers requests that upstream systems put into ``erasure.intake`` and
-re-checks held requests against the legal-hold list on every run.
-
-Thin DAG file: the logic lives in ``erasure.intake`` and ``erasure.holds`` (no Airflow in the core).
-"""
-
-from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta
-
-from airflow.sdk import dag, task
-
-from erasure.airflow.deadlines import run_deadline  # issue 6: Deadline Alert
-
-DOC = """
-### erasure_intake_scheduled
-Every 5 minutes:
+"""Scheduled intake: registers requests that upstream systems put into `erasure.intake` and re-checks
+held requests against the legal-hold list, every 5 minutes.
 
 1. **recheck_holds**: held requests whose legal holds were all released go to `in_progress` (the
    tracking store logs `request_released`); open requests of a subject with an active hold go to `held`.
@@ -24,20 +9,28 @@ Every 5 minutes:
    Rows are locked with `SKIP LOCKED`, so overlapping runs never process a row twice.
 
 Rejected rows do not fail the run (upstream reads them from the intake table); a database error does.
+
+Code: `erasure.intake` and `erasure.holds` (no Airflow).
 """
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import dag, get_current_context, task
+
+from erasure.airflow.deadlines import run_deadline
+from erasure.airflow.defaults import dag_kwargs
 
 
 @dag(
     dag_id="erasure_intake_scheduled",
     schedule="*/5 * * * *",
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
-    catchup=False,
     max_active_runs=1,
-    deadline=run_deadline(timedelta(minutes=5)),  # issue 6: alert if a run is not done in time
+    deadline=run_deadline(timedelta(minutes=5)),
     dagrun_timeout=timedelta(minutes=30),
-    doc_md=DOC,
-    tags=["erasure", "intake", "legal-hold"],
-    default_args={"owner": "privacy-platform", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    **dag_kwargs(__doc__, tags=["intake", "legal-hold"], retries=2, retry_delay=timedelta(seconds=30)),
 )
 def erasure_intake_scheduled():
     @task
@@ -48,12 +41,12 @@ def erasure_intake_scheduled():
         return recheck_held_requests(tracking_dsn()).to_dict()
 
     @task
-    def ingest(**context) -> dict:
+    def ingest() -> dict:
         from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
+        from erasure.airflow.runtime import current_catalog
         from erasure.intake import ingest_pending, result_report
 
-        result = ingest_pending(tracking_dsn(), load_catalog(), run_id=context["run_id"])
+        result = ingest_pending(tracking_dsn(), current_catalog(), run_id=get_current_context()["run_id"])
         out = result.to_dict(max_outcomes=200)
         print(result_report(out))
         return out

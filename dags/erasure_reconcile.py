@@ -1,20 +1,6 @@
 """Reconcile the tracking store every 10 minutes: replay, retry/escalate, complete requests, SLA, alerts.
 
-Thin DAG file: the logic lives in ``erasure.reconcile`` and ``erasure.alerts`` (no Airflow in the core).
-"""
-
-from __future__ import annotations
-
-from datetime import timedelta
-
-from airflow.sdk import dag, task
-
-from erasure.airflow.assets import REQUEST_CHANGES, TRACKING_STORE
-from erasure.airflow.deadlines import run_deadline
-
-DOC = """
-### erasure_reconcile
-Every 10 minutes, against the tracking store (`erasure_tracking` connection):
+Against the tracking store (`erasure_tracking` connection):
 
 1. **replay_and_retry** - events published but not acknowledged within the target's
    `kafka.ack_timeout_minutes` are handed back to the outbox publisher (same event id, attempt + 1);
@@ -32,56 +18,65 @@ Every 10 minutes, against the tracking store (`erasure_tracking` connection):
 
 Every step is idempotent: once everything is complete a run changes nothing.
 A Deadline Alert fires if a run has not finished 10 minutes after it was queued.
+
+Code: `erasure.reconcile` and `erasure.alerts` (no Airflow).
 """
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import dag, get_current_context, task
+
+from erasure.airflow.assets import REQUEST_CHANGES, TRACKING_STORE
+from erasure.airflow.deadlines import run_deadline
+from erasure.airflow.defaults import dag_kwargs
+
+
+def _reconcile(*steps: str) -> dict:
+    """One or more steps of ``erasure.reconcile.reconcile``; its counts for XCom."""
+    from erasure.airflow.conn import tracking_dsn
+    from erasure.airflow.runtime import current_catalog, current_settings
+    from erasure.reconcile import reconcile
+
+    settings = current_settings()
+    return reconcile(
+        tracking_dsn(), current_catalog(settings), steps=steps, sla_warn_days=settings.sla_warn_days
+    ).as_dict()
 
 
 @dag(
     dag_id="erasure_reconcile",
     schedule=timedelta(minutes=10),
-    catchup=False,
     max_active_runs=1,
-    doc_md=DOC,
-    tags=["erasure", "reconcile", "alerts"],
-    default_args={"owner": "privacy-platform", "retries": 2, "retry_delay": timedelta(seconds=30)},
     deadline=run_deadline(timedelta(minutes=10), description="erasure_reconcile did not finish in 10 min"),
+    **dag_kwargs(__doc__, tags=["reconcile", "alerts"], retries=2, retry_delay=timedelta(seconds=30)),
 )
 def erasure_reconcile():
     @task
     def replay_and_retry() -> dict:
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.reconcile import reconcile
-
-        return reconcile(tracking_dsn(), steps=("replay", "retry")).as_dict()
+        return _reconcile("replay", "retry")
 
     @task
     def recompute_requests() -> dict:
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.reconcile import reconcile
-
-        return reconcile(tracking_dsn(), steps=("recompute",)).as_dict()
+        return _reconcile("recompute")
 
     @task
     def sla() -> dict:
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.reconcile import reconcile
-
-        return reconcile(tracking_dsn(), steps=("sla",)).as_dict()
+        return _reconcile("sla")
 
     @task
     def send_alerts() -> dict:
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.reconcile import reconcile
-
-        return reconcile(tracking_dsn(), steps=("deliver",)).as_dict()
+        return _reconcile("deliver")
 
     @task.short_circuit
     def requests_changed(stats: dict) -> bool:
         return sum(stats.get(k, 0) for k in REQUEST_CHANGES) > 0
 
     @task(outlets=[TRACKING_STORE])
-    def announce_tracking_change(stats: dict, outlet_events=None) -> None:
-        if outlet_events is not None:
-            outlet_events[TRACKING_STORE].extra = {k: stats.get(k, 0) for k in REQUEST_CHANGES}
+    def announce_tracking_change(stats: dict) -> None:
+        outlet_events = get_current_context()["outlet_events"]
+        outlet_events[TRACKING_STORE].extra = {k: stats.get(k, 0) for k in REQUEST_CHANGES}
 
     recomputed = recompute_requests()
     replay_and_retry() >> recomputed >> sla() >> send_alerts()

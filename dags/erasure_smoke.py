@@ -1,6 +1,14 @@
 """Smoke check of the stack: Postgres (tracking store), Kafka (produce + consume) and Spark (Delta).
 
-Thin DAG file: the checks live in ``erasure.smoke`` (no Airflow in the core).
+Touches every real part the pipeline needs and fails loudly if one is missing:
+
+* **postgres**: the tracking store is migrated (`erasure.request` exists) and writable in a rolled-back transaction;
+* **kafka**: produces a message to `erasure.smoke` with the idempotent producer and reads it back;
+* **spark**: writes and reads a Delta table with the jars fetched from Maven Central.
+
+Trigger it from the UI or `POST /api/v2/dags/erasure_smoke/dagRuns` with `{"logical_date": null}`.
+
+Code: `erasure.smoke` (no Airflow).
 """
 
 from __future__ import annotations
@@ -9,25 +17,13 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
-DOC = """
-### erasure_smoke
-Touches every real part the pipeline needs and fails loudly if one is missing:
-
-* **postgres**: the tracking store is migrated (`erasure.request` exists) and writable in a rolled-back transaction;
-* **kafka**: produces a message to `erasure.smoke` with the idempotent producer and reads it back;
-* **spark**: writes and reads a Delta table with the jars fetched from Maven Central.
-
-Trigger it from the UI or `POST /api/v2/dags/erasure_smoke/dagRuns` with `{"logical_date": null}`.
-"""
+from erasure.airflow.defaults import dag_kwargs
 
 
 @dag(
     dag_id="erasure_smoke",
     schedule=None,
-    catchup=False,
-    doc_md=DOC,
-    tags=["erasure", "smoke"],
-    default_args={"owner": "privacy-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    **dag_kwargs(__doc__, tags=["smoke"], retries=1, retry_delay=timedelta(seconds=10)),
 )
 def erasure_smoke():
     @task
@@ -47,8 +43,9 @@ def erasure_smoke():
     @task
     def spark() -> dict:
         from erasure import smoke
+        from erasure.airflow.runtime import current_settings
 
-        return smoke.check_spark()
+        return smoke.check_spark(current_settings())
 
     postgres() >> kafka() >> spark()
 

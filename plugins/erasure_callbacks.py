@@ -7,45 +7,33 @@ through the owning team's notifier (log / webhook / email), and retried by the r
 failed. Nothing is imported at module level beyond the standard library, so importing this file is cheap.
 
 The tracking DSN comes from the ``erasure_tracking`` Airflow connection (``AIRFLOW_CONN_ERASURE_TRACKING``),
-falling back to ``ERASURE_TRACKING_DSN``.
+falling back to the ``tracking_dsn`` setting (``ERASURE_TRACKING_DSN``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 log = logging.getLogger("erasure.callbacks")
 
 
-def _dsn() -> str:
-    try:
-        from erasure.airflow.conn import tracking_dsn
-
-        return tracking_dsn()
-    except Exception as exc:  # no Airflow connection available in this process
-        dsn = os.environ.get("ERASURE_TRACKING_DSN")
-        if not dsn:
-            raise RuntimeError(
-                "no tracking store: set AIRFLOW_CONN_ERASURE_TRACKING or ERASURE_TRACKING_DSN"
-            ) from exc
-        return dsn
-
-
 def _handle(context: dict[str, Any] | None, team: str | None, description: str | None, **extra: Any) -> str:
+    from erasure.airflow.conn import tracking_dsn
+    from erasure.airflow.runtime import current_catalog, current_settings
     from erasure.alerts import record_deadline_miss
-    from erasure.catalog import load_catalog
 
     context = context or {}
     dag_run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
     dag_id = dag_run.get("dag_id") or extra.get("dag_id")
     run_id = dag_run.get("dag_run_id") or dag_run.get("run_id") or extra.get("run_id")
+    settings = current_settings()
     key, delivery = record_deadline_miss(
-        _dsn(),
-        load_catalog(),
+        tracking_dsn(fallback_to_settings=True),
+        current_catalog(settings),
+        settings=settings,
         dag_id=dag_id,
         run_id=run_id,
         deadline_id=deadline.get("id"),
