@@ -26,6 +26,7 @@ def build_catalog(
     ack_topic: str = "erasure.acks",
     ack_timeout_minutes: int = 5,
     max_attempts: int = 3,
+    crm_sla_days: int | None = None,
 ) -> Catalog:
     """privacy (pipeline owner), crm and marketing alert ``webhook_url``/<team>; billing logs."""
     text = f"""
@@ -47,7 +48,7 @@ targets:
     subject_types: [customer]
     identity_key: customer_id
     max_attempts: {max_attempts}
-    retry_backoff_minutes: 1
+    retry_backoff_minutes: 1{f"{chr(10)}    sla_days: {crm_sla_days}" if crm_sla_days else ""}
     sync_api: {{base_url: '{partner_url}', timeout_s: 2, max_retries: 0}}
   - name: billing_profiles
     kind: sync_api

@@ -425,3 +425,23 @@ def test_held_request_is_left_alone(tracking_db: str, tmp_path: Path) -> None:
         before = snapshot(tracking_db)
         assert reconcile(tracking_db, cat).changes == 0
         assert snapshot(tracking_db) == before and hook.posts == []
+
+
+def test_target_sla_days_alerts_the_owner_once(tracking_db: str, tmp_path: Path) -> None:
+    """A target's own ``sla_days``: its owner is alerted once per task still not done past it."""
+    with webhook_receiver() as hook:
+        cat = build_catalog(tmp_path, hook.url, crm_sla_days=3)
+        late = make_request(tracking_db, {"crm_contacts": {}, "billing_profiles": {}})
+        done = make_request(tracking_db, {"crm_contacts": {"status": "succeeded", "evidence": {"ok": 1}}})
+        steps = ("sla",)
+        assert reconcile(tracking_db, cat, now=_now(timedelta(days=2)), steps=steps).target_sla_alerts == 0
+        res = reconcile(tracking_db, cat, now=_now(timedelta(days=4)), steps=steps)
+        assert res.target_sla_alerts == 1
+        assert reconcile(tracking_db, cat, now=_now(timedelta(days=5)), steps=steps).target_sla_alerts == 0
+        reconcile(tracking_db, cat, steps=("deliver",))
+        posts = [p for p in hook.posts if p["body"]["kind"] == "target_sla_breached"]
+        assert [p["path"].rsplit("/", 1)[-1] for p in posts] == ["crm"]  # the owner; billing has no sla_days
+        body = posts[0]["body"]
+        assert body["request_id"] == late["id"] and body["target"] == "crm_contacts"
+        assert "within its own SLA of 3 days" in body["message"] and late["external_id"] in body["message"]
+        assert done["id"] not in {p["body"]["request_id"] for p in posts}
