@@ -26,6 +26,7 @@ the canary must catch it), ``reject_pattern`` / ``subject_status`` (answer a fix
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import random
 import re
@@ -298,12 +299,28 @@ class PartnerService:
         )
 
 
+BIND_RETRY_S = 75.0
+"""How long a fixed port that is taken is tried again. The demo's ports lie in Linux's ephemeral range
+(32768-60999): a client connection (to Kafka, say) may have been given one as its local port, and
+holds it until the connection ends plus TIME_WAIT (60 s)."""
+
+
 async def start_site(service: PartnerService, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``service`` on host:port (0 = any free port); returns the runner and the bound port."""
     runner = web.AppRunner(service.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    deadline = time.monotonic() + (BIND_RETRY_S if port else 0.0)
+    while True:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+            break
+        except OSError as exc:
+            await site.stop()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                await runner.cleanup()
+                raise
+            await asyncio.sleep(0.5)
     server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
     bound = server.sockets[0].getsockname()[1] if server and server.sockets else port
     return runner, int(bound)
@@ -344,7 +361,7 @@ class PartnerServer:
             )
             self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(start_site(self.service, self.host, self.port), self._loop)
-        self._runner, self.port = fut.result(timeout=30)
+        self._runner, self.port = fut.result(timeout=BIND_RETRY_S + 30)
         return self
 
     def stop(self) -> None:
