@@ -35,6 +35,8 @@ from erasure.tracking.store import transition_task
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+RETENTION_DAYS = 90
+"""The default of the setting ERASURE_DATASET_RETENTION_DAYS (callers pass the setting)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_build_twice_replay_and_both_readers_agree(spark, tracking_db, catalog, 
     n = pg_events(tracking_db)
     assert n >= 18  # 3 x received, tasks created/dispatched/published/ack/succeeded, completed
 
-    r1 = build_event_dataset(spark, tracking_db, catalog, tmp_path)
+    r1 = build_event_dataset(spark, tracking_db, catalog, tmp_path, retention_days=RETENTION_DAYS)
     ev, sub = events_path(tmp_path), subjects_path(tmp_path)
     assert (r1.source_rows, r1.inserted, r1.updated, r1.subjects_inserted) == (n, n, 0, 1)
     assert r1.validation["success"] and r1.retention["deleted"] == {"erasure_events": 0, "erased_subjects": 0}
@@ -140,7 +142,7 @@ def test_build_twice_replay_and_both_readers_agree(spark, tracking_db, catalog, 
     def no_spark():
         raise AssertionError("a build with nothing new must not start Spark")
 
-    r2 = build_event_dataset(no_spark, tracking_db, catalog, tmp_path)
+    r2 = build_event_dataset(no_spark, tracking_db, catalog, tmp_path, retention_days=RETENTION_DAYS)
     assert (r2.source_rows, r2.inserted, r2.updated, r2.spark_started) == (n, 0, 0, False)
     assert (r2.events_version, r2.subjects_version) == (r1.events_version, r1.subjects_version)
     assert rs_count(ev) == n
@@ -160,7 +162,9 @@ def test_build_twice_replay_and_both_readers_agree(spark, tracking_db, catalog, 
             "UPDATE erasure.request SET status = 'completed', completed_at = now() WHERE id = %s",
             (ids["busy"],),
         )
-    r3 = build_event_dataset(spark, tracking_db, catalog, tmp_path, full_refresh=True)
+    r3 = build_event_dataset(
+        spark, tracking_db, catalog, tmp_path, full_refresh=True, retention_days=RETENTION_DAYS
+    )
     assert (r3.source_rows, r3.inserted) == (n + 1, 1)
     assert r3.updated == 1  # the row corrupted above is restored from the source
     assert r3.subjects_inserted == 1
@@ -195,21 +199,23 @@ def test_gx_failure_blocks_the_write(spark, tracking_db, catalog, tmp_path):
     with transaction(tracking_db) as cur:
         bad, _ = add_request(cur, received_at=datetime.now(UTC) + timedelta(days=1))
     with pytest.raises(DataQualityError) as ei:
-        build_event_dataset(spark, tracking_db, catalog, tmp_path)
+        build_event_dataset(spark, tracking_db, catalog, tmp_path, retention_days=RETENTION_DAYS)
     assert "occurred_at, received_at" in str(ei.value)
     assert table_version(events_path(tmp_path)) is None and not any(tmp_path.iterdir())  # not even created
 
     with transaction(tracking_db) as cur:
         cur.execute("DELETE FROM erasure.request WHERE id = %s", (bad,))  # cascades to its events
     seed(tracking_db)
-    good = build_event_dataset(spark, tracking_db, catalog, tmp_path, apply_retention=False)
+    good = build_event_dataset(
+        spark, tracking_db, catalog, tmp_path, apply_retention=False, retention_days=RETENTION_DAYS
+    )
     versions = (table_version(events_path(tmp_path)), table_version(subjects_path(tmp_path)))
     count = rs_count(events_path(tmp_path))
 
     with transaction(tracking_db) as cur:
         add_request(cur, received_at=datetime.now(UTC) + timedelta(days=1))
     with pytest.raises(DataQualityError) as ei:
-        build_event_dataset(spark, tracking_db, catalog, tmp_path)
+        build_event_dataset(spark, tracking_db, catalog, tmp_path, retention_days=RETENTION_DAYS)
     assert "expect_column_pair_values_a_to_be_greater_than_b(occurred_at, received_at)" in str(ei.value)
     assert ei.value.summary.report["success"] is False
     assert (table_version(events_path(tmp_path)), table_version(subjects_path(tmp_path))) == versions
@@ -266,7 +272,9 @@ def test_doc_queries_run_on_spark_and_duckdb(spark, tracking_db, catalog, tmp_pa
     sql_blocks, py_blocks = doc_blocks("sql spark"), doc_blocks("python deltalake")
     assert len(sql_blocks) >= 4 and len(py_blocks) >= 2
     seed(tracking_db)
-    build_event_dataset(spark, tracking_db, catalog, tmp_path, apply_retention=False)
+    build_event_dataset(
+        spark, tracking_db, catalog, tmp_path, apply_retention=False, retention_days=RETENTION_DAYS
+    )
     root = str(tmp_path.resolve())
 
     queries = []  # (statement, rows) of every SELECT
