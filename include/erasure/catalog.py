@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from erasure.targets.base import Spec
@@ -115,6 +123,14 @@ class Target(_Model):
             return value
         model = spec_model(kind)
         return value if isinstance(value, model) else model.model_validate(value)
+
+    @model_serializer(mode="wrap")
+    def _spec_as_section(self, handler: Any) -> Any:
+        """Dump the kind's section under its own name, as in the YAML (so a dump loads again)."""
+        data = handler(self)
+        if isinstance(data, dict) and "spec" in data:
+            data[self.kind] = data.pop("spec")
+        return data
 
     @model_validator(mode="after")
     def _spec_checks(self) -> Target:

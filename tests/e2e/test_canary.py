@@ -203,9 +203,14 @@ def test_canary_seeds_every_target_and_verifies_erasure(
 
     t0 = datetime.now(UTC)
     seeded = canary.seed_subjects(
-        dsn, cat, subject_types=["customer", "employee"], delay=timedelta(seconds=2), now=t0
+        dsn,
+        cat,
+        settings=get_settings(),
+        subject_types=["customer", "employee"],
+        delay=timedelta(seconds=2),
+        now=t0,
     )
-    appended = canary.seed_warehouse(spark, dsn, cat)
+    appended = canary.seed_warehouse(spark, dsn, cat, settings=get_settings())
     ids = {s["subject_id"]: s["subject_type"] for s in seeded}
     assert sorted(ids.values()) == ["customer", "employee"]
     assert appended == {t.name: 1 for t in cat.of_kind("warehouse_delta")}
@@ -227,13 +232,13 @@ def test_canary_seeds_every_target_and_verifies_erasure(
     assert all(r["is_canary"] and r["source"] == "canary" for r in reqs)
 
     # nothing to verify while the requests are open
-    early = canary.verify_subjects(dsn, cat, spark=spark)
+    early = canary.verify_subjects(dsn, cat, settings=get_settings(), spark=spark)
     assert [r.result for r in early] == [None, None]
 
     _run_pipeline(world, dsn, kafka_bootstrap, spark)
     assert [r["status"] for r in _requests(dsn)] == ["completed", "completed"], _requests(dsn)
 
-    results = canary.verify_subjects(dsn, cat, spark=spark)
+    results = canary.verify_subjects(dsn, cat, settings=get_settings(), spark=spark)
     assert {r.subject_id: r.result for r in results} == {sid: "pass" for sid in ids}, [
         r.as_dict() for r in results
     ]
@@ -246,7 +251,7 @@ def test_canary_seeds_every_target_and_verifies_erasure(
         assert cur.fetchone()["n"] == 0
     assert rows and all(r["passed"] is True for r in rows), rows
     # a second verification run changes nothing
-    assert canary.verify_subjects(dsn, cat, spark=spark) == []
+    assert canary.verify_subjects(dsn, cat, settings=get_settings(), spark=spark) == []
 
 
 def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_factory, monkeypatch):
@@ -257,7 +262,7 @@ def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_fa
     world.partners["crm_contacts"].service.faults.update({"silent_delete_failure": True})
 
     t0 = datetime.now(UTC)
-    (seeded,) = canary.seed_subjects(dsn, cat, delay=timedelta(0), now=t0)
+    (seeded,) = canary.seed_subjects(dsn, cat, settings=get_settings(), delay=timedelta(0), now=t0)
     sid = seeded["subject_id"]
     assert sid.startswith("canary_")
     assert sorted(seeded["seeded"]) == ["billing_profiles", "crm_contacts", "support_desk"]
@@ -267,7 +272,7 @@ def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_fa
     assert req["status"] == "completed"  # the pipeline believes the partner
     assert req["tasks"]["crm_contacts"] == "succeeded"
 
-    (res,) = canary.verify_subjects(dsn, cat)
+    (res,) = canary.verify_subjects(dsn, cat, settings=get_settings())
     assert res.result == "fail"
     outcome = {c.target: c.outcome for c in res.checks}
     assert outcome == {"crm_contacts": "fail", "billing_profiles": "pass", "support_desk": "pass"}
@@ -285,7 +290,7 @@ def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_fa
     assert cat.team("crm").channel == alerts[0]["channel"]
 
     # re-running verification neither re-checks nor alerts again
-    assert canary.verify_subjects(dsn, cat) == []
+    assert canary.verify_subjects(dsn, cat, settings=get_settings()) == []
     with transaction(dsn) as cur:
         cur.execute("SELECT count(*) AS n FROM erasure.alert")
         assert cur.fetchone()["n"] == 1

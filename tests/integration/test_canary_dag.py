@@ -115,9 +115,11 @@ def test_seed_retry_finishes_the_same_canaries(tracking_db, sync_world):
     servers, cat = sync_world
     servers["support_desk"].stop()  # connection refused
     with pytest.raises(canary.CanaryError, match="support_desk"):
-        canary.seed_subjects(tracking_db, cat, run_id="run-1", delay=timedelta(0))
+        canary.seed_subjects(tracking_db, cat, settings=get_settings(), run_id="run-1", delay=timedelta(0))
     servers["support_desk"].start()
-    (again,) = canary.seed_subjects(tracking_db, cat, run_id="run-1", delay=timedelta(0))
+    (again,) = canary.seed_subjects(
+        tracking_db, cat, settings=get_settings(), run_id="run-1", delay=timedelta(0)
+    )
     assert sorted(again["seeded"]) == sorted(SYNC) and again["errors"] == []
     with transaction(tracking_db) as cur:
         cur.execute("SELECT count(*) AS n FROM erasure.canary_subject")

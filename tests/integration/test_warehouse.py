@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,20 @@ def test_bad_catalog_table_fails_the_target_with_a_clear_error(
     assert not rep.ok and "key_column 'buyer_id'" in rep.targets[0].error
     row = next(iter(_tasks(tracking_db, ids.values()).values()))
     assert row["status"] == "failed" and row["stage"] is None and "buyer_id" in row["last_error"]
+    # the one retry policy: the next attempt waits the target's exponential retry delay
+    target = cat2.target("wh_orders")
+    wait = row["next_attempt_at"] - row["updated_at"]
+    assert row["attempts"] == 1 and abs(wait - target.retry_delay(1)) < timedelta(seconds=5)
+    _reopen = "UPDATE erasure.task SET status = 'pending', next_attempt_at = now() WHERE id = ANY(%s)"
+    with psycopg2.connect(tracking_db) as conn, conn.cursor() as cur:
+        cur.execute(_reopen, (list(ids.values()),))
+    erase_warehouse(
+        spark, cat2, tracking_db, settings=get_settings(), warehouse_dir=warehouse, targets=["wh_orders"]
+    )
+    row = next(iter(_tasks(tracking_db, ids.values()).values()))
+    wait = row["next_attempt_at"] - row["updated_at"]
+    assert row["attempts"] == 2 and abs(wait - target.retry_delay(2)) < timedelta(seconds=5)
+    assert target.retry_delay(2) == 2 * target.retry_delay(1)
 
 
 def test_killed_job_leaves_tables_consistent_and_next_run_completes(spark, catalog, warehouse, tracking_db):
