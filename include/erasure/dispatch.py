@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from erasure.catalog import Catalog, Target
-from erasure.db import connect
+from erasure.db import connect, transaction
 from erasure.settings import Settings
 from erasure.targets import Claimed, Context, Outcome, TargetError, adapter_for
+from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
 from erasure.vocab import DeleteOutcome, Runner, TaskStatus
 
@@ -43,20 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_MINUTES = 15.0
 """Default of the ``dispatch_lease_minutes`` setting; callers pass the setting."""
 MAX_MAP_LENGTH = 1024
-
-# Due = may be claimed now. %(lease)s is an interval in minutes, %(claim)s the claimer's key.
-_DUE = """
-    r.status = 'in_progress'
-    AND t.target = %(target)s
-    AND (
-        t.status = 'pending'
-        OR (t.status = 'failed' AND t.next_attempt_at <= now() AND t.attempts < %(max_attempts)s
-            AND NOT COALESCE((t.evidence ->> 'permanent')::boolean, false))
-        OR (t.status = 'in_progress'
-            AND (t.updated_at < now() - make_interval(secs => %(lease)s * 60)
-                 OR t.evidence ->> 'claim' = %(claim)s))
-    )
-"""
 
 
 @dataclass
@@ -111,27 +98,8 @@ def plan_batches(
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     size = batch_size or batch_size_of(t)
-    conn = connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                f"""
-                SELECT t.id FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-                 WHERE {_DUE}
-                 ORDER BY r.due_at, t.id
-                 LIMIT %(limit)s
-                """,  # noqa: S608 - constant SQL fragment, values are parameters
-                {
-                    "target": t.name,
-                    "max_attempts": t.max_attempts,
-                    "lease": lease_minutes,
-                    "claim": "",
-                    "limit": size * max_batches,
-                },
-            )
-            ids = [r[0] for r in cur.fetchall()]
-    finally:
-        conn.close()
+    with transaction(dsn) as cur:
+        ids = task_sql.due_ids(cur, t.name, t.max_attempts, lease_minutes, size * max_batches)
     chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
     return [{"target": t.name, "batch": i, "of": len(chunks), "task_ids": c} for i, c in enumerate(chunks)]
 
@@ -151,37 +119,9 @@ def claim(
     """
     if not task_ids:
         return []
-    conn = connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                f"""
-                WITH due AS (
-                    SELECT t.id FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-                     WHERE t.id = ANY(%(ids)s) AND {_DUE}
-                     ORDER BY t.id
-                     FOR UPDATE OF t SKIP LOCKED
-                )
-                UPDATE erasure.task t
-                   SET status = 'in_progress', updated_at = now(),
-                       evidence = t.evidence || jsonb_build_object('claim', %(claim)s::text,
-                                                                   'claimed_at', now())
-                  FROM due, erasure.request r
-                 WHERE t.id = due.id AND r.id = t.request_id
-                RETURNING t.id, t.request_id, r.subject_id, t.attempts
-                """,  # noqa: S608 - constant SQL fragment, values are parameters
-                {
-                    "ids": list(task_ids),
-                    "target": target.name,
-                    "max_attempts": target.max_attempts,
-                    "lease": lease_minutes,
-                    "claim": claim_key,
-                },
-            )
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    return sorted((Claimed(*r) for r in rows), key=lambda c: c.task_id)
+    with transaction(dsn) as cur:
+        rows = task_sql.claim_due(cur, task_ids, target.name, target.max_attempts, lease_minutes, claim_key)
+    return sorted((Claimed(**r) for r in rows), key=lambda c: c.task_id)
 
 
 # -- recording outcomes --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from erasure.alerts import DeliveryResult, Notifier, deliver_pending, raise_team_alert
@@ -42,6 +43,8 @@ from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.outbox import mark_for_replay
 from erasure.targets import adapter_for
+from erasure.tracking import request as request_sql
+from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
 from erasure.vocab import AlertKind, RequestStatus, TaskStatus
 
@@ -131,7 +134,7 @@ def ack_timeout(target: Target | None) -> timedelta:
 
 def escalation_key(task_id: int, attempts: int) -> str:
     """One escalation alert per task and attempt count (a re-opened, re-tried task can escalate again)."""
-    return f"task_escalated:{task_id}:a{attempts}"
+    return f"{AlertKind.TASK_ESCALATED.value}:{task_id}:a{attempts}"
 
 
 def _escalation_message(row: Mapping[str, Any], reason: str) -> str:
@@ -187,184 +190,106 @@ def _escalate(
     )
 
 
+# ------------------------------------------------------------------------------------------ decisions
+class Action(StrEnum):
+    """What reconcile does with one task (decided without the database, see the ``*_decision``s)."""
+
+    RETRY = "retry"  # failed -> pending: its retry delay has passed
+    WAIT = "wait"  # failed, retry delay running; ``due`` is when it ends (pushed to next_attempt_at)
+    ESCALATE = "escalate"  # no retry left: escalated, its owner alerted
+    REPLAY = "replay"  # awaiting an ack past the ack timeout: the same event is published again
+    NOTHING = "nothing"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+    due: datetime | None = None
+
+
+def retry_decision(row: Mapping[str, Any], target: Target | None, now: datetime) -> Decision:
+    """A failed task: escalate (target gone, permanent failure, no attempts left), retry (its retry
+    delay since the last failure has passed) or wait until ``due``."""
+    if target is None:
+        return Decision(Action.ESCALATE, f"target '{row['target']}' is not in the catalog")
+    if (row.get("evidence") or {}).get("permanent") is True:
+        return Decision(Action.ESCALATE, f"permanent failure: {row['last_error']}")
+    if row["attempts"] >= max_attempts(target):
+        return Decision(
+            Action.ESCALATE,
+            f"failed {row['attempts']} of max_attempts {max_attempts(target)}: {row['last_error']}",
+        )
+    due = max(row["next_attempt_at"], row["updated_at"] + retry_delay(target, row["attempts"]))
+    return Decision(Action.RETRY) if due <= now else Decision(Action.WAIT, due=due)
+
+
+def replay_decision(row: Mapping[str, Any], target: Target | None, now: datetime) -> Decision:
+    """A task awaiting the ack of a published event: nothing while the ack timeout runs, then replay
+    the same event, or escalate once it was published ``max_attempts`` times."""
+    timeout = ack_timeout(target)
+    if row["published_at"] + timeout > now:
+        return Decision(Action.NOTHING)
+    mins = int(timeout.total_seconds() // 60)
+    if row["publish_count"] >= max_attempts(target):
+        return Decision(
+            Action.ESCALATE,
+            f"no acknowledgement of event {row['event_id']} after {row['publish_count']} publication(s) "
+            f"(ack timeout {mins} min, max_attempts {max_attempts(target)})",
+        )
+    return Decision(Action.REPLAY, f"no ack within {mins} min (ack timeout)")
+
+
 # ---------------------------------------------------------------------------------------------- steps
 def replay_unacked(
     dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
     """Step 1: unpublish events whose ack timed out (same event id), or escalate after max attempts."""
     with transaction(dsn) as cur:
-        cur.execute(
-            """
-            SELECT o.event_id, o.attempt, o.publish_count, o.published_at, t.id AS task_id, t.request_id,
-                   t.target, t.kind, t.attempts, t.last_error, r.external_id
-              FROM erasure.task t
-              JOIN erasure.request r ON r.id = t.request_id
-              JOIN LATERAL (SELECT ob.event_id, ob.attempt, ob.publish_count, ob.published_at, ob.acked_at
-                              FROM erasure.outbox ob WHERE ob.task_id = t.id
-                             ORDER BY ob.created_at DESC LIMIT 1) o ON true
-             WHERE t.status = 'awaiting_ack' AND r.status = ANY(%(active)s)
-               AND o.acked_at IS NULL AND o.published_at IS NOT NULL
-               AND o.published_at < %(now)s - interval '1 minute'
-             ORDER BY o.published_at
-             LIMIT %(batch)s
-             FOR UPDATE OF t SKIP LOCKED
-            """,
-            {"active": list(ACTIVE_REQUEST_STATUSES), "now": now, "batch": batch},
-        )
-        rows = cur.fetchall()
-        for row in rows:
-            target = _target(catalog, row["target"])
-            timeout = ack_timeout(target)
-            if row["published_at"] + timeout > now:
-                continue
-            if row["publish_count"] >= max_attempts(target):
-                reason = (
-                    f"no acknowledgement of event {row['event_id']} after {row['publish_count']} publication(s) "
-                    f"(ack timeout {int(timeout.total_seconds() // 60)} min, max_attempts {max_attempts(target)})"
-                )
+        for row in task_sql.unacked(cur, ACTIVE_REQUEST_STATUSES, now, batch):
+            d = replay_decision(row, _target(catalog, row["target"]), now)
+            if d.action == Action.ESCALATE:
                 _escalate(
-                    cur, catalog, {**row, "last_error": reason}, TaskStatus.AWAITING_ACK, reason, result
+                    cur, catalog, {**row, "last_error": d.reason}, TaskStatus.AWAITING_ACK, d.reason, result
                 )
-                continue
-            mins = int(timeout.total_seconds() // 60)
-            if mark_for_replay(cur, [row["event_id"]], reason=f"no ack within {mins} min (ack timeout)"):
+            elif d.action == Action.REPLAY and mark_for_replay(cur, [row["event_id"]], reason=d.reason):
                 result.replayed += 1
 
 
 def retry_or_escalate(
     dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
-    """Step 2: failed tasks -> pending once their backoff elapsed, or escalated after max attempts."""
+    """Step 2: failed tasks -> pending once their retry delay elapsed, or escalated after max attempts."""
     with transaction(dsn) as cur:
-        cur.execute(
-            """
-            SELECT t.id AS task_id, t.request_id, t.target, t.kind, t.attempts, t.last_error,
-                   t.next_attempt_at, t.updated_at, t.evidence, r.external_id
-              FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-             WHERE t.status = 'failed' AND r.status = ANY(%(active)s)
-             ORDER BY t.id
-             LIMIT %(batch)s
-             FOR UPDATE OF t SKIP LOCKED
-            """,
-            {"active": list(ACTIVE_REQUEST_STATUSES), "batch": batch},
-        )
-        for row in cur.fetchall():
-            target = _target(catalog, row["target"])
-            evidence = row["evidence"] or {}
-            if target is None:
-                _escalate(
-                    cur,
-                    catalog,
-                    row,
-                    TaskStatus.FAILED,
-                    f"target '{row['target']}' is not in the catalog",
-                    result,
-                )
-            elif evidence.get("permanent") is True:
-                _escalate(
-                    cur, catalog, row, TaskStatus.FAILED, f"permanent failure: {row['last_error']}", result
-                )
-            elif row["attempts"] >= max_attempts(target):
-                reason = (
-                    f"failed {row['attempts']} of max_attempts {max_attempts(target)}: {row['last_error']}"
-                )
-                _escalate(cur, catalog, row, TaskStatus.FAILED, reason, result)
-            else:
-                due = max(row["next_attempt_at"], row["updated_at"] + retry_delay(target, row["attempts"]))
-                if due <= now:
-                    if transition_task(
-                        cur, row["task_id"], TaskStatus.PENDING, (TaskStatus.FAILED,), next_attempt_at=now
-                    ):
-                        result.retried += 1
-                elif row["next_attempt_at"] < due:
-                    cur.execute(
-                        "UPDATE erasure.task SET next_attempt_at = %s WHERE id = %s AND status = 'failed'",
-                        (due, row["task_id"]),
-                    )
-                    result.backoff_scheduled += cur.rowcount
+        for row in task_sql.failed(cur, ACTIVE_REQUEST_STATUSES, batch):
+            d = retry_decision(row, _target(catalog, row["target"]), now)
+            if d.action == Action.ESCALATE:
+                _escalate(cur, catalog, row, TaskStatus.FAILED, d.reason, result)
+            elif d.action == Action.RETRY:
+                if transition_task(
+                    cur, row["task_id"], TaskStatus.PENDING, (TaskStatus.FAILED,), next_attempt_at=now
+                ):
+                    result.retried += 1
+            elif d.due is not None and row["next_attempt_at"] < d.due:
+                result.backoff_scheduled += task_sql.push_next_attempt(cur, row["task_id"], d.due)
 
         # Tasks escalated elsewhere (e.g. a permanent 4xx in dispatch) still get their one alert.
-        cur.execute(
-            """
-            SELECT t.id AS task_id, t.request_id, t.target, t.kind, t.attempts, t.last_error, r.external_id
-              FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-             WHERE t.status = 'escalated'
-               AND NOT EXISTS (SELECT 1 FROM erasure.alert a
-                                WHERE a.dedupe_key = 'task_escalated:' || t.id || ':a' || t.attempts)
-             ORDER BY t.id
-             LIMIT %(batch)s
-            """,
-            {"batch": batch},
-        )
-        for row in cur.fetchall():
+        for row in task_sql.escalated_without_alert(cur, AlertKind.TASK_ESCALATED.value, batch):
             _alert_escalation(cur, catalog, row, row["last_error"] or "escalated", result)
 
 
 def recompute_requests(dsn: str, result: ReconcileResult) -> None:
     """Step 3: request status from its tasks (set-based, guarded; completed is final)."""
-    ok = "(t.status = 'succeeded' AND t.evidence <> '{}'::jsonb)"
     with transaction(dsn) as cur:
-        cur.execute(
-            f"""
-            UPDATE erasure.request r
-               SET status = 'completed', completed_at = now(), updated_at = now(),
-                   status_reason = 'all targets erased with evidence'
-             WHERE r.status IN ('received', 'in_progress', 'failed')
-               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id)
-               AND NOT EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id AND NOT {ok})
-            """  # noqa: S608 - constant SQL fragment, no input
-        )
-        result.completed += cur.rowcount
-        cur.execute(
-            """
-            UPDATE erasure.request r
-               SET status = 'failed', updated_at = now(),
-                   status_reason = 'escalated: ' || (SELECT string_agg(t.target, ', ' ORDER BY t.target)
-                                                      FROM erasure.task t
-                                                     WHERE t.request_id = r.id AND t.status = 'escalated')
-             WHERE r.status IN ('received', 'in_progress')
-               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id AND t.status = 'escalated')
-               AND NOT EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
-                                  AND t.status NOT IN ('succeeded', 'escalated'))
-            """
-        )
-        result.failed += cur.rowcount
-        cur.execute(
-            """
-            UPDATE erasure.request r SET status = 'in_progress', updated_at = now(), status_reason = NULL
-             WHERE r.status = 'received'
-               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
-                              AND (t.status <> 'pending' OR t.attempts > 0))
-            """
-        )
-        result.started += cur.rowcount
-        cur.execute(
-            """
-            UPDATE erasure.request r
-               SET status = 'in_progress', updated_at = now(), status_reason = 'reopened: a task is active again'
-             WHERE r.status = 'failed'
-               AND EXISTS (SELECT 1 FROM erasure.task t WHERE t.request_id = r.id
-                              AND t.status NOT IN ('succeeded', 'escalated'))
-               AND NOT EXISTS (SELECT 1 FROM erasure.request o
-                                WHERE o.subject_type = r.subject_type AND o.subject_id = r.subject_id
-                                  AND o.id <> r.id AND o.status IN ('received', 'held', 'in_progress'))
-            """
-        )
-        result.reopened += cur.rowcount
+        result.completed += request_sql.complete_finished(cur)
+        result.failed += request_sql.fail_escalated(cur)
+        result.started += request_sql.start_worked_on(cur)
+        result.reopened += request_sql.reopen_active(cur)
 
 
 def blocking_targets(cur: Any, request_id: int) -> list[dict[str, Any]]:
     """Tasks of a request that keep it from completing (not succeeded with evidence)."""
-    cur.execute(
-        """
-        SELECT target, kind, status, attempts, left(last_error, 300) AS last_error, next_attempt_at
-          FROM erasure.task
-         WHERE request_id = %s AND NOT (status = 'succeeded' AND evidence <> '{}'::jsonb)
-         ORDER BY target
-        """,
-        (request_id,),
-    )
-    return [dict(r) for r in cur.fetchall()]
+    return task_sql.blocking(cur, request_id)
 
 
 def check_sla(
@@ -378,25 +303,16 @@ def check_sla(
     """Step 4: one alert when a request nears ``due_at`` and one when it is past, to the pipeline owner."""
     team = catalog.pipeline_owner
     with transaction(dsn) as cur:
-        cur.execute(
-            """
-            SELECT r.id, r.external_id, r.subject_type, r.jurisdiction, r.status, r.received_at, r.due_at
-              FROM erasure.request r
-             WHERE r.status = ANY(%(st)s) AND r.due_at <= %(horizon)s
-               AND NOT EXISTS (SELECT 1 FROM erasure.alert a WHERE a.dedupe_key = 'sla_breached:' || r.id)
-               AND (r.due_at <= %(now)s
-                    OR NOT EXISTS (SELECT 1 FROM erasure.alert a WHERE a.dedupe_key = 'sla_approaching:' || r.id))
-             ORDER BY r.due_at
-             LIMIT %(batch)s
-            """,
-            {
-                "st": list(SLA_REQUEST_STATUSES),
-                "horizon": now + timedelta(days=warn_days),
-                "now": now,
-                "batch": batch,
-            },
+        due = request_sql.near_or_past_due(
+            cur,
+            SLA_REQUEST_STATUSES,
+            now,
+            now + timedelta(days=warn_days),
+            AlertKind.SLA_APPROACHING.value,
+            AlertKind.SLA_BREACHED.value,
+            batch,
         )
-        for req in cur.fetchall():
+        for req in due:
             breached = req["due_at"] <= now
             kind = AlertKind.SLA_BREACHED if breached else AlertKind.SLA_APPROACHING
             blocking = blocking_targets(cur, req["id"])
@@ -442,29 +358,16 @@ def check_target_sla(
         return
     with transaction(dsn) as cur:
         for target in targets:
-            cur.execute(
-                """
-                SELECT t.id AS task_id, t.request_id, t.status, t.attempts, t.last_error, r.external_id,
-                       r.received_at + make_interval(days => %(days)s) AS target_due_at
-                  FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-                 WHERE t.target = %(target)s AND t.status <> ALL(%(done)s) AND r.status = ANY(%(open)s)
-                   AND r.received_at + make_interval(days => %(days)s) <= %(now)s
-                   AND NOT EXISTS (SELECT 1 FROM erasure.alert a
-                                    WHERE a.dedupe_key = %(kind)s || ':' || t.id)
-                 ORDER BY t.id
-                 LIMIT %(batch)s
-                """,
-                {
-                    "target": target.name,
-                    "days": target.sla_days,
-                    "done": list(TaskStatus.terminal()),
-                    "open": list(SLA_REQUEST_STATUSES),
-                    "now": now,
-                    "kind": AlertKind.TARGET_SLA_BREACHED.value,
-                    "batch": batch,
-                },
+            rows = task_sql.past_target_sla(
+                cur,
+                target.name,
+                target.sla_days or 0,
+                SLA_REQUEST_STATUSES,
+                now,
+                AlertKind.TARGET_SLA_BREACHED.value,
+                batch,
             )
-            for row in cur.fetchall():
+            for row in rows:
                 due = row["target_due_at"].isoformat()
                 msg = (
                     f"Target '{target.name}' has not erased request {row['request_id']} (external id "

@@ -61,6 +61,7 @@ from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.settings import Settings
 from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
+from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
 from erasure.vocab import TargetKind, TaskStatus, WarehouseStage
 
@@ -404,24 +405,14 @@ class WarehouseTask:
     evidence: dict[str, Any]
 
 
-_PICK_SQL = """
-SELECT t.id AS task_id, t.request_id, r.subject_id, t.status, t.stage, t.attempts, t.evidence
-  FROM erasure.task t
-  JOIN erasure.request r ON r.id = t.request_id
- WHERE r.status = 'in_progress'
-   AND t.kind = 'warehouse_delta'
-   AND t.target = %(target)s
-   AND (t.status IN ('pending', 'in_progress') OR (t.status = 'failed' AND t.attempts < %(max_attempts)s))
- ORDER BY t.id
-"""
-
-
 def pick_tasks(dsn: str, target: Target) -> list[WarehouseTask]:
     """Tasks of this target to work on: request ``in_progress``; task ``pending``, ``in_progress`` or
     ``failed`` with attempts left (exhausted ones are left to the reconcile stage to escalate)."""
     with transaction(dsn) as cur:
-        cur.execute(_PICK_SQL, {"target": target.name, "max_attempts": target.max_attempts})
-        return [WarehouseTask(**row) for row in cur.fetchall()]
+        return [
+            WarehouseTask(**r)
+            for r in task_sql.warehouse_workable(cur, KIND, target.name, target.max_attempts)
+        ]
 
 
 def pending_counts(dsn: str, catalog: Catalog) -> dict[str, int]:
@@ -466,11 +457,7 @@ def _advance(
     ids = [t.task_id for t in tasks]
     moved = []
     with transaction(dsn) as cur:
-        cur.execute(
-            "SELECT id, stage, status FROM erasure.task WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE",
-            {"ids": ids},
-        )
-        current = {r["id"]: r for r in cur.fetchall()}
+        current = task_sql.lock_stages(cur, ids)
         for t in tasks:
             row = current.get(t.task_id)
             if row is None or row["status"] != TaskStatus.IN_PROGRESS or row["stage"] != from_stage:
