@@ -29,7 +29,6 @@ need it).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -44,6 +43,7 @@ from erasure.db import transaction
 from erasure.settings import Settings
 from erasure.targets import CheckResult, Context, TargetError, adapter_for
 from erasure.targets.sync_api import test_payload
+from erasure.tracking import canary as canary_sql
 from erasure.vocab import AlertKind, CanaryResult, CheckOutcome, RequestStatus
 
 if TYPE_CHECKING:
@@ -154,29 +154,13 @@ def seed_subjects(
         existing: list[str] = []
         if run_id is not None:  # a retried task: finish this run's canaries instead of making new ones
             with transaction(dsn) as cur:
-                cur.execute(
-                    """SELECT subject_id FROM erasure.canary_subject
-                        WHERE subject_type = %s AND details ->> 'run_id' = %s AND requested_at IS NULL
-                        ORDER BY created_at""",
-                    (st, run_id),
-                )
-                existing = [r["subject_id"] for r in cur.fetchall()]
+                existing = canary_sql.unrequested_of_run(cur, st, run_id)
         for sid in existing[:count]:
             out.append(reseed(dsn, catalog, sid, settings=settings, client=client, raise_on_error=False))
         for _ in range(count - len(existing[:count])):
             sid = new_subject_id(catalog, st)
             with transaction(dsn) as cur:
-                cur.execute(
-                    """INSERT INTO erasure.canary_subject (subject_id, subject_type, created_at, erase_after, details)
-                       VALUES (%s, %s, %s, %s, %s::jsonb)""",
-                    (
-                        sid,
-                        st,
-                        now,
-                        now + delay,
-                        json.dumps({"run_id": run_id, "delay_s": delay.total_seconds()}),
-                    ),
-                )
+                canary_sql.create(cur, sid, st, now, delay, run_id)
             out.append(reseed(dsn, catalog, sid, settings=settings, client=client, raise_on_error=False))
     errors = [e for s in out for e in s["errors"]]
     if errors:
@@ -195,13 +179,10 @@ def reseed(
 ) -> dict[str, Any]:
     """Seed the non-Spark targets of one canary that have no ``canary_check`` row yet (idempotent)."""
     with transaction(dsn) as cur:
-        cur.execute("SELECT subject_type FROM erasure.canary_subject WHERE subject_id=%s", (subject_id,))
-        row = cur.fetchone()
-        if row is None:
+        st = canary_sql.subject_type_of(cur, subject_id)
+        if st is None:
             raise CanaryError(f"subject_id: {subject_id} is not a canary subject")
-        cur.execute("SELECT target FROM erasure.canary_check WHERE subject_id=%s", (subject_id,))
-        done = {r["target"] for r in cur.fetchall()}
-    st = row["subject_type"]
+        done = set(canary_sql.checks_of(cur, subject_id))
     http = _http(client)
     ctx = Context(settings=settings, dsn=dsn, catalog=catalog, http=http)
     seeded: list[str] = []
@@ -227,12 +208,7 @@ def reseed(
             http.close()
     if errors:
         with transaction(dsn) as cur:
-            cur.execute(
-                """UPDATE erasure.canary_subject
-                      SET details = details || jsonb_build_object('seed_errors', %s::jsonb)
-                    WHERE subject_id=%s""",
-                (json.dumps(errors), subject_id),
-            )
+            canary_sql.record_seed_errors(cur, subject_id, errors)
         if raise_on_error:
             raise CanaryError("canary seeding failed for: " + "; ".join(errors))
     return {
@@ -247,12 +223,7 @@ def reseed(
 def _record_seeded(dsn: str, subject_id: str, targets: list[str], detail: str) -> None:
     with transaction(dsn) as cur:
         for t in targets:
-            cur.execute(
-                """INSERT INTO erasure.canary_check (subject_id, target, seeded_at, detail)
-                   VALUES (%s, %s, now(), %s)
-                   ON CONFLICT (subject_id, target) DO NOTHING""",
-                (subject_id, t, f"seeded: {detail}"),
-            )
+            canary_sql.record_seeded(cur, subject_id, t, detail)
 
 
 def seed_warehouse(
@@ -269,14 +240,7 @@ def seed_warehouse(
     seeded per target; the adapter seeds a target's subjects at once (one Delta commit per table).
     """
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT s.subject_id, s.subject_type, COALESCE(array_agg(c.target) FILTER (WHERE c.target IS NOT NULL), '{}') AS done
-                 FROM erasure.canary_subject s LEFT JOIN erasure.canary_check c USING (subject_id)
-                WHERE s.requested_at IS NULL AND (%s::text[] IS NULL OR s.subject_id = ANY(%s::text[]))
-                GROUP BY s.subject_id, s.subject_type""",
-            (list(subject_ids) if subject_ids is not None else None,) * 2,
-        )
-        subjects = cur.fetchall()
+        subjects = canary_sql.unrequested_with_done(cur, subject_ids)
     todo: dict[str, list[tuple[str, str]]] = {}
     for s in subjects:
         for t in canary_targets(catalog, s["subject_type"]):
@@ -327,12 +291,7 @@ def file_requests(
     """
     now = now or datetime.now(UTC)
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT subject_id, subject_type FROM erasure.canary_subject
-                WHERE requested_at IS NULL AND erase_after <= %s ORDER BY created_at""",
-            (now,),
-        )
-        due = cur.fetchall()
+        due = canary_sql.due_for_request(cur, now)
     reg = register or _register_via_intake
     filed = []
     for s in due:
@@ -345,14 +304,7 @@ def file_requests(
         }
         request_id = reg(dsn, catalog, payload, run_id)
         with transaction(dsn) as cur:
-            cur.execute(
-                "UPDATE erasure.request SET is_canary = true WHERE id=%s AND NOT is_canary", (request_id,)
-            )
-            cur.execute(
-                """UPDATE erasure.canary_subject SET request_id=%s, requested_at=%s
-                    WHERE subject_id=%s AND requested_at IS NULL""",
-                (request_id, now, s["subject_id"]),
-            )
+            canary_sql.mark_requested(cur, s["subject_id"], request_id, now)
         filed.append({"subject_id": s["subject_id"], "request_id": request_id})
     return filed
 
@@ -378,16 +330,7 @@ def verify_subjects(
     """
     now = now or datetime.now(UTC)
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT s.subject_id, s.subject_type, s.request_id, s.requested_at, s.details,
-                      r.status AS request_status, r.status_reason
-                 FROM erasure.canary_subject s LEFT JOIN erasure.request r ON r.id = s.request_id
-                WHERE s.requested_at IS NOT NULL AND s.verified_at IS NULL
-                  AND (%s::text[] IS NULL OR s.subject_id = ANY(%s::text[]))
-                ORDER BY s.created_at""",
-            (list(subject_ids) if subject_ids is not None else None,) * 2,
-        )
-        subjects = cur.fetchall()
+        subjects = canary_sql.requested_unverified(cur, subject_ids)
     http = _http(client)
     ctx = Context(settings=settings, dsn=dsn, catalog=catalog, http=http, spark=spark)
     results = []
@@ -409,6 +352,16 @@ def verify_subjects(
     return results
 
 
+def verdict(checks: list[CheckResult], request_status: str | None) -> CanaryResult | None:
+    """A canary passes when every target's data is gone and its request completed; it fails when a
+    target still holds it or the request did not complete; ``None`` while a target could not be
+    checked (left open for the next run, failed at the verify timeout by the caller)."""
+    if any(c.outcome == CheckOutcome.ERROR for c in checks):
+        return None
+    ok = request_status == RequestStatus.COMPLETED and all(c.outcome == CheckOutcome.PASS for c in checks)
+    return CanaryResult.PASS if ok else CanaryResult.FAIL
+
+
 def _verify_one(
     dsn: str,
     catalog: Catalog,
@@ -420,8 +373,7 @@ def _verify_one(
 ) -> SubjectResult:
     sid = s["subject_id"]
     with transaction(dsn) as cur:
-        cur.execute("SELECT target, passed FROM erasure.canary_check WHERE subject_id=%s", (sid,))
-        checks = {r["target"]: r["passed"] for r in cur.fetchall()}
+        checks = canary_sql.checks_of(cur, sid)
     res = SubjectResult(sid, s["subject_type"], s["request_id"], s["request_status"], None)
     seed_errors = (s["details"] or {}).get("seed_errors", [])
     for t in canary_targets(catalog, s["subject_type"]):
@@ -444,41 +396,21 @@ def _verify_one(
                 c.target, c.kind, CheckOutcome.FAIL, f"could not verify before the timeout: {c.detail}"
             )
         res.checks.append(c)
-    open_checks = [c for c in res.checks if c.outcome == CheckOutcome.ERROR]
     request_ok = s["request_status"] == RequestStatus.COMPLETED
+    failed = [c for c in res.checks if c.outcome == CheckOutcome.FAIL]
     with transaction(dsn) as cur:
         for c in res.checks:
-            if c.detail == VERIFIED_EARLIER:
-                continue
-            cur.execute(
-                """INSERT INTO erasure.canary_check (subject_id, target, seeded_at, verified_at, passed, detail)
-                   VALUES (%(s)s, %(t)s, %(now)s, %(v)s, %(p)s, %(d)s)
-                   ON CONFLICT (subject_id, target) DO UPDATE
-                      SET verified_at = EXCLUDED.verified_at, passed = EXCLUDED.passed, detail = EXCLUDED.detail
-                    WHERE erasure.canary_check.passed IS NULL""",
-                {
-                    "s": sid,
-                    "t": c.target,
-                    "now": now,
-                    "v": None if c.outcome == CheckOutcome.ERROR else now,
-                    "p": c.passed,
-                    "d": c.detail[:2000],
-                },
-            )
-        if open_checks:
+            if c.detail != VERIFIED_EARLIER:
+                canary_sql.record_check(cur, sid, c.target, now, c.passed, c.detail)
+        res.result = verdict(res.checks, s["request_status"])
+        if res.result is None:
             return res  # decided next run (or at the timeout)
-        failed = [c for c in res.checks if c.outcome == CheckOutcome.FAIL]
-        res.result = CanaryResult.PASS if not failed and request_ok else CanaryResult.FAIL
         summary = {
             "request_status": s["request_status"],
             "failed_targets": [c.target for c in failed],
             "checks": {c.target: {"outcome": c.outcome, "detail": c.detail} for c in res.checks},
         }
-        cur.execute(
-            """UPDATE erasure.canary_subject SET verified_at=%s, result=%s, details = details || %s::jsonb
-                WHERE subject_id=%s AND verified_at IS NULL""",
-            (now, res.result, json.dumps({"verification": summary}), sid),
-        )
+        canary_sql.record_verdict(cur, sid, now, res.result, summary)
     if alert and res.result == CanaryResult.FAIL:
         for c in failed:
             t = catalog.target(c.target)
@@ -558,16 +490,7 @@ def raise_alert(
 def summary(dsn: str, limit: int = 50) -> list[dict[str, Any]]:
     """Latest canaries with their per-target checks (for reports and the demo)."""
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT s.subject_id, s.subject_type, s.created_at, s.erase_after, s.request_id, s.requested_at,
-                      s.verified_at, s.result,
-                      COALESCE(jsonb_object_agg(c.target, jsonb_build_object('passed', c.passed, 'detail', c.detail))
-                               FILTER (WHERE c.target IS NOT NULL), '{}'::jsonb) AS checks
-                 FROM erasure.canary_subject s LEFT JOIN erasure.canary_check c USING (subject_id)
-                GROUP BY s.subject_id ORDER BY s.created_at DESC LIMIT %s""",
-            (limit,),
-        )
-        return [dict(r) for r in cur.fetchall()]
+        return canary_sql.latest(cur, limit)
 
 
 def describe_failure(r: SubjectResult) -> str:
@@ -578,12 +501,7 @@ def describe_failure(r: SubjectResult) -> str:
 def warehouse_seeding_pending(dsn: str, catalog: Catalog) -> bool:
     """Whether some unrequested canary still lacks a row in one of its warehouse tables."""
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT s.subject_type, COALESCE(array_agg(c.target) FILTER (WHERE c.target IS NOT NULL), '{}') AS done
-                 FROM erasure.canary_subject s LEFT JOIN erasure.canary_check c USING (subject_id)
-                WHERE s.requested_at IS NULL GROUP BY s.subject_id, s.subject_type"""
-        )
-        rows = cur.fetchall()
+        rows = canary_sql.unrequested_with_done(cur)
     return any(
         spark_seeded(t) and t.name not in r["done"]
         for r in rows
@@ -602,14 +520,7 @@ def ready_to_verify(
     """Whether a verification run has work (with ``needs_spark``: work on a warehouse target)."""
     now = now or datetime.now(UTC)
     with transaction(dsn) as cur:
-        cur.execute(
-            """SELECT DISTINCT s.subject_type
-                 FROM erasure.canary_subject s LEFT JOIN erasure.request r ON r.id = s.request_id
-                WHERE s.requested_at IS NOT NULL AND s.verified_at IS NULL
-                  AND (r.status IN ('completed', 'failed', 'rejected') OR s.requested_at + %s <= %s)""",
-            (timeout, now),
-        )
-        types = [r["subject_type"] for r in cur.fetchall()]
+        types = canary_sql.types_ready_to_verify(cur, timeout, now)
     if not needs_spark:
         return bool(types)
     return any(spark_seeded(t) for st in types for t in canary_targets(catalog, st))
