@@ -29,7 +29,8 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 
 from erasure.airflow.defaults import dag_kwargs
-from erasure.airflow.runtime import current_catalog, current_settings
+from erasure.catalog import load_catalog
+from erasure.settings import get_settings
 
 DELAY_VARIABLE = "erasure_canary_delay_minutes"
 TIMEOUT_VARIABLE = "erasure_canary_verify_timeout_minutes"
@@ -37,7 +38,7 @@ TIMEOUT_VARIABLE = "erasure_canary_verify_timeout_minutes"
 
 @dag(
     dag_id="erasure_canary",
-    schedule=current_settings().canary_schedule,
+    schedule=get_settings().canary_schedule,
     max_active_runs=1,
     params={
         "delay_minutes": Param(
@@ -73,8 +74,8 @@ def erasure_canary():
 
         ctx = get_current_context()
         params = ctx["params"]
-        settings = current_settings()
-        dsn, cat = tracking_dsn(), current_catalog(settings)
+        settings = get_settings()
+        dsn, cat = tracking_dsn(), load_catalog(settings.catalog_path)
         delay = timedelta(minutes=minutes(params, "delay_minutes", variable=DELAY_VARIABLE, default=60))
         seeded = []
         if int(params.get("count", 1)) > 0:
@@ -103,7 +104,7 @@ def erasure_canary():
         from erasure import canary
         from erasure.airflow.conn import tracking_dsn
 
-        return canary.file_requests(tracking_dsn(), current_catalog(), run_id=get_current_context()["run_id"])
+        return canary.file_requests(tracking_dsn(), load_catalog(), run_id=get_current_context()["run_id"])
 
     @task
     def verify() -> list:
@@ -114,8 +115,8 @@ def erasure_canary():
         from erasure.airflow.params import minutes
 
         params = get_current_context()["params"]
-        settings = current_settings()
-        dsn, cat = tracking_dsn(), current_catalog(settings)
+        settings = get_settings()
+        dsn, cat = tracking_dsn(), load_catalog(settings.catalog_path)
         timeout = timedelta(
             minutes=minutes(params, "verify_timeout_minutes", variable=TIMEOUT_VARIABLE, default=4320)
         )

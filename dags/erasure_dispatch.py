@@ -41,13 +41,14 @@ from airflow.sdk import dag, get_current_context, task
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import dag_kwargs
 from erasure.airflow.kafka_tasks import enqueue_kafka_events, publish_kafka_events
-from erasure.airflow.runtime import current_catalog, current_settings
+from erasure.catalog import load_catalog
 from erasure.dispatch import dispatch_targets
+from erasure.settings import get_settings
 from erasure.targets import kinds_run_by
 from erasure.vocab import Runner
 
-SETTINGS = current_settings()
-CATALOG = current_catalog(SETTINGS)
+SETTINGS = get_settings()
+CATALOG = load_catalog(SETTINGS.catalog_path)
 DISPATCH_TARGETS = dispatch_targets(CATALOG)  # enabled targets whose kind is run by Runner.DISPATCH
 HAS_OUTBOX_TARGETS = any(CATALOG.of_kind(kind) for kind in kinds_run_by(Runner.OUTBOX))
 BATCH_TIMEOUT = timedelta(minutes=SETTINGS.dispatch_batch_timeout_minutes)
@@ -71,10 +72,10 @@ def erasure_dispatch():
         from erasure.airflow.conn import tracking_dsn
         from erasure.dispatch import plan_batches
 
-        settings = current_settings()
+        settings = get_settings()
         return plan_batches(
             tracking_dsn(),
-            current_catalog(settings),
+            load_catalog(settings.catalog_path),
             target,
             max_batches=conf.getint("core", "max_map_length"),
             lease_minutes=settings.dispatch_lease_minutes,
@@ -88,10 +89,10 @@ def erasure_dispatch():
 
         ctx = get_current_context()
         ctx["batch_label"] = f"{target} batch {batch + 1}/{of} ({len(task_ids)} subjects)"  # type: ignore[typeddict-unknown-key]
-        settings = current_settings()
+        settings = get_settings()
         return run_batch(
             tracking_dsn(),
-            current_catalog(settings),
+            load_catalog(settings.catalog_path),
             target,
             task_ids,
             claim_key=f"{ctx['run_id']}/{target}/{batch}",

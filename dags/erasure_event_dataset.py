@@ -65,20 +65,21 @@ def erasure_event_dataset():
         from airflow.sdk.exceptions import AirflowFailException
 
         from erasure.airflow.conn import tracking_dsn
-        from erasure.airflow.runtime import current_catalog, current_settings
+        from erasure.catalog import load_catalog
         from erasure.dq import DataQualityError
         from erasure.event_dataset import build_event_dataset
+        from erasure.settings import get_settings
         from erasure.spark import get_spark
 
         ctx = get_current_context()
         params = ctx["params"]
-        settings = current_settings()
+        settings = get_settings()
         try:
             report = build_event_dataset(
                 # Spark starts only if there is something to write
                 partial(get_spark, "erasure-event-dataset", settings=settings),
                 tracking_dsn(),
-                current_catalog(settings),
+                load_catalog(settings.catalog_path),
                 settings.dataset_path,
                 retention_days=params.get("retention_days") or settings.dataset_retention_days,
                 full_refresh=bool(params.get("full_refresh")),
@@ -104,11 +105,11 @@ def erasure_event_dataset():
 
     @task
     def enforce_retention() -> dict:
-        from erasure.airflow.runtime import current_settings
         from erasure.event_dataset import enforce_retention as apply
+        from erasure.settings import get_settings
         from erasure.spark import get_spark
 
-        settings = current_settings()
+        settings = get_settings()
         return apply(
             get_spark("erasure-event-dataset", settings=settings),
             settings.dataset_path,

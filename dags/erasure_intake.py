@@ -13,7 +13,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from erasure.airflow.defaults import dag_kwargs
 from erasure.airflow.params import intake_params
-from erasure.airflow.runtime import current_catalog
+from erasure.catalog import load_catalog
 from erasure.intake import MAX_BATCH
 
 DOC = f"""
@@ -34,7 +34,7 @@ Task `register` returns (XCom) `received`, `registered`, `duplicates`, `rejected
 outcome per request; task `report` fails the run when any request was rejected (reasons in its log).
 """
 
-PARAMS = intake_params(current_catalog())
+PARAMS = intake_params(load_catalog())
 
 
 @dag(
@@ -60,7 +60,7 @@ def erasure_intake():
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         result = register_requests(
-            tracking_dsn(), current_catalog(), requests, source=RequestSource.API, run_id=ctx["run_id"]
+            tracking_dsn(), load_catalog(), requests, source=RequestSource.API, run_id=ctx["run_id"]
         )
         return result.to_dict()
 

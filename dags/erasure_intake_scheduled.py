@@ -43,10 +43,10 @@ def erasure_intake_scheduled():
     @task
     def ingest() -> dict:
         from erasure.airflow.conn import tracking_dsn
-        from erasure.airflow.runtime import current_catalog
+        from erasure.catalog import load_catalog
         from erasure.intake import ingest_pending, result_report
 
-        result = ingest_pending(tracking_dsn(), current_catalog(), run_id=get_current_context()["run_id"])
+        result = ingest_pending(tracking_dsn(), load_catalog(), run_id=get_current_context()["run_id"])
         out = result.to_dict(max_outcomes=200)
         print(result_report(out))
         return out

@@ -36,12 +36,13 @@ from erasure.airflow.defaults import dag_kwargs
 def _reconcile(*steps: str) -> dict:
     """One or more steps of ``erasure.reconcile.reconcile``; its counts for XCom."""
     from erasure.airflow.conn import tracking_dsn
-    from erasure.airflow.runtime import current_catalog, current_settings
+    from erasure.catalog import load_catalog
     from erasure.reconcile import reconcile
+    from erasure.settings import get_settings
 
-    settings = current_settings()
+    settings = get_settings()
     return reconcile(
-        tracking_dsn(), current_catalog(settings), steps=steps, sla_warn_days=settings.sla_warn_days
+        tracking_dsn(), load_catalog(settings.catalog_path), steps=steps, sla_warn_days=settings.sla_warn_days
     ).as_dict()
 
 

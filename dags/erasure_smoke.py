@@ -43,9 +43,9 @@ def erasure_smoke():
     @task
     def spark() -> dict:
         from erasure import smoke
-        from erasure.airflow.runtime import current_settings
+        from erasure.settings import get_settings
 
-        return smoke.check_spark(current_settings())
+        return smoke.check_spark(get_settings())
 
     postgres() >> kafka() >> spark()
 

@@ -47,10 +47,10 @@ def erasure_warehouse():
     @task.short_circuit
     def pending_work() -> dict[str, int]:
         from erasure.airflow.conn import tracking_dsn
-        from erasure.airflow.runtime import current_catalog
+        from erasure.catalog import load_catalog
         from erasure.warehouse import pending_counts
 
-        counts = pending_counts(tracking_dsn(), current_catalog())
+        counts = pending_counts(tracking_dsn(), load_catalog())
         print(f"workable warehouse tasks per target: {counts}")
         return {k: v for k, v in counts.items() if v}
 

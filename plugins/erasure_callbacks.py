@@ -21,18 +21,19 @@ log = logging.getLogger("erasure.callbacks")
 
 def _handle(context: dict[str, Any] | None, team: str | None, description: str | None, **extra: Any) -> str:
     from erasure.airflow.conn import tracking_dsn
-    from erasure.airflow.runtime import current_catalog, current_settings
     from erasure.alerts import record_deadline_miss
+    from erasure.catalog import load_catalog
+    from erasure.settings import get_settings
 
     context = context or {}
     dag_run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
     dag_id = dag_run.get("dag_id") or extra.get("dag_id")
     run_id = dag_run.get("dag_run_id") or dag_run.get("run_id") or extra.get("run_id")
-    settings = current_settings()
+    settings = get_settings()
     key, delivery = record_deadline_miss(
         tracking_dsn(fallback_to_settings=True),
-        current_catalog(settings),
+        load_catalog(settings.catalog_path),
         settings=settings,
         dag_id=dag_id,
         run_id=run_id,

@@ -31,9 +31,9 @@ def tracking_dsn(conn_id: str = TRACKING_CONN_ID, *, fallback_to_settings: bool 
     except Exception as exc:
         if not fallback_to_settings:
             raise
-        from erasure.airflow.runtime import current_settings
+        from erasure.settings import get_settings
 
-        dsn = current_settings().tracking_dsn
+        dsn = get_settings().tracking_dsn
         if not dsn:
             raise RuntimeError(
                 f"no tracking store: set AIRFLOW_CONN_{conn_id.upper()} or ERASURE_TRACKING_DSN"

@@ -29,10 +29,10 @@ def kafka_config(conn_id: str = KAFKA_CONN_ID) -> dict[str, Any]:
 def enqueue_kafka_events(limit: int = 10000) -> dict[str, Any]:
     """Due pending tasks of Kafka targets -> outbox rows + ``awaiting_ack``, in one transaction."""
     from erasure.airflow.conn import tracking_dsn
-    from erasure.airflow.runtime import current_catalog
+    from erasure.catalog import load_catalog
     from erasure.outbox import enqueue_due
 
-    res = enqueue_due(tracking_dsn(), current_catalog(), limit=limit)
+    res = enqueue_due(tracking_dsn(), load_catalog(), limit=limit)
     return {"enqueued": res.enqueued, "invalid": res.invalid, "by_target": res.by_target}
 
 
@@ -55,13 +55,13 @@ def publish_kafka_events(limit: int | None = None) -> dict[str, Any]:
 def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -> dict[str, Any]:
     """A bounded poll of the ack topics; offsets are committed after each database transaction."""
     from erasure.airflow.conn import tracking_dsn
-    from erasure.airflow.runtime import current_catalog
+    from erasure.catalog import load_catalog
     from erasure.outbox import consume_acks
 
     res = consume_acks(
         tracking_dsn(),
         kafka_config(),
-        catalog=current_catalog(),
+        catalog=load_catalog(),
         max_seconds=max_seconds,
         max_messages=max_messages,
     )

@@ -59,9 +59,9 @@ def job_path(job: str) -> Path:
     (images that mount ``spark_jobs/`` beside ``dags/``)."""
     from airflow.sdk.configuration import conf
 
-    from erasure.airflow.runtime import current_settings
+    from erasure.settings import get_settings
 
-    candidates = [current_settings().root / "spark_jobs" / job]
+    candidates = [get_settings().root / "spark_jobs" / job]
     dags_folder = conf.get("core", "dags_folder", fallback=None)
     if dags_folder:
         candidates.append(Path(dags_folder).resolve().parent / "spark_jobs" / job)
