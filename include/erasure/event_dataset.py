@@ -311,6 +311,8 @@ def extract_events(dsn: str, since: datetime, *, fetch_size: int = 10_000) -> So
         conn.rollback()
     finally:
         conn.close()
+    if counts is None:  # an aggregate always returns one row
+        raise RuntimeError("event log: the count query returned no row")
     return SourceBatch(
         rows=rows,
         since=since,
@@ -540,6 +542,8 @@ def merge_events(
         ).first()
     finally:
         session.catalog.dropTempView(view)
+    if res is None:  # MERGE always returns its metrics row
+        raise RuntimeError("MERGE into erasure_events returned no metrics")
     return {"inserted": int(res["num_inserted_rows"]), "updated": int(res["num_updated_rows"])}
 
 
@@ -619,6 +623,8 @@ def refresh_erased_subjects(
         ).first()
     finally:
         session.catalog.dropTempView(view)
+    if res is None:  # MERGE always returns its metrics row
+        raise RuntimeError("MERGE into erased_subjects returned no metrics")
     return {"inserted": int(res["num_inserted_rows"])}
 
 

@@ -120,6 +120,8 @@ def place_hold(
                 (st, sid),
             )
             row = cur.fetchone()
+        if row is None:  # cannot happen: the insert conflicted with this very row, under the subject lock
+            raise RuntimeError(f"legal hold on {st}/{sid}: neither inserted nor found")
         cur.execute(
             """UPDATE erasure.request SET status = 'held', status_reason = %s, updated_at = now()
                 WHERE subject_type = %s AND subject_id = %s AND status IN ('received', 'in_progress')
@@ -225,7 +227,8 @@ def recheck_held_requests(dsn: str) -> RecheckResult:
         )
         result.held = sorted(r["id"] for r in cur.fetchall())
         cur.execute("SELECT count(*) AS n FROM erasure.request WHERE status = 'held'")
-        result.still_held = int(cur.fetchone()["n"])
+        counted = cur.fetchone()
+        result.still_held = int(counted["n"]) if counted else 0
     log.info(
         "hold re-check: released %s, newly held %s, still held %d",
         result.released,

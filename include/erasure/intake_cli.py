@@ -128,15 +128,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             holds = list_holds(dsn, active_only=not args.all)
             if args.json:
                 print(json.dumps(holds, indent=2, default=str))
-            for h in [] if args.json else holds:
+            for row in [] if args.json else holds:
                 state = (
-                    f"released {h['released_at']:%Y-%m-%d} by {h['released_by']}"
-                    if h["released_at"]
+                    f"released {row['released_at']:%Y-%m-%d} by {row['released_by']}"
+                    if row["released_at"]
                     else "ACTIVE"
                 )
                 print(
-                    f"{h['id']:>6}  {h['subject_type']}:{h['subject_id']}  {state}  "
-                    f"held requests: {h['held_requests']}  placed by {h['placed_by']}: {h['reason']}"
+                    f"{row['id']:>6}  {row['subject_type']}:{row['subject_id']}  {state}  "
+                    f"held requests: {row['held_requests']}  placed by {row['placed_by']}: {row['reason']}"
                 )
         else:
             print(json.dumps(recheck_held_requests(dsn).to_dict()))

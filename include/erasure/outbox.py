@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.extras
 
@@ -549,9 +549,9 @@ def consume_acks(
                 err = m.error()
                 if err is None:
                     batch.append(m)
-                    at_eof.discard((m.topic(), m.partition()))
+                    at_eof.discard(_topic_partition(m))
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    at_eof.add((m.topic(), m.partition()))
+                    at_eof.add(_topic_partition(m))
                 elif err.fatal():
                     raise KafkaException(err)
                 else:
@@ -561,9 +561,8 @@ def consume_acks(
                 # offsets only after the DB transaction committed (at-least-once, deduped by ack_log)
                 last: dict[tuple[str, int], int] = {}
                 for m in batch:
-                    last[(m.topic(), m.partition())] = max(
-                        last.get((m.topic(), m.partition()), -1), m.offset()
-                    )
+                    tp = _topic_partition(m)
+                    last[tp] = max(last.get(tp, -1), cast(int, m.offset()))
                 consumer.commit(
                     offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False
                 )
@@ -577,6 +576,11 @@ def consume_acks(
         consumer.close()
         result.seconds = time.monotonic() - started
     return result
+
+
+def _topic_partition(m: Any) -> tuple[str, int]:
+    """A consumed message's (topic, partition); both are set on every message the consumer returns."""
+    return cast(str, m.topic()), cast(int, m.partition())
 
 
 def _apply_ack_batch(dsn: str, msgs: list[Any], targets: dict[str, Target], result: AckResult) -> None:

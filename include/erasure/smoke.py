@@ -22,7 +22,7 @@ def check_postgres(dsn: str) -> dict[str, Any]:
             if row is None:
                 raise RuntimeError("tracking store is not migrated (erasure.alembic_version is empty)")
             cur.execute("SELECT count(*) FROM erasure.request")
-            requests = cur.fetchone()[0]
+            (requests,) = cur.fetchone() or (0,)
         conn.rollback()
     finally:
         conn.close()
@@ -50,7 +50,7 @@ def check_kafka(bootstrap: str, topic: str = "erasure.smoke", timeout: float = 3
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = consumer.poll(1.0)
-            if got is not None and got.error() is None and got.value().decode() == token:
+            if got is not None and got.error() is None and (got.value() or b"").decode() == token:
                 return {"topic": topic, "partition": msg.partition(), "offset": msg.offset()}
     finally:
         consumer.close()
