@@ -42,7 +42,11 @@ def _reconcile(*steps: str) -> dict:
 
     settings = get_settings()
     return reconcile(
-        tracking_dsn(), load_catalog(settings.catalog_path), steps=steps, sla_warn_days=settings.sla_warn_days
+        tracking_dsn(),
+        load_catalog(settings.catalog_path),
+        steps=steps,
+        sla_warn_days=settings.sla_warn_days,
+        settings=settings,
     ).as_dict()
 
 

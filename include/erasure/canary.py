@@ -418,6 +418,7 @@ def _verify_one(
                 raise_alert(
                     dsn,
                     catalog,
+                    settings=ctx.settings,
                     team=t.owner,
                     kind=AlertKind.CANARY_FAILED,
                     dedupe_key=f"canary:{sid}:{c.target}",
@@ -432,6 +433,7 @@ def _verify_one(
                 raise_alert(
                     dsn,
                     catalog,
+                    settings=ctx.settings,
                     team=catalog.pipeline_owner,
                     kind=AlertKind.CANARY_REQUEST_INCOMPLETE,
                     dedupe_key=f"canary:{sid}:request",
@@ -460,6 +462,7 @@ def raise_alert(
     request_id: int | None,
     target: str | None,
     details: dict[str, Any],
+    settings: Settings | None = None,
 ) -> str:
     """Alert ``team`` on its catalog channel: recorded in ``erasure.alert`` (deduplicated on
     ``dedupe_key``: a re-run never alerts twice for the same canary and target), then delivered at
@@ -480,7 +483,7 @@ def raise_alert(
         )
     log.error("canary alert to team %s: %s", team, message)
     try:
-        alerts.deliver_pending(dsn, dedupe_keys=[dedupe_key])
+        alerts.deliver_pending(dsn, settings=settings, dedupe_keys=[dedupe_key])
     except Exception as exc:  # noqa: BLE001 - delivery is retried by the reconcile DAG
         log.warning("canary alert %s recorded, delivery deferred: %s", dedupe_key, exc)
     return dedupe_key

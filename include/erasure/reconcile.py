@@ -42,6 +42,7 @@ from erasure.alerts import DeliveryResult, Notifier, deliver_pending, raise_team
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.outbox import mark_for_replay
+from erasure.settings import Settings
 from erasure.targets import adapter_for
 from erasure.tracking import request as request_sql
 from erasure.tracking import task as task_sql
@@ -396,6 +397,7 @@ def reconcile(
     *,
     now: datetime | None = None,
     sla_warn_days: float = DEFAULT_SLA_WARN_DAYS,
+    settings: Settings | None = None,
     notifiers: Mapping[str, Notifier] | None = None,
     steps: Collection[str] = STEPS,
     batch: int = DEFAULT_BATCH,
@@ -403,7 +405,8 @@ def reconcile(
     """Run the given ``steps`` (default: all, in order) once.
 
     ``now`` may be given (tests simulate time passing); default: the current UTC time.
-    ``sla_warn_days``: the ``sla_warn_days`` setting (ERASURE_SLA_WARN_DAYS) at the caller.
+    ``sla_warn_days``: the ``sla_warn_days`` setting (ERASURE_SLA_WARN_DAYS) at the caller; ``settings``
+    configure alert delivery (e-mail through ``ERASURE_SMTP_*``, else Airflow's e-mail backend).
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -424,7 +427,7 @@ def reconcile(
         check_sla(dsn, catalog, now, result, sla_warn_days, batch)
         check_target_sla(dsn, catalog, now, result, batch)
     if "deliver" in steps:
-        merge_delivery(result, deliver_pending(dsn, notifiers=notifiers))
+        merge_delivery(result, deliver_pending(dsn, settings=settings, notifiers=notifiers))
     log.info("reconcile: %s", {k: v for k, v in result.as_dict().items() if v})
     return result
 
