@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from erasure.targets.registry import kinds
-from erasure.vocab import AckOutcome, EventType, RequestStatus, TaskStatus
+from erasure.vocab import AckOutcome, EventOutcome, EventType, RequestStatus, TaskStatus
 
 log = logging.getLogger("erasure.dq")
 
@@ -40,7 +40,7 @@ REQUEST_STATUSES: tuple[str, ...] = tuple(s.value for s in RequestStatus)
 TASK_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
 ACK_OUTCOMES: tuple[str, ...] = tuple(o.value for o in AckOutcome)
 """Outcomes of a partner ack; the event log stores them as the status."""
-OUTCOMES: tuple[str, ...] = ("pending", "success", "failure", "escalated")
+OUTCOMES: tuple[str, ...] = tuple(o.value for o in EventOutcome)
 UNKNOWN_TEAM = "unknown"
 """Owner team of a target that is no longer in the catalog (its history stays in the dataset)."""
 
