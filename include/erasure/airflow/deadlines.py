@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, SyncCallback
+# airflow.sdk exports these at run time, but its type stub (__init__.pyi, 3.3.2) does not list them
+from airflow.sdk import (  # type: ignore[attr-defined]
+    AsyncCallback,
+    DeadlineAlert,
+    DeadlineReference,
+    SyncCallback,
+)
 
 ASYNC_CALLBACK = "erasure_callbacks.deadline_missed"
 SYNC_CALLBACK = "erasure_callbacks.deadline_missed_sync"
