@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # -- services ----------------------------------------------------------------------------------
     tracking_dsn: str | None = None
     """PostgreSQL DSN of the tracking store (the Airflow glue prefers the ``erasure_tracking`` connection)."""
-    kafka_bootstrap: str = "127.0.0.1:59092"
+    kafka_bootstrap: str = "127.0.0.1:29092"
 
     # -- Spark -------------------------------------------------------------------------------------
     spark_master: str = "local[*]"

@@ -27,7 +27,7 @@ class AirflowApi:
     @classmethod
     def from_env(cls) -> AirflowApi:
         """URL from ``AIRFLOW__API__BASE_URL``; the admin password from the simple auth manager's file."""
-        base = os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:58080")
+        base = os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:28080")
         password = os.environ.get("ERASURE_ADMIN_PASSWORD")
         pw_file = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
         if pw_file and Path(pw_file).is_file():

@@ -29,7 +29,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.root == ROOT
     assert s.tracking_dsn is None
-    assert s.kafka_bootstrap == "127.0.0.1:59092"
+    assert s.kafka_bootstrap == "127.0.0.1:29092"
     assert s.spark_master == "local[*]"
     assert s.spark_shuffle_partitions == 4 and s.spark_ui is False and s.spark_driver_memory == "2g"
     assert s.vacuum_listing_parallelism is None

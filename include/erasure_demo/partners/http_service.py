@@ -300,9 +300,9 @@ class PartnerService:
 
 
 BIND_RETRY_S = 75.0
-"""How long a fixed port that is taken is tried again. The demo's ports lie in Linux's ephemeral range
-(32768-60999): a client connection (to Kafka, say) may have been given one as its local port, and
-holds it until the connection ends plus TIME_WAIT (60 s)."""
+"""How long a fixed port that is taken is tried again (a previous run's socket in TIME_WAIT, 60 s).
+The stack's default ports lie below Linux's ephemeral range (32768-60999), so no client connection is
+given one as its local port; a port overridden into that range can still be, and this waits it out."""
 
 
 async def start_site(service: PartnerService, host: str, port: int) -> tuple[web.AppRunner, int]:

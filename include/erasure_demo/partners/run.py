@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--catalog", default=None, help="catalog file or directory (default: $ERASURE_CATALOG)")
     p.add_argument("--data-dir", default=None, help="default: $ERASURE_LOCAL/partners")
-    p.add_argument("--index-port", type=int, default=int(os.environ.get("ERASURE_PARTNER_PORT_BASE", "58100")),
+    p.add_argument("--index-port", type=int, default=int(os.environ.get("ERASURE_PARTNER_PORT_BASE", "28100")),
                    help="port of the partner index (0 = none)")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
