@@ -3,7 +3,7 @@ SHELL := /bin/bash
 STACK := scripts/stack.sh
 PY := .local/venv/bin/python
 
-.PHONY: demo test setup up down status lint fmt bench
+.PHONY: demo test test-faults setup up down status lint fmt bench
 
 ## Set up, start the stack and demo partners, run the whole pipeline end to end, print the report.
 demo:
@@ -33,3 +33,7 @@ fmt:
 
 bench: setup
 	bash -c '. scripts/env.sh && bash $(STACK) up postgres kafka && $(PY) -m pytest -m benchmark tests/benchmarks -p no:cacheprovider'
+
+## Slow fault tests (~15 min): Postgres restart, Kafka down for 3 minutes, each on a private stack.
+test-faults: setup
+	bash -c '. scripts/env.sh && $(PY) -m pytest -m faults tests/integration/test_stack_faults.py -p no:cacheprovider'

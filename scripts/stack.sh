@@ -4,10 +4,12 @@
 #   scripts/stack.sh setup            venv + pins, Kafka and Delta jars, Postgres binaries, secrets
 #   scripts/stack.sh up [SERVICE...]  start services (default: postgres kafka airflow); idempotent
 #   scripts/stack.sh down [SERVICE...] stop what this script started, by PID
-#   scripts/stack.sh status           one line per service
+#   scripts/stack.sh status           one line per service (with its supervisor's restart count)
 #   scripts/stack.sh airflow-password print the Airflow UI/API admin password
 #
 # SERVICE is one of: postgres kafka airflow partners. Everything lives under .local/ (git-ignored).
+# Every long-running process runs under scripts/supervise.py (restarted with back-off when it exits;
+# output appended to its log, rotated by size, never truncated). README "Operations".
 set -euo pipefail
 # runuser/useradd (Postgres runs as its own OS user when we are root) live in sbin, which a minimal
 # PATH (cron, `env -i`) may lack: without them Postgres would look stopped and could not be stopped
@@ -38,6 +40,45 @@ need() { command -v "$1" >/dev/null 2>&1 || die "missing tool '$1': $2"; }
 # ---------------------------------------------------------------- helpers
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+show_tail() { # file: its last lines on stderr
+  [ -s "$1" ] || return 0
+  printf '[stack] last lines of %s:\n' "$1" >&2
+  tail -n 40 "$1" | sed 's/^/[stack]   | /' >&2
+}
+
+# ---------------------------------------------------------------- supervision
+SUPERVISE="$ERASURE_ROOT/scripts/supervise.py"
+state_get() { sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n 1; } # statefile key
+
+supervise() { # name logfile [supervise.py options] -- command...: start it under its supervisor
+  local name=$1 logf=$2
+  shift 2
+  rm -f "$RUN/$name.state"
+  setsid nohup "$PY" "$SUPERVISE" --name "$name" --log "$logf" --state "$RUN/$name.state" "$@" \
+    >>"$LOGS/supervise.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+start_failed() { # pidfile: the supervisor is gone or its child already exited once
+  pid_alive "$1" || return 0
+  local r
+  r=$(state_get "${1%.pid}.state" restarts)
+  [ -n "$r" ] && [ "$r" -gt 0 ]
+}
+
+supervised_line() { # pidfile label detail: one status line
+  local pf=$1 label=$2 detail=$3 st="${1%.pid}.state" pid
+  if ! pid_alive "$pf"; then echo "$label stopped"; return; fi
+  pid=$(cat "$pf")
+  if [ "$(state_get "$st" supervisor_pid)" != "$pid" ]; then
+    echo "$label running  ${detail}(pid $pid, not supervised: restart it with down/up)"
+  elif [ "$(state_get "$st" state)" = running ]; then
+    echo "$label running  ${detail}(pid $(state_get "$st" child_pid), restarts $(state_get "$st" restarts))"
+  else
+    echo "$label restarting  (restarts $(state_get "$st" restarts), last exit $(state_get "$st" last_exit) at $(state_get "$st" last_exit_at), next try $(state_get "$st" next_start_at); see $(state_get "$st" log))"
+  fi
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_port_free() { # port service
@@ -46,12 +87,20 @@ check_port_free() { # port service
   fi
 }
 
-wait_port() { # port name seconds pidfile logfile
+wait_port() { # port name seconds pidfile logfile [other log holding the cause]
   local i=0
   while ! port_open "$1"; do
     i=$((i + 1))
-    pid_alive "$4" || die "$2 exited during start; see $5"
-    [ "$i" -ge "$(($3 * 2))" ] && die "$2 did not open port $1 within $3 s; see $5"
+    if start_failed "$4"; then
+      [ -n "${6:-}" ] && show_tail "$6"
+      stop_pidfile "$4" "$2"
+      die "$2 exited during start; see $5"
+    fi
+    if [ "$i" -ge "$(($3 * 2))" ]; then
+      [ -n "${6:-}" ] && show_tail "$6"
+      stop_pidfile "$4" "$2"
+      die "$2 did not open port $1 within $3 s; see $5"
+    fi
     sleep 0.5
   done
 }
@@ -168,17 +217,29 @@ up_postgres() {
     local pwfile="$L/pg/.pw"
     printf '%s\n' "$ERASURE_PG_PASSWORD" >"$pwfile"
     [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$pwfile"
-    as_pg "$bin/initdb" -D "$PGDATA" -U "$ERASURE_PG_USER" --pwfile="$pwfile" -A scram-sha-256 -E UTF8 >"$LOGS/initdb.log" 2>&1 ||
+    as_pg "$bin/initdb" -D "$PGDATA" -U "$ERASURE_PG_USER" --pwfile="$pwfile" -A scram-sha-256 -E UTF8 >>"$LOGS/initdb.log" 2>&1 ||
       die "initdb failed; see $LOGS/initdb.log"
     rm -f "$pwfile"
   fi
-  if as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+  if pid_alive "$RUN/postgres.pid" || as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
     log "postgres already running on 127.0.0.1:$ERASURE_PG_PORT"
   else
     check_port_free "$ERASURE_PG_PORT" postgres
-    as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$L/pg/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $ERASURE_PG_PORT -k $L/pg/run -c max_connections=200 -c fsync=off -c synchronous_commit=off" \
-      start >/dev/null || die "postgres did not start; see $L/pg/postgres.log"
+    local as_user=()
+    [ "$(id -u)" = 0 ] && as_user=(--user "$PG_OS_USER")
+    # the postmaster in the foreground under its supervisor; SIGINT is PostgreSQL's fast shutdown
+    supervise postgres "$L/pg/postgres.log" "${as_user[@]}" --stop-signal SIGINT -- \
+      "$bin/postgres" -D "$PGDATA" -c listen_addresses=127.0.0.1 -p "$ERASURE_PG_PORT" -k "$L/pg/run" \
+      -c max_connections=200 -c fsync=off -c synchronous_commit=off
+    local i=0
+    until "$bin/pg_isready" -q -h 127.0.0.1 -p "$ERASURE_PG_PORT"; do
+      i=$((i + 1))
+      if start_failed "$RUN/postgres.pid" || [ "$i" -gt 120 ]; then
+        stop_pidfile "$RUN/postgres.pid" postgres
+        die "postgres did not start; see $L/pg/postgres.log"
+      fi
+      sleep 0.5
+    done
     log "postgres started on 127.0.0.1:$ERASURE_PG_PORT"
   fi
   export PGPASSWORD="$ERASURE_PG_PASSWORD"
@@ -192,15 +253,16 @@ up_postgres() {
   # the demo HR directory (a postgres_table target of the catalog) lives in its own database
   PGOPTIONS="-c client_min_messages=warning" psql "$ERASURE_HR_DSN" -qc "CREATE SCHEMA IF NOT EXISTS hr; CREATE TABLE IF NOT EXISTS hr.directory (
       employee_id text PRIMARY KEY, name text NOT NULL, phone text, home_address text, is_test boolean NOT NULL DEFAULT false)" >/dev/null
-  "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
+  "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >>"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
 }
 
 down_postgres() {
   ensure_pg_os_user
   local bin
   bin=$(pg_bin)
+  if pid_alive "$RUN/postgres.pid"; then stop_pidfile "$RUN/postgres.pid" postgres; return 0; fi
   [ -f "$PGDATA/postmaster.pid" ] || return 0
-  if as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >"$LOGS/pg-stop.log" 2>&1; then
+  if as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >>"$LOGS/pg-stop.log" 2>&1; then
     log "postgres stopped"
   elif as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
     die "postgres could not be stopped; see $LOGS/pg-stop.log"
@@ -238,16 +300,15 @@ EOF
       local id
       id=$(java -cp "$cp" "${jopts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
       java -cp "$cp" "${jopts[@]}" kafka.tools.StorageTool format --standalone -t "$id" -c "$KDIR/server.properties" \
-        >"$LOGS/kafka-format.log" 2>&1 || die "formatting KRaft storage failed; see $LOGS/kafka-format.log"
+        >>"$LOGS/kafka-format.log" 2>&1 || die "formatting KRaft storage failed; see $LOGS/kafka-format.log"
       log "formatted KRaft storage (cluster $id)"
     fi
-    nohup java -cp "$cp" "${jopts[@]}" kafka.Kafka "$KDIR/server.properties" >"$LOGS/kafka.out" 2>&1 &
-    echo $! >"$RUN/kafka.pid"
-    wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid" "$LOGS/kafka.out"
+    supervise kafka "$LOGS/kafka.out" -- java -cp "$cp" "${jopts[@]}" kafka.Kafka "$KDIR/server.properties"
+    wait_port "$ERASURE_KAFKA_PORT" kafka 90 "$RUN/kafka.pid" "$LOGS/kafka.out" "$LOGS/kafka-server.log"
     log "kafka started on $ERASURE_KAFKA_BOOTSTRAP"
   fi
   # retried inside until the broker has registered with its controller (erasure.kafka_admin.ensure_topics)
-  if ! "$ERASURE_VENV/bin/python" -m erasure.cli kafka-topics >"$LOGS/topics.log" 2>&1; then
+  if ! "$ERASURE_VENV/bin/python" -m erasure.cli kafka-topics >>"$LOGS/topics.log" 2>&1; then
     local f
     for f in "$LOGS/kafka.out" "$LOGS/kafka-server.log"; do
       [ -s "$f" ] && { log "last lines of $f:"; tail -n 20 "$f" | sed 's/^/[stack]   | /' >&2; }
@@ -256,13 +317,17 @@ EOF
   fi
 }
 
-stop_pidfile() { # pidfile name
+stop_pidfile() { # pidfile name: the supervisor stops its child (stop signal, then SIGKILL after 30 s)
   pid_alive "$1" || { rm -f "$1"; return 0; }
-  local pid i
+  local pid i child
   pid=$(cat "$1")
+  child=$(state_get "${1%.pid}.state" child_pid)
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+  for i in $(seq 1 90); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    [ -n "$child" ] && { kill -KILL -- "-$child" 2>/dev/null || true; }
+  fi
   rm -f "$1"
   log "$2 stopped"
 }
@@ -276,17 +341,16 @@ up_airflow() {
   if [ ! -f "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" ]; then
     printf '{"admin": "%s"}\n' "$ERASURE_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
   fi
-  airflow db migrate >"$LOGS/airflow-migrate.log" 2>&1 || die "airflow db migrate failed; see $LOGS/airflow-migrate.log"
+  airflow db migrate >>"$LOGS/airflow-migrate.log" 2>&1 || die "airflow db migrate failed; see $LOGS/airflow-migrate.log"
   # per-target pools from the catalog (issue 4); `pools import` upserts, so this is idempotent
-  "$ERASURE_VENV/bin/python" -m erasure.cli pools >"$RUN/pools.json" 2>"$LOGS/airflow-pools.log" &&
+  "$ERASURE_VENV/bin/python" -m erasure.cli pools >"$RUN/pools.json" 2>>"$LOGS/airflow-pools.log" &&
     airflow pools import "$RUN/pools.json" >>"$LOGS/airflow-pools.log" 2>&1 ||
     die "creating the Airflow pools failed; see $LOGS/airflow-pools.log"
   local c started=""
   for c in $AIRFLOW_COMPONENTS; do
     if pid_alive "$RUN/airflow-$c.pid"; then continue; fi
     [ "$c" = api-server ] && check_port_free "$ERASURE_AIRFLOW_PORT" "airflow api-server"
-    setsid nohup airflow "$c" >"$LOGS/airflow-$c.log" 2>&1 &
-    echo $! >"$RUN/airflow-$c.pid"
+    supervise "airflow-$c" "$LOGS/airflow-$c.log" -- "$ERASURE_VENV/bin/airflow" "$c"
     started="$started $c"
   done
   wait_port "$ERASURE_AIRFLOW_PORT" "airflow api-server" 120 "$RUN/airflow-api-server.pid" "$LOGS/airflow-api-server.log"
@@ -305,8 +369,7 @@ down_airflow() {
 # ---------------------------------------------------------------- demo partners
 up_partners() {
   if pid_alive "$RUN/partners.pid"; then log "partners already running"; return; fi
-  setsid nohup "$ERASURE_VENV/bin/python" -m erasure_demo.partners.run --catalog "$ERASURE_CATALOG" >"$LOGS/partners.log" 2>&1 &
-  echo $! >"$RUN/partners.pid"
+  supervise partners "$LOGS/partners.log" -- "$ERASURE_VENV/bin/python" -m erasure_demo.partners.run --catalog "$ERASURE_CATALOG"
   wait_port "${ERASURE_PARTNER_CRM_URL##*:}" partners 60 "$RUN/partners.pid" "$LOGS/partners.log"
   log "demo partners started (HTTP from port $ERASURE_PARTNER_PORT_BASE, Kafka consumers)"
 }
@@ -338,15 +401,17 @@ cmd_status() {
   ensure_pg_os_user
   local bin
   bin=$(pg_bin)
-  if [ -n "$bin" ] && [ -f "$PGDATA/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
-    echo "postgres   running  127.0.0.1:$ERASURE_PG_PORT"
+  if pid_alive "$RUN/postgres.pid"; then
+    supervised_line "$RUN/postgres.pid" "postgres  " "127.0.0.1:$ERASURE_PG_PORT "
+  elif [ -n "$bin" ] && [ -f "$PGDATA/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    echo "postgres   running  127.0.0.1:$ERASURE_PG_PORT (not supervised: restart it with down/up)"
   else echo "postgres   stopped"; fi
-  pid_alive "$RUN/kafka.pid" && echo "kafka      running  $ERASURE_KAFKA_BOOTSTRAP (pid $(cat "$RUN/kafka.pid"))" || echo "kafka      stopped"
+  supervised_line "$RUN/kafka.pid" "kafka     " "$ERASURE_KAFKA_BOOTSTRAP "
   local c
   for c in $AIRFLOW_COMPONENTS; do
-    pid_alive "$RUN/airflow-$c.pid" && printf 'airflow %-14s running (pid %s)\n' "$c" "$(cat "$RUN/airflow-$c.pid")" || printf 'airflow %-14s stopped\n' "$c"
+    supervised_line "$RUN/airflow-$c.pid" "$(printf 'airflow %-14s' "$c")" ""
   done
-  pid_alive "$RUN/partners.pid" && echo "partners   running  (pid $(cat "$RUN/partners.pid"))" || echo "partners   stopped"
+  supervised_line "$RUN/partners.pid" "partners  " ""
 }
 
 case "${1:-}" in

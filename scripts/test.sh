@@ -11,4 +11,4 @@ if [ "$started" -gt 0 ] || [ "${CI:-}" = true ]; then trap cleanup EXIT; fi
 bash scripts/stack.sh up postgres kafka airflow partners
 ruff check . && ruff format --check .
 mypy  # the product package, configured in pyproject.toml [tool.mypy]
-python -m pytest -m "not benchmark" -p no:cacheprovider "$@"
+python -m pytest -m "not benchmark and not faults" -p no:cacheprovider "$@"

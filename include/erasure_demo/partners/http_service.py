@@ -3,7 +3,8 @@
 Partner endpoints (paths from the catalog's ``sync_api`` section):
 
 * ``DELETE {delete_path}``  erase a subject: 200 JSON ``{"deletion_id", "subject_id", "deleted": true}``,
-  404 when there is nothing to erase. An ``Idempotency-Key`` seen before replays the first answer.
+  404 when there is nothing to erase. An ``Idempotency-Key`` seen before replays the first answer
+  (``"replayed": true``), also after a restart: the key is stored with the deletion, in one transaction.
 * ``GET {lookup_path}``     200 ``{"subject_id", "data", "is_test"}`` or 404 (used to verify erasure).
 * ``POST {create_path}``    body ``{"subject_id", "data"}``: create a *test* subject (the canary), 201.
 * ``GET /healthz``          200 ``{"status": "ok", ...}``; 503 during an outage.
@@ -201,17 +202,19 @@ class PartnerService:
         if fault is not None:
             return fault
         idem = request.headers.get("Idempotency-Key")
-        if idem and idem in self._idem:
-            status, body = self._idem[idem]
-            if body.get("subject_id") == subject_id:
-                return self._json(
-                    {**body, "replayed": True}, status, headers={"X-Request-Id": body["deletion_id"]}
-                )
+        first = self._idem.get(idem) if idem else None
+        if idem and first is None:  # not answered since this process started: the store remembers
+            first = await asyncio.to_thread(self._stored_answer, idem)
+        if first is not None and first[1].get("subject_id") == subject_id:
+            status, body = first
+            return self._json(
+                {**body, "replayed": True}, status, headers={"X-Request-Id": body["deletion_id"]}
+            )
         deletion_id = f"del_{uuid.uuid4().hex[:20]}"
         if self.faults.silent_delete_failure:
             existed = self.store.get(subject_id) is not None  # claims success, keeps the data
         else:
-            existed = self.store.delete(subject_id, idem)
+            existed = self.store.delete(subject_id, idem, deletion_id)
         status = 200 if existed else 404
         body = {"deletion_id": deletion_id, "subject_id": subject_id, "deleted": existed}
         if idem:
@@ -219,6 +222,15 @@ class PartnerService:
             if len(self._idem) > self._idem_max:
                 self._idem.popitem(last=False)
         return self._json(body, status, headers={"X-Request-Id": deletion_id})
+
+    def _stored_answer(self, idem: str) -> tuple[int, dict[str, Any]] | None:
+        """The answer first given to ``idem``, rebuilt from the store's deletion log (durable keys)."""
+        done = self.store.first_deletion(idem)
+        if done is None or not done["deletion_id"]:  # no answer was given with this key
+            return None
+        existed = bool(done["existed"])
+        body = {"deletion_id": done["deletion_id"], "subject_id": done["subject_id"], "deleted": existed}
+        return (200 if existed else 404), body
 
     async def handle_lookup(self, request: web.Request) -> web.Response:
         subject_id = request.match_info["subject_id"]

@@ -10,7 +10,11 @@ For one catalog target of kind ``kafka``:
   the event id as idempotency key), produces an ack to ``kafka.ack_topic`` (idempotent producer,
   delivery checked) and commits its offsets only after the acks were delivered (at-least-once).
   A redelivered or replayed event (same event id) is answered with the first outcome, not erased twice.
-* a **supervisor** (the caller's thread) restarts the process after a crash (``restart_delay_s``) and
+  While the broker is unreachable it waits: acks stay queued (no delivery timeout) and commits are
+  retried with back-off up to 30 s, and librdkafka's connection errors are logged once a minute at
+  most, with the number of similar lines left out.
+* a **supervisor** (the caller's thread) restarts the process after a crash (``restart_delay_s``,
+  doubled after each crash that follows a short run, up to 30 s) and
   serves the partner's HTTP API on the host/port of ``kafka.lookup_url`` with
   :class:`erasure_demo.partners.http_service.PartnerService` (``GET /subjects/{id}`` lookup,
   ``POST /test-subjects`` test data for the canary, ``/admin/seed``, ``/admin/stats``, ``/healthz``).
@@ -59,6 +63,33 @@ from erasure_demo.partners.http_service import Faults, PartnerServer, PartnerSer
 log = logging.getLogger("erasure_demo.partners.kafka")
 
 CRASH_EXIT_CODE = 70
+MAX_BACKOFF_S = 30.0
+QUIET_LOG_INTERVAL_S = 60.0
+
+
+class QuietLog(logging.Filter):
+    """Let through one record per kind (its text without digits) per ``interval`` seconds; the next one
+    says how many were left out. librdkafka repeats its connection errors while a broker is down."""
+
+    def __init__(self, interval: float = QUIET_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval = interval
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = "".join(ch for ch in record.getMessage() if not ch.isdigit())[:160]
+        now = time.monotonic()
+        at, skipped = self._seen.get(kind, (-1e18, 0))
+        if now - at < self.interval:
+            self._seen[kind] = (at, skipped + 1)
+            return False
+        self._seen[kind] = (now, 0)
+        if skipped:
+            record.msg = (
+                f"{record.getMessage()} ({skipped} similar lines in the last {now - at:.0f}s left out)"
+            )
+            record.args = ()
+        return True
 
 
 @dataclass
@@ -231,23 +262,28 @@ class KafkaPartner:
         return subprocess.Popen(cmd)  # noqa: S603 - our own module, fixed arguments
 
     def _supervise(self) -> None:
+        delay = self.kafka_faults.restart_delay_s
         while not self._stop.is_set():
             with self._lock:
                 if self._stop.is_set():
                     return
+                started = time.monotonic()
                 self._proc = self._spawn()
             code = self._proc.wait()
             if self._stop.is_set():
                 return
             self.restarts += 1
+            if time.monotonic() - started > 60:  # it had been running well: no back-off
+                delay = self.kafka_faults.restart_delay_s
             log.warning(
                 "kafka partner %s: consumer exited with %s (%s); restarting in %.1fs",
                 self.target.name,
                 code,
                 "simulated crash" if code == CRASH_EXIT_CODE else "crash",
-                self.kafka_faults.restart_delay_s,
+                delay,
             )
-            self._stop.wait(self.kafka_faults.restart_delay_s)
+            self._stop.wait(delay)
+            delay = min(max(delay, 0.5) * 2, MAX_BACKOFF_S)
 
     def kill(self) -> None:
         """SIGKILL the consumer process (a hard crash); the supervisor restarts it."""
@@ -345,8 +381,15 @@ class _Consumer:
         self.stats = {"events": 0, "other_targets": 0, "malformed": 0, "erased": 0, "not_found": 0,
                       "failed": 0, "dropped": 0, "replayed": 0, "acks": 0}  # fmt: skip
         self.stopping = False
+        self.fatal = False
+        rdkafka_log = logging.getLogger("erasure_demo.partners.kafka.rdkafka")
+        rdkafka_log.addFilter(QuietLog())
+        self._quiet = logging.getLogger("erasure_demo.partners.kafka.wait")
+        self._quiet.addFilter(QuietLog())
+        quiet = {"logger": rdkafka_log, "error_cb": self._on_error, "reconnect.backoff.max.ms": 10000}
         self.consumer = Consumer(
             {
+                **quiet,
                 "bootstrap.servers": args.bootstrap,
                 "group.id": args.group_id,
                 "group.instance.id": f"{args.group_id}-1",  # static membership: a restart takes over at once
@@ -355,7 +398,27 @@ class _Consumer:
                 "session.timeout.ms": 10000,
             }
         )
-        self.producer = Producer(producer_config(args.bootstrap, **{"linger.ms": 2}))
+        # acks wait in the producer's queue while the broker is down (0: no delivery timeout)
+        self.producer = Producer(
+            producer_config(args.bootstrap, **{"linger.ms": 2, "message.timeout.ms": 0, **quiet})
+        )
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            log.error("kafka client: fatal error %s; exiting (restarted)", err)
+            self.stopping = True
+            self.fatal = True
+            return
+        self._quiet.warning("kafka client: %s (waiting for the broker)", err)
+
+    def _wait(self, what: str, attempt: int) -> int:
+        """Sleep an exponential back-off (1 s doubling to 30 s) before trying ``what`` again."""
+        delay = min(2.0**attempt, MAX_BACKOFF_S)
+        self._quiet.warning("broker unreachable: %s again in up to %.0fs", what, delay)
+        end = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(0.2)
+        return attempt + 1
 
     def _load_faults(self) -> None:
         try:
@@ -379,6 +442,11 @@ class _Consumer:
 
     def loop(self) -> None:
         from confluent_kafka import KafkaError, KafkaException
+
+        _WAIT_FOR_BROKER = {  # noqa: N806
+            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD, KafkaError._TIMED_OUT,
+            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.REQUEST_TIMED_OUT,
+        }  # fmt: skip
 
         self.consumer.subscribe([self.spec.topic])
         while not self.stopping:
@@ -405,13 +473,28 @@ class _Consumer:
                 ack = self._handle(m.value())
                 if ack is not None:
                     acks.append(ack)
-            self._send_acks(acks)
-            try:
-                self.consumer.commit(asynchronous=False)  # offsets only after the acks were delivered
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._NO_OFFSET:
-                    raise
+            if not self._send_acks(acks):
+                break  # stopping with acks undelivered: no commit, the events come again
+            attempt = 0
+            while True:
+                try:
+                    self.consumer.commit(asynchronous=False)  # offsets only after the acks were delivered
+                    break
+                except KafkaException as exc:
+                    err = exc.args[0]
+                    if err.code() == KafkaError._NO_OFFSET:
+                        break
+                    if err.fatal() or self.stopping:
+                        raise
+                    if not err.retriable() and err.code() not in _WAIT_FOR_BROKER:
+                        # e.g. the group moved on during a long outage: the events come again and
+                        # are answered from the store (replay), so going on is safe
+                        log.warning("commit failed (%s); the events will be redelivered and replayed", err)
+                        break
+                    attempt = self._wait(f"committing offsets ({err})", attempt)
             self._write_stats()
+        if self.fatal:
+            raise SystemExit(1)
         self.consumer.close()
 
     def _handle(self, raw: bytes | None) -> tuple[str, bytes] | None:
@@ -457,26 +540,38 @@ class _Consumer:
         ack = new_ack(ev, self.target.name, outcome, {"partner": self.target.name, **details})
         return eid, ack.to_bytes()
 
-    def _send_acks(self, acks: list[tuple[str, bytes]]) -> None:
-        if not acks:
-            return
-        errors: list[str] = []
+    def _send_acks(self, acks: list[tuple[str, bytes]]) -> bool:
+        """Deliver the acks, waiting for the broker as long as it takes; False if stopped before."""
+        pending, attempt = list(acks), 0
+        while pending:
+            failed: list[tuple[str, bytes]] = []
 
-        def cb(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
+            def cb(err: Any, msg: Any, failed: list[tuple[str, bytes]] = failed) -> None:
+                if err is not None:
+                    if err.fatal():
+                        raise RuntimeError(f"ack producer: fatal error {err}")  # exit; restarted
+                    failed.append((msg.key().decode(), msg.value()))
 
-        for key, value in acks:
-            while True:
-                try:
-                    self.producer.produce(self.spec.ack_topic, key=key.encode(), value=value, on_delivery=cb)
-                    break
-                except BufferError:
-                    self.producer.poll(0.1)
-        left = self.producer.flush(120)
-        if errors or left:
-            raise RuntimeError(f"acks not delivered ({left} pending): {errors[:3]}")  # exit; restarted
+            for key, value in pending:
+                while True:
+                    try:
+                        self.producer.produce(
+                            self.spec.ack_topic, key=key.encode(), value=value, on_delivery=cb
+                        )
+                        break
+                    except BufferError:
+                        self.producer.poll(0.1)
+            while self.producer.flush(5) > 0:
+                if self.stopping:
+                    return False
+                self._quiet.warning("broker unreachable: %d acks queued, waiting", len(self.producer))
+            if failed:
+                if self.stopping:
+                    return False
+                attempt = self._wait(f"sending {len(failed)} acks ({failed and 'delivery failed'})", attempt)
+            pending = failed
         self.stats["acks"] += len(acks)
+        return True
 
     def _write_stats(self) -> None:
         tmp = self.stats_file.with_suffix(".tmp")
@@ -496,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s kafka-partner %(message)s")
+    logging.getLogger("erasure_demo.partners.kafka.rdkafka").setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
     c = _Consumer(args)
 

@@ -1,5 +1,7 @@
 """A demo partner's own data store (SQLite file per partner): the personal data it holds, the
-deletions it performed (with idempotency keys), and test subjects created for the canary."""
+deletions it performed (with idempotency keys and the deletion id answered), and test subjects created
+for the canary. A deletion and its idempotency key are written in one transaction, so a partner restarted
+after a delete it could not report still answers a retry of the same key with the first outcome."""
 
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ class PartnerStore:
             CREATE INDEX IF NOT EXISTS deletion_subject ON deletion(subject_id);
             """
         )
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(deletion)")}
+        if "deletion_id" not in columns:  # a store written before deletion ids were kept
+            self._db.execute("ALTER TABLE deletion ADD COLUMN deletion_id TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS deletion_idem ON deletion(idempotency_key)")
 
     def put(self, subject_id: str, data: dict[str, Any], is_test: bool = False) -> None:
         with self._lock:
@@ -54,18 +60,34 @@ class PartnerStore:
             row = self._db.execute("SELECT data FROM subject WHERE subject_id=?", (subject_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def delete(self, subject_id: str, idempotency_key: str | None = None) -> bool:
-        """Delete a subject's data; returns whether it existed. Every call is logged."""
+    def delete(
+        self, subject_id: str, idempotency_key: str | None = None, deletion_id: str | None = None
+    ) -> bool:
+        """Delete a subject's data; returns whether it existed. Every call is logged (with the key and
+        the deletion id answered) in the same transaction as the delete."""
         with self._lock:
             self._db.execute("BEGIN")
             cur = self._db.execute("DELETE FROM subject WHERE subject_id=?", (subject_id,))
             existed = cur.rowcount > 0
             self._db.execute(
-                "INSERT INTO deletion(subject_id, existed, idempotency_key, deleted_at) VALUES (?,?,?,?)",
-                (subject_id, int(existed), idempotency_key, time.time()),
+                "INSERT INTO deletion(subject_id, existed, idempotency_key, deleted_at, deletion_id) "
+                "VALUES (?,?,?,?,?)",
+                (subject_id, int(existed), idempotency_key, time.time(), deletion_id),
             )
             self._db.execute("COMMIT")
         return existed
+
+    def first_deletion(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The first deletion done under ``idempotency_key`` (survives restarts), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT subject_id, existed, deletion_id, deleted_at FROM deletion "
+                "WHERE idempotency_key=? ORDER BY id LIMIT 1",
+                (idempotency_key,),
+            ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("subject_id", "existed", "deletion_id", "deleted_at"), row, strict=True))
 
     def count(self) -> int:
         with self._lock:
