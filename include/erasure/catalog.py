@@ -90,6 +90,11 @@ class Target(_Model):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     retry_backoff_minutes: Annotated[float, Field(gt=0)] = 5.0
     enabled: bool = True
+    verifiable: bool = True
+    """Whether the target can be asked, after its erasure, that the subject is gone (its adapter's
+    ``verify``). ``false``: every task's evidence says ``not_verifiable`` with ``verification_note``."""
+    verification_note: str = ""
+    """Why the target cannot be asked (required when ``verifiable`` is false)."""
     spec: Any = None
     """The kind's section (a ``Spec`` model); set from the section named after ``kind``."""
 
@@ -135,6 +140,8 @@ class Target(_Model):
     @model_validator(mode="after")
     def _spec_checks(self) -> Target:
         self.spec.validate_for(self.name)
+        if not self.verifiable and not self.verification_note.strip():
+            raise ValueError("verifiable: false needs a verification_note saying why it cannot be asked")
         return self
 
     def spec_as(self, model: type[_S]) -> _S:

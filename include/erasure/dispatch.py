@@ -3,8 +3,17 @@
 Task life cycle handled here (``erasure.task``; escalation after ``max_attempts`` is reconcile's job):
 
     pending ─┐
-    failed (next_attempt_at <= now, attempts < max_attempts, not permanent) ─┼─> in_progress ─> succeeded | failed
+    failed (next_attempt_at <= now, attempts < max_attempts, not permanent) ─┼─> in_progress ─> succeeded | failed | awaiting_ack
+    awaiting_ack (accepted by HTTP 202; next_attempt_at <= now, attempts left) ─┤
     in_progress (lease expired: a killed worker) ─┘
+
+* **Verification**: a task succeeds only once its adapter looked the subject up after the erasure and
+  found it gone (``evidence.verification.outcome = verified``) or the target cannot be asked
+  (``not_verifiable``). A partner that answered success but still has the data fails the task with the
+  lookup as evidence (``verification.outcome = failed``; retried, then escalated by reconcile). An HTTP
+  202 ("accepted") whose subject is still there moves the task to ``awaiting_ack`` (not terminal, the
+  request stays open) until a later run (after the retry backoff) finds it gone; at its last attempt it
+  fails (reconcile escalates it).
 
 * Only tasks whose request is ``in_progress`` are touched (held/received/closed requests never are).
 * :func:`plan_batches` only *reads* due task ids (cheap, no locks); :func:`run_batch` claims them with
@@ -57,6 +66,10 @@ class BatchSummary:
     not_recorded: int = 0
     elapsed_s: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
+    awaiting: int = 0
+    """Accepted (HTTP 202) but not yet confirmed gone: waiting for a later run's lookup."""
+    verification: dict[str, int] = field(default_factory=dict)
+    """Tasks per ``evidence.verification.outcome`` (verified / not_verifiable / failed)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,7 +206,14 @@ class OutcomeWriter:
         with self._conn, self._conn.cursor() as cur:
             for o in items:
                 attempts_after = o.item.attempts + 1
-                if o.ok:
+                if o.pending:  # accepted (202), not yet confirmed gone: wait and look again later
+                    moved = transition_task(
+                        cur, o.item.task_id, TaskStatus.AWAITING_ACK, (TaskStatus.IN_PROGRESS,),
+                        evidence=o.evidence, last_error=(o.error or "accepted, not yet confirmed")[:2000],
+                        increment_attempts=True,
+                        next_attempt_at=now + self.target.retry_delay(attempts_after),
+                    )  # fmt: skip
+                elif o.ok:
                     moved = transition_task(
                         cur, o.item.task_id, TaskStatus.SUCCEEDED, (TaskStatus.IN_PROGRESS,),
                         evidence=o.evidence, increment_attempts=True, stage=o.stage,
@@ -255,8 +275,12 @@ def run_batch(
     for o in outcomes:
         key = o.evidence.get("outcome", DeleteOutcome.DELETED if o.ok else "failed")
         summary.outcomes[key] = summary.outcomes.get(key, 0) + 1
+        ver = (o.evidence.get("verification") or {}).get("outcome")
+        if ver:
+            summary.verification[ver] = summary.verification.get(ver, 0) + 1
         summary.succeeded += int(o.ok)
-        summary.failed += int(not o.ok)
+        summary.awaiting += int(o.pending)
+        summary.failed += int(not o.ok and not o.pending)
         summary.permanent += int(o.permanent)
     summary.not_recorded = summary.claimed - writer.moved
     summary.elapsed_s = round(time.monotonic() - t0, 3)

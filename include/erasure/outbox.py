@@ -11,7 +11,8 @@ Three idempotent steps, each safe to re-run or to run concurrently:
    A failed or missing delivery report raises ``PublishError`` after the delivered rows were marked:
    nothing is marked that the broker did not take, and the failing rows stay unpublished for the next run.
 3. ``consume_acks``: read ``erasure.acks`` in a bounded poll, record every message in
-   ``erasure.ack_log`` (matched | duplicate | unknown | malformed | mismatch), and for a matched ack set
+   ``erasure.ack_log`` (matched | duplicate | unknown | malformed | mismatch | unauthenticated: an ack
+   not signed with its target's key, ``erasure.ack_auth``, is never applied), and for a matched ack set
    ``outbox.acked_at/ack`` and move the task to ``succeeded`` (erased / not_found) or ``failed``
    (failed) with the ack as evidence. Unknown and malformed acks are recorded and skipped. Consumer
    offsets are committed only after the database transaction; a redelivered message (crash between
@@ -43,12 +44,13 @@ from typing import Any, cast
 
 import psycopg2.extras
 
+from erasure.ack_auth import AckKeys, authenticate, normalise_keys
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.events import SchemaError, new_event, parse_ack, parse_event
 from erasure.targets.kafka import KafkaSpec
 from erasure.tracking.store import transition_task
-from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus
+from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus, VerificationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -505,8 +507,13 @@ def consume_acks(
     idle_timeout_s: float = 3.0,
     batch_size: int = 500,
     consumer_config: Mapping[str, Any] | None = None,
+    ack_keys: AckKeys | None = None,
 ) -> AckResult:
     """Consume acks in a bounded poll and apply them to the tracking store (see module doc).
+
+    ``ack_keys`` (``target -> key`` or ``target -> [current, previous]``, :mod:`erasure.ack_auth`): an
+    ack counts only when it is signed with a key of the target it names; any other ack (unsigned,
+    wrong key, a target without a key, or no keys given at all) is recorded as ``unauthenticated``.
 
     Stops when every assigned partition reached its end, after ``idle_timeout_s`` without messages
     (once assigned), after ``max_messages`` or after ``max_seconds``. Offsets are committed
@@ -516,6 +523,7 @@ def consume_acks(
 
     topics = topics or (ack_topics(catalog) if catalog is not None else [DEFAULT_ACK_TOPIC])
     targets = {t.name: t for t in catalog.of_kind(TargetKind.KAFKA)} if catalog is not None else {}
+    keys = normalise_keys(ack_keys)
     cfg = {
         **DEFAULT_CONSUMER_CONFIG,
         **kafka_client_config(kafka),
@@ -557,7 +565,7 @@ def consume_acks(
                 else:
                     log.warning("ack consumer: %s", err)
             if batch:
-                _apply_ack_batch(dsn, batch, targets, result)
+                _apply_ack_batch(dsn, batch, targets, keys, result)
                 # offsets only after the DB transaction committed (at-least-once, deduped by ack_log)
                 last: dict[tuple[str, int], int] = {}
                 for m in batch:
@@ -583,26 +591,36 @@ def _topic_partition(m: Any) -> tuple[str, int]:
     return cast(str, m.topic()), cast(int, m.partition())
 
 
-def _apply_ack_batch(dsn: str, msgs: list[Any], targets: dict[str, Target], result: AckResult) -> None:
+def _apply_ack_batch(
+    dsn: str, msgs: list[Any], targets: dict[str, Target], keys: dict[str, list[bytes]], result: AckResult
+) -> None:
     with transaction(dsn) as cur:
         for m in msgs:
-            _apply_ack(cur, m, targets, result)
+            _apply_ack(cur, m, targets, keys, result)
             result.messages += 1
 
 
-def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) -> None:
+def _apply_ack(
+    cur: Any, m: Any, targets: dict[str, Target], keys: dict[str, list[bytes]], result: AckResult
+) -> None:
     topic, part, off = m.topic(), m.partition(), m.offset()
     raw = m.value()
     status, error, ack, row = AckStatus.MALFORMED, None, None, None
+    auth = None
     try:
         ack = parse_ack(raw)
     except SchemaError as exc:
         error = str(exc)
     if ack is not None:
+        auth = authenticate(keys, ack.target, raw, m.headers())
+        if not auth.ok:
+            status, error = AckStatus.UNAUTHENTICATED, auth.reason
+    if ack is not None and status is not AckStatus.UNAUTHENTICATED:
         cur.execute(
             """
-            SELECT o.event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts
+            SELECT o.event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts, r.subject_id
               FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id
+              JOIN erasure.request r ON r.id = t.request_id
              WHERE o.event_id = %s
                FOR UPDATE OF o, t
             """,
@@ -639,7 +657,7 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
             ack.outcome if ack else None,
             status,
             error,
-            _raw_text(raw) if status is AckStatus.MALFORMED else None,
+            _raw_text(raw) if status in (AckStatus.MALFORMED, AckStatus.UNAUTHENTICATED) else None,
         ),
     )
     if cur.fetchone() is None:
@@ -660,22 +678,44 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
         "partition": part,
         "offset": off,
         "attempt": row["attempt"],
+        "authenticated": auth.reason if auth is not None else None,
     }
     cur.execute(
         "UPDATE erasure.outbox SET acked_at = now(), ack = %s::jsonb WHERE event_id = %s",
         (json.dumps(evidence_ack), ack.event_id),
     )
-    if ack.outcome in AckOutcome.successes():
+    target = targets.get(row["target"])
+    verified = (
+        _verify_after_ack(target, row["subject_id"], ack.outcome)
+        if ack.outcome in AckOutcome.successes()
+        else None
+    )
+    if verified is not None and verified.get("outcome") in VerificationOutcome.closing():
         moved = transition_task(
             cur,
             row["task_id"],
             TaskStatus.SUCCEEDED,
             (TaskStatus.AWAITING_ACK, TaskStatus.FAILED, TaskStatus.ESCALATED),
-            evidence={"ack": evidence_ack},
+            evidence={"ack": evidence_ack, "verification": verified},
         )
         result.tasks_succeeded += int(moved)
+    elif verified is not None:  # the partner acked success but the lookup still finds (or cannot find out)
+        backoff = target.retry_backoff_minutes if target else 5.0
+        nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
+        ev: dict[str, Any] = {"ack": evidence_ack}
+        if verified.get("outcome") == VerificationOutcome.FAILED:
+            ev["verification"] = verified
+            err = (
+                f"verification failed: partner '{ack.target}' acked '{ack.outcome}' but {verified['answer']}"
+            )
+        else:
+            err = f"verification could not be made after the ack: {verified['answer']}"
+        moved = transition_task(
+            cur, row["task_id"], TaskStatus.FAILED, (TaskStatus.AWAITING_ACK,),
+            evidence=ev, last_error=err[:2000], next_attempt_at=nxt,
+        )  # fmt: skip
+        result.tasks_failed += int(moved)
     else:
-        target = targets.get(row["target"])
         backoff = target.retry_backoff_minutes if target else 5.0
         nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
         moved = transition_task(
@@ -693,6 +733,31 @@ def _apply_ack(cur: Any, m: Any, targets: dict[str, Target], result: AckResult) 
             "UPDATE erasure.ack_log SET error = %s WHERE topic = %s AND kafka_partition = %s AND kafka_offset = %s",
             (f"task was '{row['status']}'; status not changed", topic, part, off),
         )
+
+
+def _verify_after_ack(target: Target | None, subject_id: str, outcome: str) -> dict[str, Any]:
+    """``evidence.verification`` after a partner's success ack: its lookup (``kafka.lookup_url``) when
+    it can be asked, else ``not_verifiable`` with the reason (the ack is the only confirmation). A
+    lookup that could not be made comes back with outcome ``error`` (the task is retried)."""
+    from erasure.targets import Context, adapter_for
+    from erasure.targets.base import verification, verification_of
+
+    if target is None:
+        return verification(
+            VerificationOutcome.NOT_VERIFIABLE, "none", f"target no longer in the catalog; ack '{outcome}'"
+        )
+    adapter = adapter_for(target)
+    nv = adapter.not_verifiable(target)
+    if nv is not None:
+        return {**nv, "answer": f"{nv['answer']}; the partner's ack '{outcome}' is the confirmation"}
+    import httpx
+
+    from erasure.settings import get_settings
+
+    with httpx.Client(timeout=10.0) as client:
+        check = adapter.verify(Context(settings=get_settings(), http=client), target, subject_id)
+    v = verification_of(check, f"GET {target.name} lookup after ack '{outcome}' (404 = gone)")
+    return v if v is not None else {"outcome": "error", "answer": check.detail}
 
 
 def _raw_text(raw: bytes | str | None) -> str | None:

@@ -154,3 +154,20 @@ def secret_from_env(name: str, what: str) -> str:
     if not value:
         raise SettingsError(f"{what} names {name}, which is not set")
     return value
+
+
+ACK_KEY_PREFIX = "ERASURE_ACK_KEY_"
+"""``ERASURE_ACK_KEY_<TARGET>`` (and ``..._PREVIOUS`` during a rotation): a Kafka partner's ack key."""
+
+
+def ack_keys_from_env(targets: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """The ack signing keys of ``targets`` from the environment (CLI, tests, demo partners):
+    ``ERASURE_ACK_KEY_<TARGET>`` (current) and ``ERASURE_ACK_KEY_<TARGET>_PREVIOUS`` (accepted during a
+    key rotation). A target without a key is left out: its acks are then refused as unauthenticated."""
+    out: dict[str, list[str]] = {}
+    for t in targets:
+        var = ACK_KEY_PREFIX + t.upper()
+        keys = [k for k in (os.environ.get(var), os.environ.get(var + "_PREVIOUS")) if k]
+        if keys:
+            out[t] = keys
+    return out

@@ -6,6 +6,7 @@ request, sends an ``Idempotency-Key`` header (stable per erasure task, so a retr
 is recognised by the partner) and classifies responses:
 
 ==========================  ===================================================================
+202                          ``accepted``           accepted, not deleted: not a success until verified
 2xx                          ``deleted``            success
 404, 410                     ``already_gone``       success (the subject's data is not there)
 409                          ``conflict``           success (the partner reports the erasure as done/in hand)
@@ -15,6 +16,9 @@ is recognised by the partner) and classifies responses:
 connection errors            then ``retryable_failure``
 other 4xx, 3xx               ``permanent_failure`` (recorded with the response; not retried)
 ==========================  ===================================================================
+
+:meth:`SyncDeleteClient.lookup` asks the partner's lookup path afterwards (404/410 gone, 200 still there),
+with the same limiter, retries and backpressure, so verification runs at the deletes' concurrency.
 
 No Airflow and no database here: callers (``erasure.dispatch``) record outcomes.
 """
@@ -34,7 +38,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from erasure.vocab import DeleteOutcome
+from erasure.vocab import CheckOutcome, DeleteOutcome
 
 SNIPPET_CHARS = 300
 
@@ -141,6 +145,8 @@ def parse_retry_after(value: str | None, default: float, cap: float) -> float:
 
 def classify(status: int) -> DeleteOutcome | Literal["retry", "throttle"]:
     """Map an HTTP status to an outcome, or to 'retry' / 'throttle' (what the client does next)."""
+    if status == 202:
+        return DeleteOutcome.ACCEPTED
     if 200 <= status < 300:
         return DeleteOutcome.DELETED
     if status in (404, 410):
@@ -175,11 +181,23 @@ def _response_id(headers: Any, body: str) -> str | None:
 
 
 @dataclass
+class LookupResult:
+    """One lookup of a subject after its erasure: ``pass`` gone, ``fail`` still there, ``error`` unknown."""
+
+    outcome: CheckOutcome
+    http_status: int | None
+    detail: str
+    calls: int = 0
+    throttled: int = 0
+
+
+@dataclass
 class SyncDeleteClient:
     """Deletes subjects at one partner. Use as ``async with SyncDeleteClient(...) as c``."""
 
     base_url: str
     delete_path: str = "/subjects/{subject_id}"
+    lookup_path: str = "/subjects/{subject_id}"
     concurrency: int = 16
     rate_limit_per_s: float | None = None
     timeout_s: float = 10.0
@@ -206,6 +224,7 @@ class SyncDeleteClient:
         kw: dict[str, Any] = {
             "base_url": spec.base_url,
             "delete_path": spec.delete_path,
+            "lookup_path": spec.lookup_path,
             "concurrency": spec.concurrency,
             "rate_limit_per_s": spec.rate_limit_per_s,
             "timeout_s": spec.timeout_s,
@@ -233,6 +252,52 @@ class SyncDeleteClient:
 
     def url_for(self, subject_id: str) -> str:
         return self.base_url + self.delete_path.replace("{subject_id}", quote(subject_id, safe=""))
+
+    def lookup_url_for(self, subject_id: str) -> str:
+        return self.base_url + self.lookup_path.replace("{subject_id}", quote(subject_id, safe=""))
+
+    async def lookup(self, subject_id: str) -> LookupResult:
+        """``GET`` the subject at the lookup path: 404/410 gone (pass), 200 still there (fail), anything
+        else after the retries could not tell (error). Never raises for HTTP/network problems."""
+        if self._session is None:
+            raise RuntimeError("use 'async with SyncDeleteClient(...)' before calling lookup()")
+        url = self.lookup_url_for(subject_id)
+        retries = throttled = calls = 0
+        while True:
+            await self._limiter.acquire()
+            calls += 1
+            try:
+                async with self._session.get(url, allow_redirects=False) as resp:
+                    body = await resp.text(errors="replace")
+                    status, headers = resp.status, resp.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                status, headers, body = None, None, f"{type(exc).__name__}: {exc}"
+            if status in (404, 410):
+                return LookupResult(CheckOutcome.PASS, status, f"GET {url} -> {status}", calls, throttled)
+            if status == 200:
+                return LookupResult(
+                    CheckOutcome.FAIL,
+                    status,
+                    f"GET {url} -> 200: the subject's data is still there",
+                    calls,
+                    throttled,
+                )
+            if status == 429 and headers is not None and throttled < self.retry.max_throttle_waits:
+                throttled += 1
+                self._limiter.pause(
+                    parse_retry_after(
+                        headers.get("Retry-After"),
+                        self.retry.backoff(min(throttled, 8)),
+                        self.retry.max_retry_after_s,
+                    )
+                )
+                continue
+            if (status is None or status == 408 or status >= 500) and retries < self.retry.max_retries:
+                retries += 1
+                await asyncio.sleep(self.retry.backoff(retries))
+                continue
+            shown = body[:200] if status is None else f"{status}: {body[:200]}"
+            return LookupResult(CheckOutcome.ERROR, status, f"GET {url} -> {shown}", calls, throttled)
 
     async def delete(self, subject_id: str, idempotency_key: str, key: Any = None) -> DeleteResult:
         """Erase one subject, retrying per the policy. Never raises for HTTP/network problems."""

@@ -96,6 +96,8 @@ class AckStatus(StrEnum):
     UNKNOWN = "unknown"
     MALFORMED = "malformed"
     MISMATCH = "mismatch"
+    UNAUTHENTICATED = "unauthenticated"
+    """No valid signature of the ack's target (unsigned, wrong key, signed for another target): ignored."""
 
 
 class AckOutcome(StrEnum):
@@ -149,6 +151,19 @@ class CheckOutcome(StrEnum):
     ERROR = "error"  # could not look: retried later
 
 
+class VerificationOutcome(StrEnum):
+    """A task's ``evidence.verification.outcome``: was the subject looked up after its erasure?"""
+
+    VERIFIED = "verified"  # looked up: gone
+    NOT_VERIFIABLE = "not_verifiable"  # the target cannot be asked (the catalog says so, with a reason)
+    FAILED = "failed"  # looked up: still there (the partner's word was wrong)
+
+    @classmethod
+    def closing(cls) -> tuple[VerificationOutcome, ...]:
+        """Outcomes that let a task succeed."""
+        return (cls.VERIFIED, cls.NOT_VERIFIABLE)
+
+
 class CanaryResult(StrEnum):
     PASS = "pass"
     FAIL = "fail"
@@ -174,6 +189,8 @@ class DeleteOutcome(StrEnum):
     RETRYABLE_FAILURE = "retryable_failure"
     PERMANENT_FAILURE = "permanent_failure"
 
+    ACCEPTED = "accepted"
+    """HTTP 202: the partner accepted the erasure but has not done it yet; not a success until verified."""
     @classmethod
     def successes(cls) -> tuple[DeleteOutcome, ...]:
         """Outcomes that close the task: gone now, gone before, or gone per the partner (409)."""

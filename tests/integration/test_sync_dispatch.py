@@ -102,6 +102,9 @@ def test_happy_path_and_rerun_skips(tracking_db, partners, tmp_path):
     assert ev["http_status"] == 200 and ev["outcome"] == "deleted" and ev["response_id"].startswith("del_")
     assert ev["idempotency_key"] == f"erasure-{rows[0]['request_id']}-{rows[0]['id']}"
     assert ev["attempt"] == 1 and rows[0]["attempts"] == 1 and rows[0]["completed_at"] is not None
+    v = ev["verification"]  # looked up after the delete: gone
+    assert v["outcome"] == "verified" and "404" in v["answer"] and v["method"].startswith("GET ")
+    assert v["verified_at"] >= ev["finished_at"]
     for s in p.values():
         assert httpx.get(f"{s.url}/subjects/{subjects[0]}").status_code == 404
         logged = deletions(s)
@@ -214,8 +217,9 @@ def test_429_backpressure_honours_retry_after(tracking_db, partners, tmp_path):
     assert stats["200"] == 80 and stats.get("429", 0) > 0
     # 80 deletes through a 40/s bucket (burst 40) need >= ~1 s: the client waited, not hammered
     assert elapsed >= 0.9
+    # 160 calls (each delete is followed by its verification lookup, through the same limiter)
     assert stats["429"] < 80  # every worker paused on Retry-After instead of retrying at once
-    throttled = [r["evidence"]["throttled"] for r in tasks(tracking_db)]
+    throttled = [r["evidence"]["throttled"] + r["evidence"]["lookup_throttled"] for r in tasks(tracking_db)]
     assert sum(throttled) == stats["429"]
 
 
@@ -264,8 +268,75 @@ from erasure.catalog import load_catalog
 from erasure.dispatch import run_batch
 from erasure.settings import get_settings
 a = json.loads(sys.argv[1])
-run_batch(a["dsn"], load_catalog(a["catalog"]), "crm", a["ids"], claim_key="killed-run", settings=get_settings())
+key = a.get("claim", "killed-run")
+run_batch(a["dsn"], load_catalog(a["catalog"]), "crm", a["ids"], claim_key=key, settings=get_settings())
 """
+
+
+def _kill_mid_batch(dsn: str, cat_path: Path, ids: list[int], claim_key: str, after: int) -> None:
+    """Run a batch in a process of its own and SIGKILL it once ``after`` more subjects succeeded."""
+    start = query(dsn, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
+    arg = json.dumps({"dsn": dsn, "catalog": str(cat_path), "ids": ids, "claim": claim_key})
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, arg], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = query(dsn, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
+        if done >= start + after:
+            break
+        assert proc.poll() is None, "batch finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_batch_killed_on_every_try_is_released_at_once_and_alerted_once(
+    tracking_db, partners, tmp_path, monkeypatch
+):
+    """Airflow's final failure of a delete batch (here: killed on both tries) runs the batch's failure
+    callback: its claimed rows are released for the next dispatch run at once (no 15-minute lease wait),
+    the attempt is counted, and one alert names the target and the batch."""
+    from types import SimpleNamespace
+
+    from erasure.airflow.callbacks import batch_failed, claim_key
+
+    p = partners("crm")
+    subjects = [f"cus_r{i:03d}" for i in range(120)]
+    seed(p["crm"], subjects)
+    cat_path, cat = write_catalog(tmp_path, {"crm": p["crm"].url}, sync={"concurrency": 2, "batch_size": 500})
+    monkeypatch.setenv("ERASURE_CATALOG", str(cat_path))
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_TRACKING", tracking_db)
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+    faults(p["crm"], latency_ms=40)
+    ids = task_ids(tracking_db, "crm")
+    key = claim_key("scheduled__run1", "crm", 0)
+    for _ in range(2):  # the try and Airflow's retry (same claim key), both killed
+        _kill_mid_batch(tracking_db, cat_path, ids, key, after=10)
+    stuck = [r["id"] for r in tasks(tracking_db) if r["status"] == "in_progress"]
+    assert stuck and plan_batches(tracking_db, cat, "crm") == []  # the lease holds them
+
+    ctx = {
+        "ti": SimpleNamespace(task_id="delete_crm", map_index=0),
+        "dag_run": SimpleNamespace(run_id="scheduled__run1"),
+        "exception": RuntimeError("Task was killed (SIGKILL)"),
+    }
+    batch_failed(ctx)
+    rows = {r["id"]: r for r in tasks(tracking_db)}
+    assert {rows[i]["status"] for i in stuck} == {"failed"}
+    assert all(rows[i]["attempts"] == 1 and "SIGKILL" in rows[i]["last_error"] for i in stuck)
+    planned = [i for b in plan_batches(tracking_db, cat, "crm") for i in b["task_ids"]]
+    assert sorted(planned) == sorted(stuck)  # the next run takes them at once
+    alerts = query(tracking_db, "SELECT kind, target, message FROM erasure.alert")
+    assert len(alerts) == 1 and alerts[0][0] == "batch_failed" and alerts[0][1] == "crm"
+    assert key in alerts[0][2] and f"{len(stuck)} task(s)" in alerts[0][2]
+
+    batch_failed(ctx)  # Airflow may call it again (e.g. the DAG processor after a zombie): nothing changes
+    assert query(tracking_db, "SELECT count(*) FROM erasure.alert")[0][0] == 1
+    assert {r["id"]: r["attempts"] for r in tasks(tracking_db)} == {i: r["attempts"] for i, r in rows.items()}
+
+    faults(p["crm"], latency_ms=0)
+    for b in plan_batches(tracking_db, cat, "crm"):
+        run_batch(tracking_db, cat, "crm", b["task_ids"], claim_key="next-run", settings=get_settings())
+    assert {r["status"] for r in tasks(tracking_db)} == {"succeeded"}
 
 
 def test_batch_killed_mid_way_loses_nothing_and_deletes_once(tracking_db, partners, tmp_path):
@@ -377,3 +448,92 @@ def test_dispatch_dag_full_run(tracking_db, partners, tmp_path, monkeypatch):
     assert sorted(ti.rendered_map_index for ti in tis) == [
         f"crm batch {i}/3 (10 subjects)" for i in (1, 2, 3)
     ]
+
+
+# -- proof of erasure: verification after the partner's answer (issue 17) ---------------------------
+def test_200_but_data_kept_is_caught_by_verification(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    subjects = [f"cus_liar{i}" for i in range(6)]
+    seed(p["crm"], subjects)
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url})
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+    faults(p["crm"], silent_delete_failure=True)  # answers 200 "deleted", keeps the data
+
+    [s] = run_all(tracking_db, cat, "crm")
+    assert (s.succeeded, s.failed, s.permanent) == (0, 6, 0) and s.verification == {"failed": 6}
+    for r in tasks(tracking_db):
+        assert r["status"] == "failed" and r["completed_at"] is None
+        ev = r["evidence"]
+        assert ev["http_status"] == 200 and ev["outcome"] == "deleted"  # what the partner claimed
+        assert ev["verification"]["outcome"] == "failed" and "still there" in ev["verification"]["answer"]
+        assert ev["verification"]["method"].startswith("GET /subjects/")
+        assert r["last_error"].startswith("verification failed: the partner answered HTTP 200")
+    assert httpx.get(f"{p['crm'].url}/subjects/{subjects[0]}").status_code == 200
+
+    # the partner is fixed: the retry deletes for real and is verified
+    httpx.delete(f"{p['crm'].url}/admin/faults", timeout=10).raise_for_status()
+    query(tracking_db, "UPDATE erasure.task SET next_attempt_at = now()")
+    [s2] = run_all(tracking_db, cat, "crm", "fixed")
+    assert s2.succeeded == 6 and s2.verification == {"verified": 6}
+    assert {r["status"] for r in tasks(tracking_db)} == {"succeeded"}
+
+
+def test_202_accepted_completes_only_once_verified_gone(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    subjects = [f"cus_acc{i}" for i in range(5)]
+    seed(p["crm"], subjects)
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url})
+    create_requests(tracking_db, subjects, [("crm", "sync_api")])
+    faults(p["crm"], accept_delete_after_s=2.0)  # 202 now, erased two seconds later
+
+    [s1] = run_all(tracking_db, cat, "crm", "first")
+    assert (s1.succeeded, s1.failed, s1.awaiting) == (0, 0, 5)
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"awaiting_ack"} and {r["completed_at"] for r in rows} == {None}
+    assert rows[0]["evidence"]["http_status"] == 202 and rows[0]["evidence"]["outcome"] == "accepted"
+    assert "verification" not in rows[0]["evidence"]
+    assert rows[0]["last_error"].startswith("HTTP 202 accepted, not yet confirmed gone")
+    assert query(tracking_db, "SELECT DISTINCT status FROM erasure.request") == [("in_progress",)]
+
+    time.sleep(2.5)  # the partner erased them meanwhile; the next run (backoff elapsed) looks again
+    query(tracking_db, "UPDATE erasure.task SET next_attempt_at = now()")
+    [s2] = run_all(tracking_db, cat, "crm", "second")
+    assert s2.succeeded == 5 and s2.verification == {"verified": 5}
+    rows = tasks(tracking_db)
+    assert {r["status"] for r in rows} == {"succeeded"} and {r["attempts"] for r in rows} == {2}
+    assert {r["evidence"]["verification"]["outcome"] for r in rows} == {"verified"}
+
+
+def test_202_never_confirmed_never_completes(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    seed(p["crm"], ["cus_void"])
+    _, cat = write_catalog(tmp_path, {"crm": p["crm"].url}, target={"max_attempts": 2})
+    create_requests(tracking_db, ["cus_void"], [("crm", "sync_api")])
+    faults(p["crm"], accept_never_delete=True)
+
+    [s1] = run_all(tracking_db, cat, "crm", "one")
+    assert s1.awaiting == 1 and tasks(tracking_db)[0]["status"] == "awaiting_ack"
+    query(tracking_db, "UPDATE erasure.task SET next_attempt_at = now()")
+    [s2] = run_all(tracking_db, cat, "crm", "two")  # the last attempt: still there -> failed
+    assert (s2.succeeded, s2.failed, s2.awaiting) == (0, 1, 0)
+    [r] = tasks(tracking_db)
+    assert r["status"] == "failed" and r["attempts"] == 2 and r["completed_at"] is None
+    assert "never confirmed gone after 2 attempt(s)" in r["last_error"]
+    query(tracking_db, "UPDATE erasure.task SET next_attempt_at = now()")
+    assert plan_batches(tracking_db, cat, "crm") == []  # no attempts left: reconcile escalates it
+    assert httpx.get(f"{p['crm'].url}/subjects/cus_void").status_code == 200
+
+
+def test_target_that_cannot_be_asked_says_not_verifiable(tracking_db, partners, tmp_path):
+    p = partners("crm")
+    seed(p["crm"], ["cus_nv"])
+    _, cat = write_catalog(
+        tmp_path,
+        {"crm": p["crm"].url},
+        target={"verifiable": False, "verification_note": "the partner offers no lookup"},
+    )
+    create_requests(tracking_db, ["cus_nv"], [("crm", "sync_api")])
+    [s] = run_all(tracking_db, cat, "crm")
+    assert s.succeeded == 1 and s.verification == {"not_verifiable": 1}
+    v = tasks(tracking_db)[0]["evidence"]["verification"]
+    assert v["outcome"] == "not_verifiable" and "the partner offers no lookup" in v["answer"]

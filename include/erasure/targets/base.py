@@ -19,6 +19,13 @@ Operations
 ``check_test_subject`` after erasure, check a canary's synthetic data is gone
 ``evidence_summary``   one line of a task's evidence for reports
 ``ack_timeout``        how long an asynchronous erasure may wait for its acknowledgement (``None``: not acked)
+``cannot_verify``      why the target cannot be asked after an erasure (``None``: it can, through ``verify``)
+
+Verification (proof of erasure): after a target reports success, the stage that erased it looks the
+subject up through ``verify`` and keeps the answer as the task's ``evidence.verification``
+(:func:`verification`): ``verified`` (gone), ``failed`` (still there: the task fails and is retried or
+escalated) or ``not_verifiable`` (``cannot_verify`` gave a reason). A task succeeds only once verified
+or not verifiable; a lookup that could not be made (``error``) leaves the task retryable.
 """
 
 from __future__ import annotations
@@ -27,12 +34,12 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from erasure.vocab import CheckOutcome, Runner, WarehouseStage
+from erasure.vocab import CheckOutcome, Runner, VerificationOutcome, WarehouseStage
 
 if TYPE_CHECKING:
     import httpx
@@ -85,6 +92,9 @@ class Outcome:
     error: str | None = None
     permanent: bool = False
     stage: WarehouseStage | None = None
+    pending: bool = False
+    """Accepted but not yet confirmed gone (e.g. HTTP 202): the task waits (``awaiting_ack``, not
+    terminal) and is looked up again by a later run; ``ok`` is then false."""
 
 
 @dataclass
@@ -128,6 +138,26 @@ class Context:
         if self.http is None:
             raise TargetError("an HTTP client is needed for this operation")
         return self.http
+
+
+def verification(outcome: VerificationOutcome, method: str, answer: str) -> dict[str, Any]:
+    """The ``evidence.verification`` of a task: outcome, when, how the target was asked, its answer."""
+    return {
+        "outcome": VerificationOutcome(outcome).value,
+        "verified_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "method": method,
+        "answer": answer[:500],
+    }
+
+
+def verification_of(check: CheckResult, method: str) -> dict[str, Any] | None:
+    """A lookup's result as verification evidence: pass -> verified, fail -> failed; ``None`` for an
+    error (the target could not be asked now: try again later, never a pass)."""
+    if check.outcome == CheckOutcome.PASS:
+        return verification(VerificationOutcome.VERIFIED, method, check.detail)
+    if check.outcome == CheckOutcome.FAIL:
+        return verification(VerificationOutcome.FAILED, method, check.detail)
+    return None
 
 
 OutcomeSink = Callable[[Outcome], None]
@@ -205,6 +235,21 @@ class TargetAdapter(ABC):
         re-sent; ``None`` for kinds whose erasure is not acknowledged asynchronously."""
         return None
 
+    def cannot_verify(self, target: Target) -> str | None:
+        """Why ``target`` cannot be asked whether a subject is gone (evidence ``not_verifiable`` with
+        this reason), or ``None`` when :meth:`verify` can ask it. Default: the catalog's
+        ``verifiable: false`` (with its ``verification_note``)."""
+        if not target.verifiable:
+            return f"catalog: verifiable: false ({target.verification_note})"
+        return None
+
+    def not_verifiable(self, target: Target) -> dict[str, Any] | None:
+        """``evidence.verification`` for a target that cannot be asked, else ``None``."""
+        reason = self.cannot_verify(target)
+        if reason is None:
+            return None
+        return verification(VerificationOutcome.NOT_VERIFIABLE, "none", reason)
+
     # -- reports --------------------------------------------------------------------------------
     @abstractmethod
     def evidence_summary(self, evidence: dict[str, Any]) -> str:
@@ -222,6 +267,7 @@ OPERATIONS: tuple[str, ...] = (
     "check_test_subject",
     "evidence_summary",
     "ack_timeout",
+    "cannot_verify",
     "batch_size",
     "pool_slots",
 )

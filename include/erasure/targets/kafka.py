@@ -5,7 +5,9 @@
   the ack topic closes the task (``erasure.outbox``, ``erasure.events``). This kind is run by the
   outbox stage (``Runner.OUTBOX``), not by dispatch.
 * verify and test subjects: through the partner's optional HTTP endpoint (``lookup_url``):
-  ``GET <lookup_url>/subjects/{id}`` (404 = gone), ``POST <lookup_url>/test-subjects``.
+  ``GET <lookup_url>/subjects/{id}`` (404 = gone), ``POST <lookup_url>/test-subjects``. The partner's
+  (authenticated) success ack is the confirmation; with a ``lookup_url`` the ack consumer also looks the
+  subject up (``verified`` / ``failed``), without one the evidence says ``not_verifiable``.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class KafkaAdapter(TargetAdapter):
     def _base(self, target: Target) -> str | None:
         url = self._spec(target).lookup_url
         return url.rstrip("/") if url else None
+
+    def cannot_verify(self, target: Target) -> str | None:
+        if not target.verifiable:
+            return f"catalog: verifiable: false ({target.verification_note})"
+        if self._base(target) is None:
+            return "kafka.lookup_url is not set: the partner cannot be asked"
+        return None
 
     def verify(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
         base = self._base(target)

@@ -2,7 +2,9 @@
 
 * erase: ``DELETE <base_url><delete_path>`` with an idempotency key per task, bounded concurrency, an
   optional rate limit and retries inside the batch (``erasure.sync_delete``); 404/410/409 mean gone.
-* verify: ``GET <base_url><lookup_path>``: 404 gone, 200 still there.
+* verify: ``GET <base_url><lookup_path>``: 404 gone, 200 still there. Every delete the partner answers
+  as done (2xx, 404, 409) or accepted (202) is followed, in the same batch and at the same concurrency,
+  by this lookup; its answer is the task's ``evidence.verification`` (see ``SyncApiAdapter._outcome``).
 * test subjects: ``POST <base_url><create_path>`` (the partner's test-data endpoint).
 """
 
@@ -27,12 +29,14 @@ from erasure.targets.base import (
     TargetError,
     generic_summary,
     marker,
+    verification,
 )
 from erasure.targets.registry import register
-from erasure.vocab import CheckOutcome, Runner, TargetKind
+from erasure.vocab import CheckOutcome, DeleteOutcome, Runner, TargetKind, VerificationOutcome
 
 if TYPE_CHECKING:
     from erasure.catalog import Target
+    from erasure.sync_delete import DeleteResult, LookupResult
 
 
 class SyncApiSpec(Spec):
@@ -146,7 +150,9 @@ class SyncApiAdapter(TargetAdapter):
     def erase_batch(
         self, ctx: Context, target: Target, items: Sequence[Claimed], sink: OutcomeSink
     ) -> list[Outcome]:
-        from erasure.sync_delete import DeleteResult, SyncDeleteClient
+        """Delete each subject, then look it up (same concurrency): a task succeeds only once the
+        lookup finds it gone (or the target cannot be asked). See :meth:`_outcome`."""
+        from erasure.sync_delete import SyncDeleteClient
 
         spec = self._spec(target)
         token = None
@@ -154,22 +160,100 @@ class SyncApiAdapter(TargetAdapter):
             token = secret_from_env(spec.token_env, f"target '{target.name}': sync_api.token_env")
         by_task = {c.task_id: c for c in items}
         outcomes: list[Outcome] = []
-
-        def record(r: DeleteResult) -> None:
-            c = by_task[r.key]
-            ev = {"kind": self.kind, "attempt": c.attempt, **r.evidence()}
-            o = Outcome(c, r.ok, ev, error=r.error, permanent=r.permanent)
-            outcomes.append(o)
-            sink(o)
+        not_verifiable = self.not_verifiable(target)
 
         async def run() -> None:
             async with SyncDeleteClient.for_target(target, token=token) as client:
+
+                async def record(r: DeleteResult) -> None:
+                    c = by_task[r.key]
+                    ev = {"kind": self.kind, "attempt": c.attempt, **r.evidence()}
+                    lookup: LookupResult | None = None
+                    if not_verifiable is None and (r.ok or r.outcome == DeleteOutcome.ACCEPTED):
+                        lookup = await client.lookup(c.subject_id)
+                    o = self._outcome(target, c, r, ev, lookup, not_verifiable)
+                    outcomes.append(o)
+                    sink(o)
+
                 await client.delete_many(
                     ((c.task_id, c.subject_id, c.idempotency_key) for c in items), record
                 )
 
         asyncio.run(run())
         return outcomes
+
+    def _outcome(
+        self,
+        target: Target,
+        c: Claimed,
+        r: DeleteResult,
+        ev: dict[str, Any],
+        lookup: LookupResult | None,
+        not_verifiable: dict[str, Any] | None,
+    ) -> Outcome:
+        """What a delete answer and the lookup after it come to.
+
+        ========================  =========================  ==========================================
+        delete answered           lookup                     task
+        ========================  =========================  ==========================================
+        2xx / 404 / 409           404 (gone)                 succeeded, ``verified``
+        2xx / 404 / 409           200 (still there)          failed with ``verification: failed``
+        2xx / 404 / 409           error                      failed, retryable (no verification yet)
+        202 Accepted              404 (gone)                 succeeded, ``verified``
+        202 Accepted              200 / error                waits (``awaiting_ack``), looked up again
+                                                             by a later run; failed at its last attempt
+        anything                  target not verifiable      2xx/404/409 succeed ``not_verifiable``
+        ========================  =========================  ==========================================
+        """
+        method = f"GET {self._spec(target).lookup_path} after DELETE (404 = gone)"
+        accepted = r.outcome == DeleteOutcome.ACCEPTED
+        if not (r.ok or accepted):
+            return Outcome(c, False, ev, error=r.error, permanent=r.permanent)
+        if not_verifiable is not None:
+            if accepted:
+                return self._still_accepted(target, c, ev, "the target cannot be asked (not verifiable)")
+            return Outcome(c, True, {**ev, "verification": not_verifiable})
+        assert lookup is not None
+        ev = {
+            **ev,
+            "lookup_http_status": lookup.http_status,
+            "lookup_calls": lookup.calls,
+            "lookup_throttled": lookup.throttled,
+        }
+        if lookup.outcome == CheckOutcome.PASS:
+            ev["verification"] = verification(VerificationOutcome.VERIFIED, method, lookup.detail)
+            return Outcome(c, True, ev)
+        if accepted:
+            return self._still_accepted(target, c, ev, lookup.detail)
+        if lookup.outcome == CheckOutcome.FAIL:
+            ev["verification"] = verification(VerificationOutcome.FAILED, method, lookup.detail)
+            return Outcome(
+                c,
+                False,
+                ev,
+                error=(
+                    f"verification failed: the partner answered HTTP {r.http_status} ({r.outcome}) "
+                    f"but the lookup still finds the subject ({lookup.detail})"
+                ),
+            )
+        return Outcome(c, False, ev, error=f"verification could not be made: {lookup.detail}")
+
+    def _still_accepted(self, target: Target, c: Claimed, ev: dict[str, Any], answer: str) -> Outcome:
+        """HTTP 202 and the subject not (yet) seen gone: wait for a later look, or fail at the last attempt."""
+        ev = {**ev, "awaiting_verification": {"since_attempt": c.attempt, "last_answer": answer[:300]}}
+        if c.attempt >= target.max_attempts:
+            return Outcome(
+                c,
+                False,
+                ev,
+                error=(
+                    f"HTTP 202 accepted but never confirmed gone after {c.attempt} attempt(s) "
+                    f"(max_attempts {target.max_attempts}): {answer}"
+                ),
+            )
+        return Outcome(
+            c, False, ev, error=f"HTTP 202 accepted, not yet confirmed gone: {answer}", pending=True
+        )
 
     def _urls(self, target: Target) -> tuple[str, str]:
         s = self._spec(target)

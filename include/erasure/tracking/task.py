@@ -17,7 +17,8 @@ from typing import Any
 from erasure.vocab import RequestStatus, TaskStatus
 
 # Due for dispatch = may be claimed now: pending; failed with attempts left, not permanent and its
-# next attempt due; in progress past the lease (a killed worker) or claimed under this claimer's key.
+# next attempt due; awaiting a later verification (a dispatch target's HTTP 202) and due; in progress
+# past the lease (a killed worker) or claimed under this claimer's key.
 _DUE = """
     r.status = 'in_progress'
     AND t.target = %(target)s
@@ -25,6 +26,7 @@ _DUE = """
         t.status = 'pending'
         OR (t.status = 'failed' AND t.next_attempt_at <= now() AND t.attempts < %(max_attempts)s
             AND NOT COALESCE((t.evidence ->> 'permanent')::boolean, false))
+        OR (t.status = 'awaiting_ack' AND t.next_attempt_at <= now() AND t.attempts < %(max_attempts)s)
         OR (t.status = 'in_progress'
             AND (t.updated_at < now() - make_interval(secs => %(lease)s * 60)
                  OR t.evidence ->> 'claim' = %(claim)s))

@@ -20,7 +20,8 @@ Faults: ``error_rate`` (answer ``error_status``, default 503, without deleting),
 ``latency_jitter_ms``, ``down`` or an outage window (``outage_start``/``outage_end`` epoch seconds,
 or ``outage_seconds`` from now: connections are dropped without an answer), ``rate_limit_per_s``
 (429 with ``Retry-After``), ``silent_delete_failure`` (answers like a real delete but keeps the data —
-the canary must catch it), ``reject_pattern`` / ``subject_status`` (answer a fixed status, e.g. 422 or
+the canary and verification must catch it), ``accept_delete_after_s`` (answer ``202 Accepted`` and erase
+that many seconds later), ``accept_never_delete`` (answer 202, never erase), ``reject_pattern`` / ``subject_status`` (answer a fixed status, e.g. 422 or
 409, for matching subject ids).
 """
 
@@ -58,6 +59,10 @@ class Faults:
     rate_limit_per_s: float | None = None
     retry_after_s: float | None = None
     silent_delete_failure: bool = False
+    accept_delete_after_s: float | None = None
+    """Answer deletes ``202 Accepted`` and erase the subject this many seconds later (0: at once,
+    after answering); ``accept_never_delete`` answers 202 and never erases."""
+    accept_never_delete: bool = False
     reject_pattern: str | None = None
     reject_status: int = 422
     subject_status: dict[str, int] = field(default_factory=dict)
@@ -82,6 +87,8 @@ class Faults:
                 re.compile(v)
             if k == "rate_limit_per_s" and v is not None and float(v) <= 0:
                 raise ValueError("fault 'rate_limit_per_s' must be > 0 or null")
+            if k == "accept_delete_after_s" and v is not None and float(v) < 0:
+                raise ValueError("fault 'accept_delete_after_s' must be >= 0 or null")
             if k == "subject_status" and not isinstance(v, dict):
                 raise ValueError("fault 'subject_status' must be an object {subject_id: status}")
             setattr(self, k, v)
@@ -211,13 +218,20 @@ class PartnerService:
                 {**body, "replayed": True}, status, headers={"X-Request-Id": body["deletion_id"]}
             )
         deletion_id = f"del_{uuid.uuid4().hex[:20]}"
+        f = self.faults
+        if (f.accept_delete_after_s is not None or f.accept_never_delete) and self.store.get(subject_id):
+            body = {"deletion_id": deletion_id, "subject_id": subject_id, "accepted": True}
+            if not f.accept_never_delete:
+                delay = float(f.accept_delete_after_s or 0.0)
+                asyncio.get_running_loop().call_later(delay, self.store.delete, subject_id, idem)
+            return self._json(body, 202, headers={"X-Request-Id": deletion_id})  # never cached: asked again
         if self.faults.silent_delete_failure:
             existed = self.store.get(subject_id) is not None  # claims success, keeps the data
         else:
             existed = self.store.delete(subject_id, idem, deletion_id)
         status = 200 if existed else 404
         body = {"deletion_id": deletion_id, "subject_id": subject_id, "deleted": existed}
-        if idem:
+        if idem and not self.faults.silent_delete_failure:  # a fake answer is not remembered as done
             self._idem[idem] = (status, body)
             if len(self._idem) > self._idem_max:
                 self._idem.popitem(last=False)
