@@ -8,6 +8,9 @@ status --request ID|EXTERNAL_ID | --subject TYPE:ID [--json]
 reconcile                one reconcile pass (replay, retry/escalate, complete, SLA, alerts)
 intake submit|ingest     register requests / the intake table's pending rows (see erasure.intake_cli)
 hold place|release|list|recheck   legal holds
+audit verify [--from-seq N] [--delta]   recompute the audit chain; exit 1 naming the first broken link
+receipt issue|show|verify|export     signed receipts (verify: a file or a request id)
+keys init|jwks           create the receipt keys once / print the public JWKS
 
 Settings (the tracking DSN, the Kafka bootstrap, the catalog, SMTP) come from the ERASURE_* environment
 variables, read once per invocation (erasure.settings.get_settings).
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from erasure.intake_cli import add_parsers as add_intake_parsers
 
     add_intake_parsers(sub)
+    from erasure.evidence.cli import add_parsers as add_evidence_parsers
+
+    add_evidence_parsers(sub)
     args = parser.parse_args(argv)
     try:
         settings = get_settings()  # the edge: read the environment once, pass the values on
@@ -126,6 +132,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from erasure.intake_cli import run as run_intake_command
 
         return run_intake_command(args, settings)
+    elif args.cmd in ("audit", "receipt", "keys"):
+        from erasure.evidence.cli import run as run_evidence_command
+
+        return run_evidence_command(args, settings)
     return 0
 
 

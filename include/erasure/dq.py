@@ -11,6 +11,7 @@ It checks:
 * **order**: ``occurred_at >= received_at`` and ``due_at >= received_at``; ``attempt >= 0``;
 * **consistency with the tracking store**: the row count and the number of distinct requests equal
   what the tracking store reported for the same window *in the same snapshot*;
+* **audit chain**: ``seq``, ``prev_hash``, ``hash`` not null, ``seq`` unique, hashes SHA-256 hex (docs/evidence.md);
 * **schema**: exactly the dataset's columns.
 
 A failed validation raises :class:`DataQualityError` carrying a readable summary (which expectation,
@@ -59,6 +60,8 @@ KEY_COLUMNS: tuple[str, ...] = (
     "outcome",
 )
 TASK_KEY_COLUMNS: tuple[str, ...] = ("task_id", "target", "target_kind")
+CHAIN_COLUMNS: tuple[str, ...] = ("seq", "prev_hash", "hash")
+"""The audit chain's columns (docs/evidence.md): present on every row, seq unique, hashes SHA-256 hex."""
 
 
 class DataQualityError(RuntimeError):
@@ -141,6 +144,11 @@ def build_expectations(
     exps: list[Any] = [gxe.ExpectColumnValuesToBeUnique(column="event_id")]
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in KEY_COLUMNS]
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=c, row_condition=task_rows) for c in TASK_KEY_COLUMNS]
+    exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in CHAIN_COLUMNS]
+    exps += [gxe.ExpectColumnValuesToBeUnique(column="seq")]
+    exps += [
+        gxe.ExpectColumnValuesToMatchRegex(column=c, regex="^[0-9a-f]{64}$") for c in ("prev_hash", "hash")
+    ]
     exps += [
         gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
         gxe.ExpectColumnValuesToBeInSet(column="target_kind", value_set=[str(k) for k in kinds()]),

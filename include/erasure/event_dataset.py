@@ -118,6 +118,11 @@ EVENT_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("table_version", "BIGINT", True),
     ("kafka_event_id", "STRING", True),
     ("details_json", "STRING", True),
+    # the audit chain (docs/evidence.md): checkable from this table alone (erasure.evidence.audit.verify_delta);
+    # nullable only because Delta adds columns to an existing table as nullable
+    ("seq", "BIGINT", True),
+    ("prev_hash", "STRING", True),
+    ("hash", "STRING", True),
     ("row_hash", "STRING", False),
     ("built_at", "TIMESTAMP", False),
 )
@@ -139,7 +144,7 @@ SUBJECT_COLUMNS: tuple[tuple[str, str, bool], ...] = (
 
 # Only these columns get min/max statistics in the Delta log: no subject identifier ever lands in
 # _delta_log (stats are JSON in the log and outlive VACUUM until log cleanup).
-EVENT_STATS_COLUMNS = "event_id,event_type,occurred_at,request_id,task_id,target"
+EVENT_STATS_COLUMNS = "event_id,event_type,occurred_at,request_id,task_id,target,seq"
 SUBJECT_STATS_COLUMNS = "request_id,completed_at"
 
 _SUCCESS_EVENTS = frozenset(
@@ -252,7 +257,13 @@ def ensure_tables(
             continue
         from deltalake import DeltaTable
 
-        current = DeltaTable(path).metadata().configuration
+        existing = DeltaTable(path)
+        missing = [c for c in cols if c[0] not in existing.schema().to_arrow().names]
+        if missing:  # columns added since the table was created (e.g. the audit chain): nullable
+            spark().sql(
+                f"ALTER TABLE delta.`{path}` ADD COLUMNS ({', '.join(f'{n} {t}' for n, t, _ in missing)})"
+            )
+        current = existing.metadata().configuration
         changed = {k: v for k, v in props.items() if current.get(k) != v}
         if changed:
             spark().sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({_props_sql(changed)})")
@@ -263,7 +274,7 @@ def ensure_tables(
 # --------------------------------------------------------------------------------------------------
 SOURCE_SQL = """
 SELECT e.event_id::text AS event_id, e.event_type, e.status, e.attempt, e.occurred_at,
-       e.request_id, e.task_id, e.target, e.details::text AS details_json,
+       e.request_id, e.task_id, e.target, e.details::text AS details_json, e.seq, e.prev_hash, e.hash,
        r.external_id, r.subject_type, r.subject_id, r.jurisdiction, r.source AS request_source,
        r.is_canary, r.received_at, r.due_at, t.kind AS task_kind
   FROM erasure.event_log e
@@ -417,6 +428,9 @@ def enrich(rows: Iterable[Mapping[str, Any]], catalog: Catalog, built_at: dateti
             "outcome": outcome_of(r["event_type"], r.get("status")),
             "attempt": r.get("attempt"),
             "details_json": details_json,
+            "seq": r.get("seq"),
+            "prev_hash": r.get("prev_hash"),
+            "hash": r.get("hash"),
         }
         row.update(evidence_fields(details))
         row["row_hash"] = _row_hash(row)

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     """Subject identifiers in the event dataset are removed after this many days."""
     canary_schedule: str = "17 * * * *"
 
+    # -- proof of erasure: receipts and their keys (docs/evidence.md) ------------------------------
+    receipt_signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs receipts; defaults to ``<local>/secrets/receipt-signing-key.pem``."""
+    identifier_hmac_key_file: Path | None = None
+    """Key (hex) of the HMAC-SHA256 that hides identifiers in receipts; defaults to ``<local>/secrets/identifier-hmac.key``."""
+    receipt_jwks_file: Path | None = None
+    """The published public keys (JWKS) receipts are verified with; defaults to ``<local>/secrets/receipt-keys.jwks.json``."""
+    receipts_dir: Path | None = None
+    """Where receipts are exported as files; defaults to ``<local>/receipts``."""
+
     # -- alert delivery by e-mail (else Airflow's email backend) -----------------------------------
     smtp_host: str | None = None
     smtp_port: int = 25
@@ -96,6 +106,26 @@ class Settings(BaseSettings):
     @property
     def dataset_path(self) -> Path:
         return self.dataset_dir or self.local_dir / "datasets"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.local_dir / "secrets"
+
+    @property
+    def receipt_signing_key_path(self) -> Path:
+        return self.receipt_signing_key_file or self.secrets_dir / "receipt-signing-key.pem"
+
+    @property
+    def identifier_hmac_key_path(self) -> Path:
+        return self.identifier_hmac_key_file or self.secrets_dir / "identifier-hmac.key"
+
+    @property
+    def receipt_jwks_path(self) -> Path:
+        return self.receipt_jwks_file or self.secrets_dir / "receipt-keys.jwks.json"
+
+    @property
+    def receipts_path(self) -> Path:
+        return self.receipts_dir or self.local_dir / "receipts"
 
     @property
     def jars_path(self) -> Path:

@@ -198,7 +198,10 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
                     bare_best = min(bare_best, time.perf_counter() - t0)
                     assert bare_status.get(200) == calls, bare_status
                     continue
-                query(pg_dsn, "TRUNCATE erasure.request, erasure.task, erasure.event_log CASCADE")
+                query(
+                    pg_dsn,
+                    "SET LOCAL erasure.audit_maintenance = 'truncate'; TRUNCATE erasure.request, erasure.task, erasure.event_log CASCADE",
+                )
                 create_requests(pg_dsn, subjects, [(n, "sync_api") for n in names])
                 query(pg_dsn, "ANALYZE erasure.task")
                 t0 = time.perf_counter()

@@ -204,7 +204,10 @@ def test_gx_failure_blocks_the_write(spark, tracking_db, catalog, tmp_path):
     assert table_version(events_path(tmp_path)) is None and not any(tmp_path.iterdir())  # not even created
 
     with transaction(tracking_db) as cur:
-        cur.execute("DELETE FROM erasure.request WHERE id = %s", (bad,))  # cascades to its events
+        # events are never deleted (audit chain): make the request valid instead
+        cur.execute(
+            "UPDATE erasure.request SET received_at = now() - interval '1 hour' WHERE id = %s", (bad,)
+        )
     seed(tracking_db)
     good = build_event_dataset(
         spark, tracking_db, catalog, tmp_path, apply_retention=False, retention_days=RETENTION_DAYS

