@@ -64,7 +64,14 @@ export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$ERASURE_LOCAL/airflow/logs"
 export AIRFLOW_CONN_ERASURE_TRACKING="postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking"
 export AIRFLOW_CONN_ERASURE_KAFKA="{\"conn_type\": \"kafka\", \"extra\": {\"bootstrap.servers\": \"$ERASURE_KAFKA_BOOTSTRAP\"}}"
 export AIRFLOW_CONN_SPARK_DEFAULT="{\"conn_type\": \"spark\", \"host\": \"$ERASURE_SPARK_MASTER\"}"
-unset _pgpass
+# Ack signing keys (ERASURE_ACK_KEY_<TARGET> from secrets.env): for the demo partners and the CLI, and as
+# Airflow connections erasure_ack_<target> (password = key) for the erasure_acks DAG.
+for _v in $(compgen -v ERASURE_ACK_KEY_); do
+  export "${_v?}"
+  case "$_v" in *_PREVIOUS) continue ;; esac
+  export "AIRFLOW_CONN_ERASURE_ACK_${_v#ERASURE_ACK_KEY_}={\"conn_type\": \"generic\", \"password\": \"${!_v}\"}"
+done
+unset _v _pgpass
 
 export PATH="$ERASURE_VENV/bin:$PATH"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"

@@ -125,6 +125,7 @@ pg_bin() { # Debian's versioned bin dir first (initdb needs `postgres` beside it
 
 # ---------------------------------------------------------------- setup
 setup_secrets() {
+  setup_ack_keys
   [ -f "$L/secrets.env" ] && return
   log "generating local secrets into $L/secrets.env"
   local gen="import secrets,base64;print"
@@ -136,6 +137,17 @@ setup_secrets() {
     echo "ERASURE_ADMIN_PASSWORD=$($PY -c "$gen(secrets.token_urlsafe(12))")"
   } >"$L/secrets.env"
   umask 022
+  setup_ack_keys
+}
+
+# Ack signing keys of the demo Kafka partners (docs/kafka.md): added once, also to an older secrets.env.
+setup_ack_keys() {
+  [ -f "$L/secrets.env" ] || return 0
+  local t var
+  for t in marketing_events recommendations; do
+    var="ERASURE_ACK_KEY_$(echo "$t" | tr '[:lower:]' '[:upper:]')"
+    grep -q "^$var=" "$L/secrets.env" || echo "$var=$($PY -c 'import secrets;print(secrets.token_hex(32))')" >>"$L/secrets.env"
+  done
 }
 
 setup_venv() {

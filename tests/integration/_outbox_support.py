@@ -126,13 +126,36 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Any
         c.close()
 
 
-def produce_raw(bootstrap: str, topic: str, values: list[bytes | None], key: bytes | None = None) -> None:
+def signer(keys: dict[str, str]) -> Any:
+    """``sign(value)`` -> the headers a partner would send: signed with the key of the target the ack
+    names (``erasure.ack_auth``); no header for values that are not a JSON ack of a known target."""
+    import json
+
+    from erasure.ack_auth import sign_headers
+
+    def sign(value: bytes | None) -> list[tuple[str, bytes]] | None:
+        try:
+            target = json.loads(value or b"").get("target")
+        except (ValueError, AttributeError):
+            return None
+        return sign_headers(keys[target], value or b"") if target in keys else None
+
+    return sign
+
+
+def produce_raw(
+    bootstrap: str, topic: str, values: list[bytes | None], key: bytes | None = None, sign: Any = None
+) -> None:
+    """Produce ``values``; ``sign(value)`` (e.g. :func:`signer`) gives each message's headers."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
     errs: list[Any] = []
     for v in values:
-        p.produce(topic, value=v, key=key, on_delivery=lambda e, m: errs.append(e) if e else None)
+        headers = sign(v) if sign else None
+        p.produce(
+            topic, value=v, key=key, headers=headers, on_delivery=lambda e, m: errs.append(e) if e else None
+        )
     assert p.flush(30) == 0 and not errs, errs
 
 

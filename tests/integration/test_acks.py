@@ -13,6 +13,7 @@ import pytest
 from erasure import outbox
 from erasure.events import new_ack
 from erasure.vocab import AckStatus
+from erasure_demo.partners.http_service import PartnerServer
 from erasure_demo.partners.kafka_partner import KafkaPartner
 from erasure_demo.partners.store import PartnerStore
 from tests.helpers.db import query
@@ -21,9 +22,21 @@ from tests.integration._outbox_support import (
     kafka_catalog,
     produce_raw,
     seed_kafka_tasks,
+    signer,
 )
 
 pytestmark = pytest.mark.integration
+
+# ack keys of the test targets (erasure.ack_auth): partners sign with them, the pipeline checks them
+KEYS = {"mkt": "mkt-ack-key-" + uuid.uuid4().hex, "recs": "recs-ack-key-" + uuid.uuid4().hex}
+SIGN = signer(KEYS)
+
+
+@pytest.fixture(autouse=True)
+def _ack_keys(monkeypatch):
+    """Partner processes started by a test read their key from the environment, as in the stack."""
+    for target, key in KEYS.items():
+        monkeypatch.setenv(f"ERASURE_ACK_KEY_{target.upper()}", key)
 
 
 @pytest.fixture
@@ -39,7 +52,7 @@ def _consume_until(dsn, bootstrap, cat, group, want_matched, timeout=60):
     deadline = time.monotonic() + timeout
     while total["matched"] < want_matched and time.monotonic() < deadline:
         res = outbox.consume_acks(
-            dsn, bootstrap, catalog=cat, group_id=group, idle_timeout_s=1.0, max_seconds=20
+            dsn, bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=1.0, max_seconds=20
         )
         for k, v in res.counts.items():
             total[k] += v
@@ -118,8 +131,12 @@ def test_partners_erase_and_ack_with_faults(setup, kafka_bootstrap, tmp_path):
     )
 
 
-def test_unknown_malformed_mismatch_duplicate_acks_are_recorded_not_fatal(setup, kafka_bootstrap):
+def test_unknown_malformed_mismatch_duplicate_acks_are_recorded_not_fatal(setup, kafka_bootstrap, tmp_path):
     dsn, cat, _, acks = setup
+    # mkt's lookup endpoint answers (an empty partner store: every subject gone), so success acks verify
+    port = int(str(cat.target("mkt").spec.lookup_url).rsplit(":", 1)[1])
+    lookup = PartnerServer("mkt", tmp_path / "mkt-lookup.db", port=port).start()
+    request_close = lookup.close
     group = f"pipeline-{uuid.uuid4().hex[:6]}"
     seed_kafka_tasks(dsn, ["mkt"], 3)
     eids = outbox.enqueue_due(dsn, cat).event_ids
@@ -148,10 +165,14 @@ def test_unknown_malformed_mismatch_duplicate_acks_are_recorded_not_fatal(setup,
             new_ack(eids[2], "mkt", "failed", {"error": "partner db down"}).to_bytes(),
         ],
         key=b"k",  # one partition, in order
+        sign=SIGN,
     )
-    res = outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group, idle_timeout_s=2)
+    res = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=2
+    )
     assert res.messages == 10
-    assert res.counts == {"matched": 3, "duplicate": 1, "unknown": 1, "malformed": 4, "mismatch": 1}
+    assert res.counts == {"matched": 3, "duplicate": 1, "unknown": 1, "malformed": 4, "mismatch": 1,
+                          "unauthenticated": 0}  # fmt: skip
     assert res.tasks_succeeded == 2 and res.tasks_failed == 1
 
     log = query(dsn, "SELECT status, error, raw, event_id::text FROM erasure.ack_log ORDER BY kafka_offset")
@@ -170,12 +191,22 @@ def test_unknown_malformed_mismatch_duplicate_acks_are_recorded_not_fatal(setup,
     assert failed["status"] == "failed" and "partner db down" in failed["last_error"] and failed["backoff"]
 
     # offsets were committed after the DB transaction: the next run sees nothing new
-    again = outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group, idle_timeout_s=1)
+    again = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=1
+    )
     assert again.messages == 0
     # a redelivery (e.g. a crash between the DB commit and the offset commit) is not applied twice
-    fresh = outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group + "-b", idle_timeout_s=2)
+    fresh = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group + "-b", idle_timeout_s=2
+    )
     assert fresh.already_seen == 10 and sum(fresh.counts.values()) == 0
     assert query(dsn, "SELECT count(*)::int AS n FROM erasure.ack_log")[0]["n"] == 10
+    ver = query(
+        dsn,
+        "SELECT evidence -> 'verification' ->> 'outcome' AS v FROM erasure.task WHERE status = 'succeeded'",
+    )
+    assert [r["v"] for r in ver] == ["verified", "verified"]
+    request_close()
 
 
 def test_late_success_ack_completes_a_failed_task(setup, kafka_bootstrap):
@@ -183,17 +214,64 @@ def test_late_success_ack_completes_a_failed_task(setup, kafka_bootstrap):
     seed_kafka_tasks(dsn, ["recs"], 1)
     [eid] = outbox.enqueue_due(dsn, cat).event_ids
     outbox.publish_pending(dsn, kafka_bootstrap)
-    produce_raw(kafka_bootstrap, acks, [new_ack(eid, "recs", "failed").to_bytes()])
+    produce_raw(kafka_bootstrap, acks, [new_ack(eid, "recs", "failed").to_bytes()], sign=SIGN)
     group = f"pipeline-{uuid.uuid4().hex[:6]}"
-    outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group, idle_timeout_s=1)
+    outbox.consume_acks(dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=1)
     assert _statuses(dsn) == {"failed": 1}
     # reconcile moves it back to pending; a new attempt gets a new event; its ack completes the task
     query(dsn, "UPDATE erasure.task SET status = 'pending', next_attempt_at = now()")
     [eid2] = outbox.enqueue_due(dsn, cat).event_ids
     assert eid2 != eid
     outbox.publish_pending(dsn, kafka_bootstrap)
-    produce_raw(kafka_bootstrap, acks, [new_ack(eid2, "recs", "not_found").to_bytes()])
-    res = outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group, idle_timeout_s=1)
+    produce_raw(kafka_bootstrap, acks, [new_ack(eid2, "recs", "not_found").to_bytes()], sign=SIGN)
+    res = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=1
+    )
     assert res.counts["matched"] == 1 and _statuses(dsn) == {"succeeded": 1}
     row = query(dsn, "SELECT attempts, evidence FROM erasure.task")[0]
     assert row["attempts"] == 2 and row["evidence"]["ack"]["event_id"] == eid2
+
+
+def test_forged_acks_are_recorded_and_ignored_a_signed_one_closes(setup, kafka_bootstrap):
+    """Proof of erasure: only an ack signed with its target's key counts (``erasure.ack_auth``)."""
+    from erasure.ack_auth import sign_headers
+
+    dsn, cat, _, acks = setup
+    seed_kafka_tasks(dsn, ["recs"], 1)
+    [eid] = outbox.enqueue_due(dsn, cat).event_ids
+    outbox.publish_pending(dsn, kafka_bootstrap)
+    ack = new_ack(eid, "recs", "erased").to_bytes()
+    group = f"pipeline-{uuid.uuid4().hex[:6]}"
+    produce_raw(kafka_bootstrap, acks, [ack], key=b"k")  # unsigned
+    produce_raw(kafka_bootstrap, acks, [ack], key=b"k", sign=lambda v: sign_headers("x" * 32, v))  # wrong key
+    produce_raw(
+        kafka_bootstrap, acks, [ack], key=b"k", sign=lambda v: sign_headers(KEYS["mkt"], v)
+    )  # other target's
+    tampered = ack.replace(b'"erased"', b'"not_found"')  # signed bytes changed after signing
+    sig = sign_headers(KEYS["recs"], ack)
+    produce_raw(kafka_bootstrap, acks, [tampered], key=b"k", sign=lambda v: sig)
+    res = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=KEYS, catalog=cat, group_id=group, idle_timeout_s=2
+    )
+    assert res.counts["unauthenticated"] == 4 and res.counts["matched"] == 0 and res.tasks_succeeded == 0
+    assert _statuses(dsn) == {"awaiting_ack": 1}  # never closed by a forged ack
+    log = query(dsn, "SELECT status, error, raw FROM erasure.ack_log ORDER BY id")
+    assert [r["status"] for r in log] == ["unauthenticated"] * 4
+    assert log[0]["error"].startswith("unsigned") and all("bad signature" in r["error"] for r in log[1:])
+    assert eid in log[0]["raw"]  # kept for the investigation
+
+    # keys missing altogether: still refused, never a silent pass
+    produce_raw(kafka_bootstrap, acks, [ack], key=b"k", sign=SIGN)
+    res = outbox.consume_acks(dsn, kafka_bootstrap, catalog=cat, group_id=group, idle_timeout_s=2)
+    assert res.counts["unauthenticated"] == 1 and _statuses(dsn) == {"awaiting_ack": 1}
+
+    # a rotated key: the previous one is still accepted next to the new one
+    produce_raw(kafka_bootstrap, acks, [ack], key=b"k", sign=SIGN)
+    rotated = {"recs": ["recs-new-key-" + uuid.uuid4().hex, KEYS["recs"]]}
+    res = outbox.consume_acks(
+        dsn, kafka_bootstrap, ack_keys=rotated, catalog=cat, group_id=group, idle_timeout_s=2
+    )
+    assert res.counts["matched"] == 1 and _statuses(dsn) == {"succeeded": 1}
+    ev = query(dsn, "SELECT evidence FROM erasure.task")[0]["evidence"]
+    assert ev["ack"]["authenticated"] == "signed with the previous key"
+    assert ev["verification"]["outcome"] == "not_verifiable" and "lookup_url" in ev["verification"]["answer"]

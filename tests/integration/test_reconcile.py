@@ -191,8 +191,11 @@ def test_dropped_event_is_replayed_then_acknowledged(
 ) -> None:
     from confluent_kafka import Producer
 
+    from erasure.ack_auth import sign_headers
     from erasure.events import new_ack
     from erasure.outbox import consume_acks, enqueue_due, publish_pending
+
+    ACK_KEY = "marketing-events-test-ack-key-" + uuid.uuid4().hex  # noqa: N806
 
     topic, ack_topic = unique_topic("erasure.events.test"), unique_topic("erasure.acks.test", partitions=1)
     with webhook_receiver() as hook:
@@ -224,7 +227,8 @@ def test_dropped_event_is_replayed_then_acknowledged(
 
         # This time the partner erases and acknowledges.
         p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "acks": "all"})
-        p.produce(ack_topic, value=new_ack(event_id, "marketing_events", "erased", {"rows": 1}).to_bytes())
+        ack_value = new_ack(event_id, "marketing_events", "erased", {"rows": 1}).to_bytes()
+        p.produce(ack_topic, value=ack_value, headers=sign_headers(ACK_KEY, ack_value))  # signed (issue 17)
         assert p.flush(30) == 0
         acks = consume_acks(
             tracking_db,
@@ -232,6 +236,7 @@ def test_dropped_event_is_replayed_then_acknowledged(
             catalog=cat,
             topics=[ack_topic],
             group_id=f"acks-{uuid.uuid4().hex[:8]}",
+            ack_keys={"marketing_events": ACK_KEY},
         )
         assert acks.tasks_succeeded == 1
 

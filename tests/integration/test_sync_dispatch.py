@@ -399,6 +399,8 @@ def test_postgres_table_target(tracking_db, tmp_path):
     by_subject = {r["subject_id"]: r for r in tasks(tracking_db)}
     assert by_subject["emp_1"]["evidence"]["rows_deleted"] == 3 and by_subject["emp_1"]["stage"] == "deleted"
     assert by_subject["emp_999"]["evidence"]["outcome"] == "already_gone"
+    v = by_subject["emp_1"]["evidence"]["verification"]  # the count after the DELETE, same transaction
+    assert v["outcome"] == "verified" and v["answer"] == "0 rows" and "hr_test.directory" in v["method"]
     assert query(tracking_db, "SELECT count(*) FROM hr_test.directory")[0][0] == 84
     assert (
         query(tracking_db, "SELECT count(*) FROM erasure.event_log WHERE event_type = 'rows_deleted'")[0][0]

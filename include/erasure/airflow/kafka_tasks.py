@@ -51,17 +51,38 @@ def publish_kafka_events(limit: int | None = None) -> dict[str, Any]:
     }
 
 
+def ack_keys(targets: list[str]) -> dict[str, list[str]]:
+    """Ack signing keys per Kafka target from Airflow connections ``erasure_ack_<target>`` (password =
+    current key, extra ``{"previous": "..."}`` during a rotation). A target without a connection has no
+    key: its acks are recorded as ``unauthenticated`` (``erasure.ack_auth``)."""
+    from airflow.sdk import BaseHook
+
+    keys: dict[str, list[str]] = {}
+    for t in targets:
+        try:
+            conn = BaseHook.get_connection(f"erasure_ack_{t}")
+        except Exception:  # noqa: BLE001 - a missing connection: no key, every ack refused (logged there)
+            continue
+        found = [k for k in (conn.password, conn.extra_dejson.get("previous")) if k]
+        if found:
+            keys[t] = found
+    return keys
+
+
 @task(task_id="consume_acks")
 def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -> dict[str, Any]:
     """A bounded poll of the ack topics; offsets are committed after each database transaction."""
     from erasure.airflow.conn import tracking_dsn
     from erasure.catalog import load_catalog
     from erasure.outbox import consume_acks
+    from erasure.vocab import TargetKind
 
+    catalog = load_catalog()
     res = consume_acks(
         tracking_dsn(),
         kafka_config(),
-        catalog=load_catalog(),
+        catalog=catalog,
+        ack_keys=ack_keys([t.name for t in catalog.of_kind(TargetKind.KAFKA)]),
         max_seconds=max_seconds,
         max_messages=max_messages,
     )
@@ -71,4 +92,5 @@ def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -
         "already_seen": res.already_seen,
         "tasks_succeeded": res.tasks_succeeded,
         "tasks_failed": res.tasks_failed,
+        "unauthenticated": res.counts.get("unauthenticated", 0),
     }

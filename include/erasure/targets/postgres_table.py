@@ -2,7 +2,8 @@
 
 * erase: one ``DELETE FROM <table> WHERE <key> = ANY(%s) RETURNING <key>`` per batch, in one
   transaction; rows deleted per subject are the evidence (0 = already gone).
-* verify: ``SELECT count(*) ... WHERE <key> = %s`` is 0.
+* verify: ``SELECT count(*) ... WHERE <key> = %s`` is 0. After each batch's DELETE the same count, in
+  the same transaction, is every task's ``evidence.verification`` (rows left: the task fails).
 * test subjects: one ``INSERT`` per canary with a recognisable value in every column without a default
   (the table's own ``is_test``/``is_canary`` boolean set when it has one).
 
@@ -35,9 +36,17 @@ from erasure.targets.base import (
     generic_summary,
     marker,
     marker_date,
+    verification,
 )
 from erasure.targets.registry import register
-from erasure.vocab import CheckOutcome, DeleteOutcome, Runner, TargetKind, WarehouseStage
+from erasure.vocab import (
+    CheckOutcome,
+    DeleteOutcome,
+    Runner,
+    TargetKind,
+    VerificationOutcome,
+    WarehouseStage,
+)
 
 if TYPE_CHECKING:
     from erasure.catalog import Target
@@ -100,11 +109,19 @@ class PostgresTableAdapter(TargetAdapter):
         error: Exception | None = None
         permanent = False
         counts: dict[str, int] = {}
+        left: dict[str, int] = {}
+        not_verifiable = self.not_verifiable(target)
         stmt = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s) RETURNING {}").format(
             sql.Identifier(*spec.table.split(".")),
             sql.Identifier(spec.key_column),
             sql.Identifier(spec.key_column),
         )
+        count_stmt = sql.SQL("SELECT {}, count(*) FROM {} WHERE {} = ANY(%s) GROUP BY 1").format(
+            sql.Identifier(spec.key_column),
+            sql.Identifier(*spec.table.split(".")),
+            sql.Identifier(spec.key_column),
+        )
+        method = f"row count in {spec.table} by {spec.key_column}, after the DELETE (same transaction)"
         try:
             conn = self._connect(target)
             try:
@@ -112,6 +129,9 @@ class PostgresTableAdapter(TargetAdapter):
                     cur.execute(stmt, ([c.subject_id for c in items],))
                     for (key,) in cur.fetchall():
                         counts[str(key)] = counts.get(str(key), 0) + 1
+                    if not_verifiable is None:  # verification: count what is left, same transaction
+                        cur.execute(count_stmt, ([c.subject_id for c in items],))
+                        left = {str(k): int(n) for k, n in cur.fetchall()}
             finally:
                 conn.close()
         except psycopg2.Error as exc:
@@ -125,7 +145,22 @@ class PostgresTableAdapter(TargetAdapter):
                 n = counts.get(c.subject_id, 0)
                 outcome = DeleteOutcome.DELETED if n else DeleteOutcome.ALREADY_GONE
                 ev = {**base_ev, "attempt": c.attempt, "rows_deleted": n, "outcome": outcome}
-                o = Outcome(c, True, ev, stage=WarehouseStage.DELETED)
+                rest = left.get(c.subject_id, 0)
+                if not_verifiable is not None:
+                    ver = not_verifiable
+                elif rest == 0:
+                    ver = verification(VerificationOutcome.VERIFIED, method, "0 rows")
+                else:
+                    ver = verification(VerificationOutcome.FAILED, method, f"{rest} row(s) still there")
+                ev["verification"] = ver
+                ok = ver["outcome"] != VerificationOutcome.FAILED
+                o = Outcome(
+                    c,
+                    ok,
+                    ev,
+                    stage=WarehouseStage.DELETED if ok else None,
+                    error=None if ok else f"verification failed: {rest} row(s) still in {spec.table}",
+                )
             else:
                 msg = f"{type(error).__name__}: {str(error).strip()}"
                 outcome = DeleteOutcome.PERMANENT_FAILURE if permanent else DeleteOutcome.RETRYABLE_FAILURE

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from erasure.ack_auth import sign_headers
 from erasure.catalog import Catalog, Target
 from erasure.events import SchemaError, new_ack, parse_event
 from erasure.settings import get_settings
@@ -371,6 +372,12 @@ class _Consumer:
 
         self.target = Target.model_validate_json(args.target_json)
         self.spec = self.target.spec_as(KafkaSpec)
+        # acks are signed with the target's key (erasure.ack_auth), from ERASURE_ACK_KEY_<TARGET>
+        from erasure.settings import ack_keys_from_env
+
+        self.ack_key = (ack_keys_from_env([self.target.name]).get(self.target.name) or [None])[0]
+        if self.ack_key is None:
+            log.warning("no ERASURE_ACK_KEY_%s: acks go unsigned and are refused", self.target.name.upper())
         self.store = PartnerStore(args.store)
         self.faults_file = Path(args.faults_file)
         self.stats_file = Path(args.stats_file)
@@ -556,8 +563,9 @@ class _Consumer:
                 while True:
                     try:
                         self.producer.produce(
-                            self.spec.ack_topic, key=key.encode(), value=value, on_delivery=cb
-                        )
+                            self.spec.ack_topic, key=key.encode(), value=value, on_delivery=cb,
+                            headers=sign_headers(self.ack_key, value) if self.ack_key else None,
+                        )  # fmt: skip
                         break
                     except BufferError:
                         self.producer.poll(0.1)
