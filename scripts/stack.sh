@@ -212,6 +212,7 @@ cmd_setup() {
   setup_postgres
   setup_jars
   setup_venv
+  "$ERASURE_VENV/bin/python" -m erasure.cli keys init --dir "$L/secrets" # receipt keys, once (docs/evidence.md)
   log "setup complete"
 }
 
