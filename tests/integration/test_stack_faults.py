@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -189,8 +191,10 @@ def _catalog_without_warehouse(dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
-    base = tmp_path_factory.mktemp("faults-slow")
+def full_stack() -> Iterator[PrivateStack]:
+    # not under pytest's tmp dir (mode 0700): PostgreSQL runs as its own OS user and must reach its files
+    base = Path(tempfile.mkdtemp(prefix="erasure-faults-"))
+    base.chmod(0o755)
     stack = PrivateStack(base, 26000, catalog=_catalog_without_warehouse(base / "catalog"))
     try:
         stack.up("postgres", "kafka", "airflow", "partners")
@@ -201,6 +205,7 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStac
         yield stack
     finally:
         stack.down()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _api(stack: PrivateStack) -> AirflowApi:
