@@ -15,7 +15,8 @@ Every 5 minutes (no catch-up, one run at a time):
    jitter, 429 honouring `Retry-After`; 404/409 = already gone; other 4xx = permanent failure). A
    `postgres_table` batch runs one `DELETE ... WHERE key = ANY(...)`. Every subject's outcome and
    evidence is written to `erasure.task` as it happens: a killed batch loses nothing and a re-run
-   skips what already succeeded. A batch times out after `ERASURE_DISPATCH_BATCH_TIMEOUT_MINUTES`
+   skips what already succeeded. A batch whose task instance fails for good (killed, timed out)
+   releases its tasks at once for the next run and alerts the target's owner. A batch times out after `ERASURE_DISPATCH_BATCH_TIMEOUT_MINUTES`
    (default 10), well before its lease expires, so no other run can re-claim a live batch.
 3. **kafka_enqueue → kafka_publish** – for due `pending` tasks of Kafka targets, writes an
    outbox row (a versioned erasure event) in the same transaction as the task's move to `awaiting_ack`,
@@ -38,6 +39,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
+from erasure.airflow.callbacks import batch_failed, claim_key
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import dag_kwargs
 from erasure.airflow.kafka_tasks import enqueue_kafka_events, publish_kafka_events
@@ -81,7 +83,11 @@ def erasure_dispatch():
             lease_minutes=settings.dispatch_lease_minutes,
         )
 
-    @task(map_index_template="{{ batch_label }}", execution_timeout=BATCH_TIMEOUT)
+    @task(
+        map_index_template="{{ batch_label }}",
+        execution_timeout=BATCH_TIMEOUT,
+        on_failure_callback=batch_failed,
+    )
     def delete_batch(target: str, batch: int, of: int, task_ids: list[int]) -> dict:
         """Erase one batch of subjects from one target; returns outcome counts."""
         from erasure.airflow.conn import tracking_dsn
@@ -95,7 +101,7 @@ def erasure_dispatch():
             load_catalog(settings.catalog_path),
             target,
             task_ids,
-            claim_key=f"{ctx['run_id']}/{target}/{batch}",
+            claim_key=claim_key(ctx["run_id"], target, batch),
             settings=settings,
             lease_minutes=settings.dispatch_lease_minutes,
         ).as_dict()

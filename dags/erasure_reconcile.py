@@ -5,11 +5,14 @@ Against the tracking store (`erasure_tracking` connection):
 1. **replay_and_retry** - events published but not acknowledged within the target's
    `kafka.ack_timeout_minutes` are handed back to the outbox publisher (same event id, attempt + 1);
    failed tasks whose backoff elapsed go back to `pending` for `erasure_dispatch`; after a target's
-   `max_attempts` the task is **escalated** and one alert goes to the owning team.
+   `max_attempts` the task is **escalated** and one alert goes to the owning team. Tasks still in
+   progress past the dispatch lease (`ERASURE_DISPATCH_LEASE_MINUTES`, their worker died) raise one
+   `lease_expired` alert per batch to the target's owner.
 2. **recompute_requests** - a request completes only when every target succeeded *with evidence*;
    a completed request never changes again.
 3. **sla** - one alert when a request is within `ERASURE_SLA_WARN_DAYS` (default 5) of `due_at`, one when
-   it is past due, to the pipeline owner, naming the blocking targets.
+   it is past due, to the pipeline owner, naming the blocking targets; one `target_sla_breached` alert
+   per task of a target with its own `sla_days` that is past it, to the target's owner.
 4. **send_alerts** - unsent alerts (also from Deadline Alerts) go out through the team's channel
    (log, webhook, email); failed sends are retried next run.
 5. **requests_changed** -> **announce_tracking_change** - when step 2 changed a request's status, the
@@ -46,6 +49,7 @@ def _reconcile(*steps: str) -> dict:
         load_catalog(settings.catalog_path),
         steps=steps,
         sla_warn_days=settings.sla_warn_days,
+        lease_minutes=settings.dispatch_lease_minutes,
         settings=settings,
     ).as_dict()
 
@@ -60,7 +64,7 @@ def _reconcile(*steps: str) -> dict:
 def erasure_reconcile():
     @task
     def replay_and_retry() -> dict:
-        return _reconcile("replay", "retry")
+        return _reconcile("replay", "retry", "leases")
 
     @task
     def recompute_requests() -> dict:

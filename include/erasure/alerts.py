@@ -351,6 +351,67 @@ def deliver_pending(
     return result
 
 
+def raise_and_deliver(
+    dsn: str,
+    catalog: Catalog,
+    *,
+    team: str,
+    kind: AlertKind,
+    dedupe_key: str,
+    message: str,
+    settings: Settings | None = None,
+    notifiers: Mapping[str, Notifier] | None = None,
+    **kw: Any,
+) -> tuple[bool, DeliveryResult]:
+    """Record one alert to ``team`` (nothing if ``dedupe_key`` was raised before) and try to send it at
+    once; an unsent alert is retried by reconcile's ``deliver`` step. Returns (new, delivery)."""
+    with transaction(dsn) as cur:
+        new = raise_team_alert(
+            cur, catalog, team=team, dedupe_key=dedupe_key, kind=kind, message=message, **kw
+        )
+    log.error("alert %s to team %s: %s", kind, team, message)
+    try:
+        delivery = deliver_pending(dsn, settings=settings, notifiers=notifiers, dedupe_keys=[dedupe_key])
+    except Exception as exc:  # noqa: BLE001 - recorded; reconcile delivers it later
+        log.warning("alert %s recorded, delivery deferred: %s", dedupe_key, exc)
+        delivery = DeliveryResult(failed=1, errors=[str(exc)])
+    return new, delivery
+
+
+def record_dag_run_failure(
+    dsn: str,
+    catalog: Catalog,
+    *,
+    dag_id: str,
+    run_id: str,
+    failed_tasks: list[str],
+    reason: str | None = None,
+    settings: Settings | None = None,
+    notifiers: Mapping[str, Notifier] | None = None,
+) -> tuple[str, DeliveryResult]:
+    """One alert to the pipeline owner for a failed run of a pipeline DAG (its failed tasks named)."""
+    if not dag_id or not run_id:
+        raise AlertError("DAG failure context: dag_id and run_id are required")
+    key = f"{AlertKind.DAG_RUN_FAILED}:{dag_id}:{run_id}"
+    msg = f"DAG run {dag_id}/{run_id} failed"
+    if failed_tasks:
+        msg += f"; failed tasks: {', '.join(sorted(failed_tasks)[:20])}"
+    if reason:
+        msg += f" ({reason})"
+    _, delivery = raise_and_deliver(
+        dsn,
+        catalog,
+        team=catalog.pipeline_owner,
+        kind=AlertKind.DAG_RUN_FAILED,
+        dedupe_key=key,
+        message=msg,
+        settings=settings,
+        notifiers=notifiers,
+        details={"dag_id": dag_id, "run_id": run_id, "failed_tasks": sorted(failed_tasks), "reason": reason},
+    )
+    return key, delivery
+
+
 def record_deadline_miss(
     dsn: str,
     catalog: Catalog,
@@ -377,19 +438,20 @@ def record_deadline_miss(
     msg = f"DAG run {dag_id}/{run_id} missed its deadline ({deadline_time})"
     if description:
         msg += f": {description}"
-    with transaction(dsn) as cur:
-        raise_team_alert(
-            cur,
-            catalog,
-            team=team,
-            dedupe_key=key,
-            kind=AlertKind.DEADLINE_MISSED,
-            message=msg,
-            details={
-                "dag_id": dag_id,
-                "run_id": run_id,
-                "deadline_id": deadline_id,
-                "deadline_time": str(deadline_time) if deadline_time is not None else None,
-            },
-        )
-    return key, deliver_pending(dsn, settings=settings, notifiers=notifiers, dedupe_keys=[key])
+    _, delivery = raise_and_deliver(
+        dsn,
+        catalog,
+        team=team,
+        kind=AlertKind.DEADLINE_MISSED,
+        dedupe_key=key,
+        message=msg,
+        settings=settings,
+        notifiers=notifiers,
+        details={
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "deadline_id": deadline_id,
+            "deadline_time": str(deadline_time) if deadline_time is not None else None,
+        },
+    )
+    return key, delivery

@@ -29,7 +29,6 @@ need it).
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -48,8 +47,6 @@ from erasure.vocab import AlertKind, CanaryResult, CheckOutcome, RequestStatus
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-log = logging.getLogger(__name__)
 
 CANARY_PREFIX = "canary_"
 DEFAULT_DELAY = timedelta(minutes=60)
@@ -467,25 +464,20 @@ def raise_alert(
     """Alert ``team`` on its catalog channel: recorded in ``erasure.alert`` (deduplicated on
     ``dedupe_key``: a re-run never alerts twice for the same canary and target), then delivered at
     once through ``erasure.alerts`` (an undelivered alert is retried by the reconcile DAG)."""
-    from erasure import alerts
+    from erasure.alerts import raise_and_deliver
 
-    with transaction(dsn) as cur:
-        alerts.raise_team_alert(
-            cur,
-            catalog,
-            team=team,
-            dedupe_key=dedupe_key,
-            kind=kind,
-            message=message,
-            request_id=request_id,
-            target=target,
-            details=details,
-        )
-    log.error("canary alert to team %s: %s", team, message)
-    try:
-        alerts.deliver_pending(dsn, settings=settings, dedupe_keys=[dedupe_key])
-    except Exception as exc:  # noqa: BLE001 - delivery is retried by the reconcile DAG
-        log.warning("canary alert %s recorded, delivery deferred: %s", dedupe_key, exc)
+    raise_and_deliver(
+        dsn,
+        catalog,
+        team=team,
+        kind=AlertKind(kind),
+        dedupe_key=dedupe_key,
+        message=message,
+        settings=settings,
+        request_id=request_id,
+        target=target,
+        details=details,
+    )
     return dedupe_key
 
 

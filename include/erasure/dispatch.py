@@ -46,7 +46,7 @@ from erasure.settings import Settings
 from erasure.targets import Claimed, Context, Outcome, TargetError, adapter_for
 from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
-from erasure.vocab import DeleteOutcome, Runner, TaskStatus
+from erasure.vocab import AlertKind, DeleteOutcome, Runner, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,49 @@ def run_batch(
     if config_error is not None:
         raise config_error
     return summary
+
+
+def release_claim(
+    dsn: str,
+    catalog: Catalog,
+    target: str,
+    claim_key: str,
+    *,
+    error: str,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """A batch's task instance failed for good (killed, timed out, crashed on its last try): its tasks
+    still ``in_progress`` under ``claim_key`` become ``failed`` with the attempt counted and the next
+    attempt due at once, so the next dispatch run takes them instead of waiting for the lease, and
+    reconcile escalates a batch that keeps dying. One ``batch_failed`` alert to the target's owner names
+    the target and the batch (deduplicated per claim). Returns the released tasks (ids only)."""
+    from erasure.alerts import raise_and_deliver
+
+    t = catalog.target(target)
+    with transaction(dsn) as cur:
+        released = task_sql.release_claim(cur, claim_key, error, now or datetime.now(UTC))
+    if released:
+        raise_and_deliver(
+            dsn,
+            catalog,
+            team=t.owner,
+            kind=AlertKind.BATCH_FAILED,
+            dedupe_key=f"{AlertKind.BATCH_FAILED}:{claim_key}",
+            message=(
+                f"Erasure batch {claim_key} of target '{t.name}' failed ({error[:300]}); "
+                f"{len(released)} task(s) released for the next dispatch run"
+            ),
+            settings=settings,
+            target=t.name,
+            details={
+                "claim": claim_key,
+                "tasks": [r["task_id"] for r in released][:100],
+                "error": error[:1000],
+            },
+        )
+        log.warning("released %d task(s) of failed batch %s", len(released), claim_key)
+    return released
 
 
 def pool_specs(catalog: Catalog) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import unicodedata
 import uuid
@@ -198,6 +199,10 @@ def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | Non
     for key in payload:
         if key not in FIELDS:
             errors.append(FieldError(_safe_key(key), f"unknown field (allowed: {', '.join(FIELDS)})"))
+    for path in _non_finite(payload):
+        errors.append(
+            FieldError(path, "holds a non-finite number (NaN or Infinity), which JSON cannot carry")
+        )
 
     values: dict[str, str | None] = {}
     for name in FIELDS:
@@ -274,6 +279,23 @@ def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | Non
     )
 
 
+def _non_finite(value: Any, path: str = "", depth: int = 0) -> list[str]:
+    """Paths (``field`` or ``field.key[0]``) of NaN/Infinity floats anywhere in a payload."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path or "(request)"]
+    if depth > 32:
+        return []
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _non_finite(v, f"{path}.{_safe_key(k)}" if path else _safe_key(k), depth + 1)
+        ]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]", depth + 1)]
+    return []
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -292,7 +314,8 @@ def _quote(value: str, limit: int = 64) -> str:
 
 
 def _safe_key(key: Any) -> str:
-    return _sanitise_str(str(key), 64)
+    """A payload key as a printable field name (an empty key is named, never an empty string)."""
+    return _sanitise_str(str(key), 64) or "(empty field name)"
 
 
 def _sanitise_str(value: str, limit: int = _REJECTED_PAYLOAD_MAX_STR) -> str:
@@ -314,6 +337,8 @@ def sanitise_payload(payload: Any, depth: int = 0) -> Any:
     """A bounded, storable copy of an untrusted payload for ``erasure.rejected_request``."""
     if isinstance(payload, str):
         return _sanitise_str(payload)
+    if isinstance(payload, float) and not math.isfinite(payload):
+        return f"<{payload!r}>"  # jsonb cannot hold NaN/Infinity
     if payload is None or isinstance(payload, bool | int | float):
         return payload
     if depth >= 2:
@@ -528,8 +553,8 @@ def _record_rejection(
         (
             source,
             _sanitise_str(ext, MAX_LEN["external_id"]) if isinstance(ext, str) else None,
-            json.dumps(sanitise_payload(payload)),
-            json.dumps(errors),
+            json.dumps(sanitise_payload(payload), allow_nan=False),
+            json.dumps(errors, allow_nan=False),
             run_id,
         ),
     )

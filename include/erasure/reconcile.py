@@ -60,7 +60,9 @@ DEFAULT_ACK_TIMEOUT = timedelta(minutes=60)
 _DEFAULT_TARGET = Target.model_construct(retry_backoff_minutes=5.0, max_attempts=5)
 """Stands in for a target that is no longer in the catalog (the catalog's defaults)."""
 DEFAULT_BATCH = 5000
-STEPS = ("replay", "retry", "recompute", "sla", "deliver")
+STEPS = ("replay", "retry", "leases", "recompute", "sla", "deliver")
+DEFAULT_LEASE_MINUTES = 15.0
+"""Default of the ``dispatch_lease_minutes`` setting (the DAG passes the setting)."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ReconcileResult:
     reopened: int = 0
     sla_alerts: int = 0
     target_sla_alerts: int = 0
+    lease_alerts: int = 0
     alerts_sent: int = 0
     alerts_failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -98,6 +101,7 @@ class ReconcileResult:
             + self.reopened
             + self.sla_alerts
             + self.target_sla_alerts
+            + self.lease_alerts
             + self.alerts_sent
         )
 
@@ -279,6 +283,33 @@ def retry_or_escalate(
             _alert_escalation(cur, catalog, row, row["last_error"] or "escalated", result)
 
 
+def check_leases(
+    dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, lease_minutes: float
+) -> None:
+    """Step 2b: tasks still ``in_progress`` past the dispatch lease (their batch died without its
+    failure callback, e.g. the worker machine went away): one ``lease_expired`` alert per batch to the
+    target's owner, naming target and batch. The next dispatch run re-claims them."""
+    with transaction(dsn) as cur:
+        for row in task_sql.expired_claims(cur, lease_minutes, now, AlertKind.LEASE_EXPIRED.value):
+            target = _target(catalog, row["target"])
+            msg = (
+                f"Erasure batch {row['claim']} of target '{row['target']}' holds {row['tasks']} task(s) in "
+                f"progress since {row['since'].isoformat()}, past the {lease_minutes:g}-minute lease: its "
+                "worker died; the next dispatch run takes them over"
+            )
+            if raise_team_alert(
+                cur,
+                catalog,
+                team=_owner(catalog, target),
+                dedupe_key=f"{AlertKind.LEASE_EXPIRED}:{row['claim']}",
+                kind=AlertKind.LEASE_EXPIRED,
+                message=msg,
+                target=row["target"],
+                details={"claim": row["claim"], "tasks": row["tasks"], "since": row["since"].isoformat()},
+            ):
+                result.lease_alerts += 1
+
+
 def recompute_requests(dsn: str, result: ReconcileResult) -> None:
     """Step 3: request status from its tasks (set-based, guarded; completed is final)."""
     with transaction(dsn) as cur:
@@ -397,6 +428,7 @@ def reconcile(
     *,
     now: datetime | None = None,
     sla_warn_days: float = DEFAULT_SLA_WARN_DAYS,
+    lease_minutes: float = DEFAULT_LEASE_MINUTES,
     settings: Settings | None = None,
     notifiers: Mapping[str, Notifier] | None = None,
     steps: Collection[str] = STEPS,
@@ -421,6 +453,8 @@ def reconcile(
         replay_unacked(dsn, catalog, now, result, batch)
     if "retry" in steps:
         retry_or_escalate(dsn, catalog, now, result, batch)
+    if "leases" in steps:
+        check_leases(dsn, catalog, now, result, lease_minutes)
     if "recompute" in steps:
         recompute_requests(dsn, result)
     if "sla" in steps:

@@ -178,6 +178,9 @@ class AlertKind(StrEnum):
     DEADLINE_MISSED = "deadline_missed"
     CANARY_FAILED = "canary_failed"
     CANARY_REQUEST_INCOMPLETE = "canary_request_incomplete"
+    DAG_RUN_FAILED = "dag_run_failed"
+    BATCH_FAILED = "batch_failed"
+    LEASE_EXPIRED = "lease_expired"
 
 
 class DeleteOutcome(StrEnum):
@@ -186,11 +189,11 @@ class DeleteOutcome(StrEnum):
     DELETED = "deleted"
     ALREADY_GONE = "already_gone"
     CONFLICT = "conflict"
+    ACCEPTED = "accepted"
+    """HTTP 202: the partner accepted the erasure but has not done it yet; not a success until verified."""
     RETRYABLE_FAILURE = "retryable_failure"
     PERMANENT_FAILURE = "permanent_failure"
 
-    ACCEPTED = "accepted"
-    """HTTP 202: the partner accepted the erasure but has not done it yet; not a success until verified."""
     @classmethod
     def successes(cls) -> tuple[DeleteOutcome, ...]:
         """Outcomes that close the task: gone now, gone before, or gone per the partner (409)."""

@@ -56,15 +56,19 @@ def dag_kwargs(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Keyword arguments for ``@dag``: ``doc_md`` (a DAG file passes its module docstring), the tags
-    (``erasure`` first, then ``tags``), no catch-up, and :func:`default_args`. ``kwargs`` are added
+    (``erasure`` first, then ``tags``), no catch-up, a failed run alerts the pipeline owner
+    (:func:`erasure.airflow.callbacks.dag_failed`), and :func:`default_args`. ``kwargs`` are added
     (and may override ``catchup``)."""
     if not (doc_md and doc_md.strip()):
         raise ValueError("dag_kwargs: every erasure DAG is documented (doc_md is empty)")
+    from erasure.airflow.callbacks import dag_failed
+
     own = [t for t in tags if t != TAG]
     return {
         "doc_md": doc_md.strip(),
         "tags": [TAG, *own],
         "catchup": False,
+        "on_failure_callback": dag_failed,
         "default_args": default_args(owner=owner, retries=retries, retry_delay=retry_delay),
         **kwargs,
     }

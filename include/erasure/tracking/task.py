@@ -80,6 +80,44 @@ def claim_due(
     return [dict(r) for r in cur.fetchall()]
 
 
+def release_claim(cur: Any, claim_key: str, error: str, now: datetime) -> list[dict[str, Any]]:
+    """Tasks still ``in_progress`` under ``claim_key`` (their batch's task instance failed for good) ->
+    ``failed`` with the attempt counted and the next attempt due at once. Guarded: rows another claim
+    took over, or that an outcome already moved, are left alone. Returns the released rows."""
+    cur.execute(
+        """
+        UPDATE erasure.task
+           SET status = 'failed', attempts = attempts + 1, next_attempt_at = %(now)s, updated_at = now(),
+               last_error = %(error)s,
+               evidence = evidence || jsonb_build_object('released', jsonb_build_object(
+                   'claim', %(claim)s::text, 'at', %(now)s, 'reason', %(error)s::text))
+         WHERE status = 'in_progress' AND evidence ->> 'claim' = %(claim)s
+        RETURNING id AS task_id, request_id, target, attempts
+        """,
+        {"claim": claim_key, "error": error[:2000], "now": now},
+    )
+    return [dict(r) for r in cur.fetchall()]
+
+
+def expired_claims(cur: Any, lease_minutes: float, now: datetime, alert_prefix: str) -> list[dict[str, Any]]:
+    """Claims whose tasks are still ``in_progress`` past the lease (their batch died without a word),
+    one row per (target, claim) with the task count, not yet alerted as ``<alert_prefix>:<claim>``."""
+    cur.execute(
+        """
+        SELECT t.target, t.evidence ->> 'claim' AS claim, count(*) AS tasks, min(t.updated_at) AS since
+          FROM erasure.task t
+         WHERE t.status = 'in_progress' AND t.evidence ? 'claim'
+           AND t.updated_at < %(now)s - make_interval(secs => %(lease)s * 60)
+           AND NOT EXISTS (SELECT 1 FROM erasure.alert a
+                            WHERE a.dedupe_key = %(prefix)s || ':' || (t.evidence ->> 'claim'))
+         GROUP BY t.target, t.evidence ->> 'claim'
+         ORDER BY min(t.updated_at)
+        """,
+        {"lease": lease_minutes, "now": now, "prefix": alert_prefix},
+    )
+    return [dict(r) for r in cur.fetchall()]
+
+
 def failed(cur: Any, active: Sequence[RequestStatus], batch: int) -> list[dict[str, Any]]:
     """Failed tasks of active requests, locked (``SKIP LOCKED``) for a retry-or-escalate decision."""
     cur.execute(
