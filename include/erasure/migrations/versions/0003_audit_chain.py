@@ -2,9 +2,9 @@
 
 * every event row gets a global ``seq`` and ``prev_hash``/``hash`` (SHA-256, hex) set by a BEFORE INSERT
   trigger over the canonical serialisation of the row (:data:`erasure.evidence.audit.CANONICAL_DOC`);
-  concurrent inserts are serialised by the row lock on ``erasure.audit_head`` (the chain's head: last seq
-  and hash), so the chain is linear; a REPEATABLE READ writer racing another gets a serialisation error
-  instead of forking the chain;
+  concurrent inserts are serialised by a transaction-scoped advisory lock, so the chain is linear
+  (``UNIQUE (seq)`` turns any writer that could not see the newest row into an error, never a fork);
+  ``erasure.audit_head`` records the last seq and hash (moved once per statement);
 * UPDATE and DELETE on the event log are refused (row trigger) and revoked from PUBLIC; TRUNCATE is
   refused too unless the session says ``SET LOCAL erasure.audit_maintenance = 'truncate'`` (the
   documented maintenance path: test fixtures, a deliberate reset), which also resets the head;
@@ -26,6 +26,7 @@ branch_labels = None
 depends_on = None
 
 GENESIS = "0" * 64
+LOCK_KEY = 1_708_202_617  # pg_advisory_xact_lock key of the chain's writers
 
 # The canonical serialisation of an event row: a JSON array of strings (or null), without whitespace.
 # erasure.evidence.audit.canonical_event reproduces it byte for byte; keep both in step (version "v1").
@@ -80,19 +81,38 @@ ALTER TABLE erasure.event_log ALTER COLUMN seq SET NOT NULL, ALTER COLUMN prev_h
 CREATE INDEX event_log_request_seq ON erasure.event_log (request_id, seq);
 
 CREATE FUNCTION erasure.audit_chain() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE head_seq bigint; head_hash text;
+DECLARE last_seq bigint; last_hash text;
 BEGIN
-    -- the head row's lock serialises writers: one linear chain
-    SELECT seq, hash INTO head_seq, head_hash FROM erasure.audit_head WHERE id = 1 FOR UPDATE;
-    NEW.seq := head_seq + 1;
-    NEW.prev_hash := head_hash;
+    -- one writer at a time until commit: one linear chain. The last row is read after the lock is
+    -- granted (READ COMMITTED: a fresh snapshot; earlier rows of the same statement are visible);
+    -- a REPEATABLE READ writer that cannot see the newest row fails on UNIQUE (seq) instead of forking.
+    PERFORM pg_advisory_xact_lock({LOCK_KEY});
+    SELECT seq, hash INTO last_seq, last_hash FROM erasure.event_log ORDER BY seq DESC LIMIT 1;
+    IF NOT FOUND THEN
+        last_seq := 0;
+        last_hash := '{GENESIS}';
+    END IF;
+    NEW.seq := last_seq + 1;
+    NEW.prev_hash := last_hash;
     NEW.hash := erasure.audit_event_hash(NEW, NEW.seq, NEW.prev_hash);
-    UPDATE erasure.audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1;
     RETURN NEW;
 END $$;
 
 CREATE TRIGGER event_log_chain BEFORE INSERT ON erasure.event_log
     FOR EACH ROW EXECUTE FUNCTION erasure.audit_chain();
+
+-- the recorded head (last seq and hash), moved once per statement: deleting the newest rows behind the
+-- triggers' back leaves the head pointing past the end, which audit verify reports
+CREATE FUNCTION erasure.audit_move_head() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE erasure.audit_head h SET seq = n.seq, hash = n.hash
+      FROM (SELECT seq, hash FROM new_rows ORDER BY seq DESC LIMIT 1) n
+     WHERE h.id = 1 AND n.seq > h.seq;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER event_log_head AFTER INSERT ON erasure.event_log
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION erasure.audit_move_head();
 
 CREATE FUNCTION erasure.audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -149,9 +169,11 @@ REVOKE UPDATE, DELETE, TRUNCATE ON erasure.receipt FROM PUBLIC;
 DOWNGRADE = """
 DROP TABLE IF EXISTS erasure.receipt;
 DROP TRIGGER IF EXISTS event_log_chain ON erasure.event_log;
+DROP TRIGGER IF EXISTS event_log_head ON erasure.event_log;
 DROP TRIGGER IF EXISTS event_log_append_only ON erasure.event_log;
 DROP TRIGGER IF EXISTS event_log_no_truncate ON erasure.event_log;
-DROP FUNCTION IF EXISTS erasure.audit_chain(), erasure.audit_refuse_change(), erasure.audit_guard_truncate();
+DROP FUNCTION IF EXISTS erasure.audit_chain(), erasure.audit_move_head(), erasure.audit_refuse_change(),
+    erasure.audit_guard_truncate();
 DROP INDEX IF EXISTS erasure.event_log_request_seq;
 ALTER TABLE erasure.event_log DROP COLUMN IF EXISTS seq, DROP COLUMN IF EXISTS prev_hash,
     DROP COLUMN IF EXISTS hash;
