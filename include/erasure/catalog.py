@@ -88,7 +88,10 @@ class Target(_Model):
     """The target's own deadline, counted from the request's receipt; past it while the target's task
     is not done, reconcile alerts the owner team (``target_sla_breached``)."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
-    retry_backoff_minutes: Annotated[float, Field(gt=0)] = 5.0
+    retry_backoff_minutes: Annotated[float, Field(gt=0)] = 1.0
+    """Wait after the first failure (doubling after each further one, see :meth:`retry_delay`): a
+    one-minute default lets a short partner outage heal within minutes; with the default
+    ``max_attempts`` a target keeps trying for about a quarter of an hour before it escalates."""
     enabled: bool = True
     verifiable: bool = True
     """Whether the target can be asked, after its erasure, that the subject is gone (its adapter's

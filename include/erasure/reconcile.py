@@ -57,7 +57,10 @@ SLA_REQUEST_STATUSES = (RequestStatus.RECEIVED, RequestStatus.IN_PROGRESS, Reque
 """Requests that still count against their SLA (a failed request is not erased yet)."""
 DEFAULT_SLA_WARN_DAYS = 5.0
 DEFAULT_ACK_TIMEOUT = timedelta(minutes=60)
-_DEFAULT_TARGET = Target.model_construct(retry_backoff_minutes=5.0, max_attempts=5)
+_DEFAULT_TARGET = Target.model_construct(
+    retry_backoff_minutes=Target.model_fields["retry_backoff_minutes"].default,
+    max_attempts=Target.model_fields["max_attempts"].default,
+)
 """Stands in for a target that is no longer in the catalog (the catalog's defaults)."""
 DEFAULT_BATCH = 5000
 STEPS = ("replay", "retry", "leases", "recompute", "sla", "deliver")

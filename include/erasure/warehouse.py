@@ -425,6 +425,10 @@ def _claim(dsn: str, tasks: list[WarehouseTask], evidence: dict[str, Any]) -> li
     claimed = []
     with transaction(dsn) as cur:
         for t in tasks:
+            if t.status == TaskStatus.FAILED:  # a retry: logged as task_retried, then claimed
+                if not transition_task(cur, t.task_id, TaskStatus.PENDING, (TaskStatus.FAILED,)):
+                    continue
+                t.status = TaskStatus.PENDING
             moved = transition_task(
                 cur,
                 t.task_id,

@@ -173,6 +173,7 @@ def test_5xx_storm_then_recovery(tracking_db, partners, tmp_path):
         "task_created": 24,
         "task_dispatched": 48,
         "task_failed": 24,
+        "task_retried": 24,  # dispatch taking a failed task again logs it as a retry first
         "task_succeeded": 24,
     }
 

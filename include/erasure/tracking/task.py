@@ -53,7 +53,27 @@ def claim_due(
 ) -> list[dict[str, Any]]:
     """Move the due ones of ``ids`` to ``in_progress`` under ``claim_key`` in one guarded UPDATE; rows
     another claimer holds are skipped (``SKIP LOCKED``). Returns ``task_id, request_id, subject_id,
-    attempts`` of the claimed rows."""
+    attempts`` of the claimed rows. A due ``failed`` row is first moved back to ``pending`` (its own
+    statement, same transaction), so the event log records every retry as ``task_retried``."""
+    params = {
+        "ids": list(ids),
+        "target": target,
+        "max_attempts": max_attempts,
+        "lease": lease_minutes,
+        "claim": claim_key,
+    }
+    cur.execute(
+        f"""
+        WITH due AS (
+            SELECT t.id FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
+             WHERE t.id = ANY(%(ids)s) AND t.status = 'failed' AND {_DUE}
+             ORDER BY t.id
+             FOR UPDATE OF t SKIP LOCKED
+        )
+        UPDATE erasure.task t SET status = 'pending', updated_at = now() FROM due WHERE t.id = due.id
+        """,  # noqa: S608 - constant SQL fragment, values are parameters
+        params,
+    )
     cur.execute(
         f"""
         WITH due AS (
@@ -69,13 +89,7 @@ def claim_due(
          WHERE t.id = due.id AND r.id = t.request_id
         RETURNING t.id AS task_id, t.request_id, r.subject_id, t.attempts
         """,  # noqa: S608 - constant SQL fragment, values are parameters
-        {
-            "ids": list(ids),
-            "target": target,
-            "max_attempts": max_attempts,
-            "lease": lease_minutes,
-            "claim": claim_key,
-        },
+        params,
     )
     return [dict(r) for r in cur.fetchall()]
 
