@@ -283,11 +283,11 @@ def issue_receipts(
             issued_at = now or datetime.now(UTC)
             rows = []
             for r in reqs:
-                after.add(r["id"])
                 why = readiness({"status": "completed"}, tasks[r["id"]]) or (
                     None if r["id"] in last else "request has no audit event"
                 )
-                if why is not None:
+                if why is not None:  # stays without a receipt: later batches fetch past it
+                    after.add(r["id"])
                     report.not_ready[r["id"]] = why
                     continue
                 doc = build_receipt(

@@ -56,16 +56,17 @@ def insert(cur: Any, rows: Sequence[tuple[int, str, str, str, str]]) -> int:
     """Insert (request_id, receipt_id, key_id, audit_hash, document) rows; an existing receipt is kept."""
     if not rows:
         return 0
-    psycopg2.extras.execute_values(
+    inserted = psycopg2.extras.execute_values(
         cur,
         """
         INSERT INTO erasure.receipt (request_id, receipt_id, key_id, audit_hash, document)
-        VALUES %s ON CONFLICT (request_id) DO NOTHING
+        VALUES %s ON CONFLICT (request_id) DO NOTHING RETURNING request_id
         """,
         rows,
         page_size=1000,
+        fetch=True,  # rowcount would count only the last page
     )
-    return int(cur.rowcount)
+    return len(inserted)
 
 
 def find(cur: Any, request: str) -> dict[str, Any] | None:
