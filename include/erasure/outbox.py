@@ -89,6 +89,11 @@ class PublishError(RuntimeError):
         )
 
 
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered within the metadata timeout: the ack consumer fails instead of finishing
+    green with nothing read (its DAG run fails, which alerts the pipeline owner)."""
+
+
 def kafka_client_config(kafka: str | Mapping[str, Any]) -> dict[str, Any]:
     """A bootstrap string or a full librdkafka config (e.g. an Airflow connection's extra) -> dict."""
     if isinstance(kafka, str):
@@ -508,6 +513,7 @@ def consume_acks(
     batch_size: int = 500,
     consumer_config: Mapping[str, Any] | None = None,
     ack_keys: AckKeys | None = None,
+    metadata_timeout_s: float = 15.0,
 ) -> AckResult:
     """Consume acks in a bounded poll and apply them to the tracking store (see module doc).
 
@@ -515,7 +521,8 @@ def consume_acks(
     ack counts only when it is signed with a key of the target it names; any other ack (unsigned,
     wrong key, a target without a key, or no keys given at all) is recorded as ``unauthenticated``.
 
-    Stops when every assigned partition reached its end, after ``idle_timeout_s`` without messages
+    Raises :class:`BrokerUnavailable` when no broker answers a metadata request within
+    ``metadata_timeout_s``. Stops when every assigned partition reached its end, after ``idle_timeout_s`` without messages
     (once assigned), after ``max_messages`` or after ``max_seconds``. Offsets are committed
     synchronously after each batch's database transaction committed.
     """
@@ -532,6 +539,14 @@ def consume_acks(
         "enable.auto.commit": False,
     }
     consumer = Consumer(cfg)
+    try:  # a broker must answer before we poll: "nothing to read" and "no broker" look alike otherwise
+        consumer.list_topics(timeout=metadata_timeout_s)
+    except KafkaException as exc:
+        consumer.close()
+        raise BrokerUnavailable(
+            f"Kafka unreachable at {cfg.get('bootstrap.servers')}: no broker answered within "
+            f"{metadata_timeout_s:g} s ({exc.args[0] if exc.args else exc})"
+        ) from None
     assigned: set[tuple[str, int]] = set()
     at_eof: set[tuple[str, int]] = set()
 

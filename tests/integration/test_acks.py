@@ -275,3 +275,18 @@ def test_forged_acks_are_recorded_and_ignored_a_signed_one_closes(setup, kafka_b
     ev = query(dsn, "SELECT evidence FROM erasure.task")[0]["evidence"]
     assert ev["ack"]["authenticated"] == "signed with the previous key"
     assert ev["verification"]["outcome"] == "not_verifiable" and "lookup_url" in ev["verification"]["answer"]
+
+
+def test_unreachable_broker_fails_the_ack_consumer(tracking_db):
+    """No broker answering is an error, not an empty read: the erasure_acks task fails (and its DAG run
+    alerts) instead of finishing green while acks pile up."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(outbox.BrokerUnavailable, match=f"127.0.0.1:{port}"):
+        outbox.consume_acks(tracking_db, f"127.0.0.1:{port}", metadata_timeout_s=3)
+    assert time.monotonic() - started < 30
+    assert query(tracking_db, "SELECT count(*) AS n FROM erasure.ack_log")[0]["n"] == 0
