@@ -114,7 +114,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except (LookupError, ValueError) as exc:
             print(exc, file=sys.stderr)
             return 1
-        print(status.to_json(found) if args.json else status.format_status(found))
+        print(
+            status.to_json(found)
+            if args.json
+            else status.format_status(found, lease_minutes=settings.dispatch_lease_minutes)
+        )
     elif args.cmd == "reconcile":
         import json
 

@@ -8,6 +8,7 @@ dsn)`` returns every request of a subject (newest first). ``format_status`` rend
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from erasure.db import transaction
@@ -125,8 +126,10 @@ def _fmt_ts(v: Any) -> str:
     return v.strftime("%Y-%m-%d %H:%M:%SZ") if hasattr(v, "strftime") else ("-" if v is None else str(v))
 
 
-def format_status(requests: list[dict[str, Any]]) -> str:
-    """Human-readable rendering: one block per request, one line per target plus its evidence."""
+def format_status(requests: list[dict[str, Any]], *, lease_minutes: float = 15.0) -> str:
+    """Human-readable rendering: one block per request, one line per target plus its evidence. A task in
+    progress under a dispatch batch's claim shows the batch and when its lease (``lease_minutes``, the
+    ``dispatch_lease_minutes`` setting) ends: until then no other run takes it."""
     lines: list[str] = []
     for req in requests:
         lines.append(
@@ -146,6 +149,11 @@ def format_status(requests: list[dict[str, Any]]) -> str:
                 f"  {t['target']:<{width}}  {t['kind']:<15} {t['status']:<12} attempts={t['attempts']}{stage}"
                 f"  next={_fmt_ts(t['next_attempt_at']) if t['status'] in _RETRYABLE else '-'}"
             )
+            claim = t["evidence"].get("claim")
+            if t["status"] == TaskStatus.IN_PROGRESS and claim and t.get("updated_at"):
+                until = t["updated_at"] + timedelta(minutes=lease_minutes)
+                state = "expired" if until <= datetime.now(UTC) else "held"
+                lines.append(f"  {'':<{width}}  lease: batch {claim} {state} until {_fmt_ts(until)}")
             if t.get("last_error"):
                 lines.append(f"  {'':<{width}}  last_error: {t['last_error'][:300]}")
             if t.get("event"):

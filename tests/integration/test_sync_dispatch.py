@@ -314,6 +314,11 @@ def test_batch_killed_on_every_try_is_released_at_once_and_alerted_once(
         _kill_mid_batch(tracking_db, cat_path, ids, key, after=10)
     stuck = [r["id"] for r in tasks(tracking_db) if r["status"] == "in_progress"]
     assert stuck and plan_batches(tracking_db, cat, "crm") == []  # the lease holds them
+    from erasure.status import format_status, request_status
+
+    stuck_request = next(r["request_id"] for r in tasks(tracking_db) if r["status"] == "in_progress")
+    shown = format_status([request_status(stuck_request, tracking_db)], lease_minutes=15)
+    assert f"lease: batch {key} held until" in shown  # the status command shows whose lease and until when
 
     ctx = {
         "ti": SimpleNamespace(task_id="delete_crm", map_index=0),
