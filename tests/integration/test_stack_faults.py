@@ -279,9 +279,9 @@ def test_kafka_down_for_three_minutes_then_the_pipeline_completes(full_stack: Pr
     os.kill(int(st["child_pid"]), signal.SIGKILL)
     down_at = time.monotonic()
     api = _api(full_stack)
-    r = api.trigger("erasure_dispatch", run_id=f"faults_dispatch_{uuid.uuid4().hex[:8]}")  # while it is down
+    # dispatch while it is down: the publish task waits for the broker (and is retried); not waited for here
+    r = api.trigger("erasure_dispatch", run_id=f"faults_dispatch_{uuid.uuid4().hex[:8]}")
     assert r.status_code < 300, r.text
-    api.wait_for_run("erasure_dispatch", r.json()["dag_run_id"], timeout=600)
     time.sleep(max(0.0, 180 - (time.monotonic() - down_at)))
     full_stack.up("kafka")
 

@@ -393,7 +393,12 @@ class _Consumer:
         rdkafka_log.addFilter(QuietLog())
         self._quiet = logging.getLogger("erasure_demo.partners.kafka.wait")
         self._quiet.addFilter(QuietLog())
-        quiet = {"logger": rdkafka_log, "error_cb": self._on_error, "reconnect.backoff.max.ms": 10000}
+        quiet = {
+            "logger": rdkafka_log,
+            "error_cb": self._on_error,
+            "reconnect.backoff.ms": 1000,
+            "reconnect.backoff.max.ms": 10000,
+        }
         self.consumer = Consumer(
             {
                 **quiet,
