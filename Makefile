@@ -34,6 +34,6 @@ fmt:
 bench: setup
 	bash -c '. scripts/env.sh && bash $(STACK) up postgres kafka && $(PY) -m pytest -m benchmark tests/benchmarks -p no:cacheprovider'
 
-## Slow fault tests (~15 min): Postgres restart, Kafka down for 3 minutes, each on a private stack.
+## Slow fault tests (~7 min): Postgres restart, Kafka down for 3 minutes, each on a private stack.
 test-faults: setup
 	bash -c '. scripts/env.sh && $(PY) -m pytest -m faults tests/integration/test_stack_faults.py -p no:cacheprovider'

@@ -5,7 +5,7 @@ ports below the ephemeral range) and stops it at the end: the shared stack is ne
 
 * fast (``make test``): a killed process is restarted by its supervisor and ``stack.sh status`` shows the
   restart; an HTTP partner restarted after a delete answers the retried idempotency key with "deleted".
-* slow (``@pytest.mark.faults``, ``make test-faults``, ~15 min): PostgreSQL restarted under a running stack,
+* slow (``@pytest.mark.faults``, ``make test-faults``, ~7 min): PostgreSQL restarted under a running stack,
   then a request completes with no manual step; the Kafka broker killed and left down for 3 minutes, then
   the pipeline completes on its own and the Kafka partner did not crash-loop.
 """
