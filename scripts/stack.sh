@@ -145,7 +145,7 @@ setup_ack_keys() {
   [ -f "$L/secrets.env" ] || return 0
   local t var
   for t in marketing_events recommendations; do
-    var="ERASURE_ACK_KEY_$(echo "$t" | tr '[:lower:]' '[:upper:]')"
+    var="ERASURE_ACK_KEY_${t^^}"
     grep -q "^$var=" "$L/secrets.env" || echo "$var=$($PY -c 'import secrets;print(secrets.token_hex(32))')" >>"$L/secrets.env"
   done
 }
