@@ -7,8 +7,9 @@ Spark, the HR directory in Postgres, the tracking store in the session's own dat
 steps are the functions the DAGs call (dispatch, outbox, ack consumer, warehouse, reconcile).
 
 Test 2: one partner answers deletes like a real one but keeps the data (``silent_delete_failure``):
-the request completes, yet the canary's lookup still finds the subject, records ``fail`` for that
-target and alerts the partner's owning team.
+the pipeline's own verification (a lookup after each delete) refuses to believe it, retries and
+escalates, so the request fails instead of completing; the canary's lookup finds the subject too,
+records ``fail`` for that target and alerts the partner's owning team and the pipeline owner.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 from erasure import canary
 from erasure.catalog import Catalog, load_catalog
 from erasure.db import transaction
-from erasure.settings import get_settings
+from erasure.settings import ack_keys_from_env, get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -170,7 +171,7 @@ def _wait_for_acks(world: World, bootstrap: str, dsn: str, timeout: float = 60) 
     while time.monotonic() < deadline:
         outbox.consume_acks(
             dsn, bootstrap, catalog=world.catalog, group_id=f"e2e-acks-{world.acks_topic}", max_seconds=10,
-            idle_timeout_s=1.0,
+            idle_timeout_s=1.0, ack_keys=ack_keys_from_env([t.name for t in world.catalog.of_kind("kafka")]),
         )  # fmt: skip
         with transaction(dsn) as cur:
             cur.execute(
@@ -267,10 +268,14 @@ def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_fa
     assert sid.startswith("canary_")
     assert sorted(seeded["seeded"]) == ["billing_profiles", "crm_contacts", "support_desk"]
     canary.file_requests(dsn, cat, now=t0)
-    _run_pipeline(world, dsn, "", None)
+    for _ in range(40):  # retries wait their (exponential, sub-second here) delay: go on until escalated
+        _run_pipeline(world, dsn, "", None, rounds=1)
+        if _requests(dsn)[0]["status"] != "in_progress":
+            break
+        time.sleep(0.2)
     (req,) = _requests(dsn)
-    assert req["status"] == "completed"  # the pipeline believes the partner
-    assert req["tasks"]["crm_contacts"] == "succeeded"
+    assert req["status"] == "failed"  # verification does not believe the partner ...
+    assert req["tasks"]["crm_contacts"] == "escalated"  # ... and escalates after max_attempts
 
     (res,) = canary.verify_subjects(dsn, cat, settings=get_settings())
     assert res.result == "fail"
@@ -281,16 +286,20 @@ def test_canary_catches_a_partner_that_silently_keeps_data(tracking_db, world_fa
         checks = {r["target"]: r for r in cur.fetchall()}
         cur.execute("SELECT result, verified_at FROM erasure.canary_subject WHERE subject_id=%s", (sid,))
         subj = cur.fetchone()
-        cur.execute("SELECT kind, team, channel, target, message FROM erasure.alert")
+        cur.execute("SELECT kind, team, channel, target, message FROM erasure.alert ORDER BY id")
         alerts = cur.fetchall()
     assert checks["crm_contacts"]["passed"] is False and "200" in checks["crm_contacts"]["detail"]
     assert checks["billing_profiles"]["passed"] is True
     assert subj["result"] == "fail" and subj["verified_at"] is not None
-    assert [(a["kind"], a["team"], a["target"]) for a in alerts] == [("canary_failed", "crm", "crm_contacts")]
-    assert cat.team("crm").channel == alerts[0]["channel"]
+    assert [(a["kind"], a["team"], a["target"]) for a in alerts] == [
+        ("task_escalated", "crm", "crm_contacts"),
+        ("canary_failed", "crm", "crm_contacts"),
+        ("canary_request_incomplete", cat.pipeline_owner, None),
+    ]
+    assert cat.team("crm").channel == alerts[1]["channel"]
 
     # re-running verification neither re-checks nor alerts again
     assert canary.verify_subjects(dsn, cat, settings=get_settings()) == []
     with transaction(dsn) as cur:
         cur.execute("SELECT count(*) AS n FROM erasure.alert")
-        assert cur.fetchone()["n"] == 1
+        assert cur.fetchone()["n"] == 3

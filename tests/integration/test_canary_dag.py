@@ -3,6 +3,7 @@ tracking DB: seed -> request (delay 0) -> verify; a later run verifies; a failin
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,14 @@ def test_canary_dag_run_fails_when_a_partner_keeps_data(tracking_db, sync_world)
     servers["billing_profiles"].service.faults.update({"silent_delete_failure": True})
     dag = _dag()
     assert dag.test(run_conf={"delay_minutes": 0, "count": 1}).state == "success"
-    _erase(tracking_db, cat)
+    # the pipeline's own verification refuses the partner's word: retried until escalated
+    for _ in range(60):
+        _erase(tracking_db, cat)
+        with transaction(tracking_db) as cur:
+            cur.execute("SELECT count(*) AS n FROM erasure.request WHERE status = 'in_progress'")
+            if cur.fetchone()["n"] == 0:
+                break
+        time.sleep(0.25)
     run = dag.test(run_conf={"count": 0})
     assert run.state == "failed"
     with transaction(tracking_db) as cur:
