@@ -233,6 +233,9 @@ def test_retention_deletes_and_vacuums_old_identifiers(spark, tracking_db, catal
     erase(tracking_db, old)
     erase(tracking_db, new)
     with transaction(tracking_db) as cur:  # the old request's whole history happened 10 days ago
+        # rewriting history is what the audit log refuses: only a test, as superuser, goes behind its
+        # trigger (the chain of these rows no longer verifies, which this test does not check)
+        cur.execute("SET LOCAL session_replication_role = replica")
         cur.execute(
             "UPDATE erasure.event_log SET occurred_at = %s + (occurred_at - date_trunc('day', occurred_at)) / 100 "
             "WHERE request_id = %s",

@@ -24,6 +24,8 @@ TABLES = {
     "alert",
     "canary_subject",
     "canary_check",
+    "audit_head",
+    "receipt",
 }
 
 

@@ -4,6 +4,7 @@ test catalog (unique topics) and a real demo partner process."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +33,10 @@ def kafka_env(tracking_db, unique_topic, tmp_path, monkeypatch):
     events, acks = unique_topic("events"), unique_topic("acks")
     path, cat = kafka_catalog(tmp_path / "catalog", events, acks, {"recs": None})
     monkeypatch.setenv("ERASURE_CATALOG", str(path))  # the DAG files read it at parse time, tasks at run time
+    # the partner signs its acks with its key; the acks DAG reads the same key from its connection
+    key = secrets.token_hex(32)
+    monkeypatch.setenv("ERASURE_ACK_KEY_RECS", key)
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_ACK_RECS", json.dumps({"conn_type": "generic", "password": key}))
     return tracking_db, cat, tmp_path
 
 
