@@ -165,11 +165,6 @@ def get_settings() -> Settings:
         raise _invalid(exc) from None
 
 
-def reload_settings() -> Settings:
-    """Read the environment again: the same as :func:`get_settings` (nothing is cached)."""
-    return get_settings()
-
-
 def environ() -> Mapping[str, str]:
     """The process environment, for catalog ``${NAME}`` references and subprocess environments."""
     return os.environ

@@ -20,7 +20,7 @@ from erasure.event_dataset import (
     to_arrow,
     to_frame,
 )
-from erasure.settings import Settings, SettingsError, reload_settings
+from erasure.settings import Settings, SettingsError, get_settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 _SEQ = itertools.count(1)
@@ -174,7 +174,7 @@ def test_settings_are_checked(monkeypatch, tmp_path):
         events_path(str(tmp_path / "we`ird"))
     monkeypatch.setenv("ERASURE_DATASET_RETENTION_DAYS", "0")
     with pytest.raises(SettingsError, match="ERASURE_DATASET_RETENTION_DAYS"):
-        reload_settings()
+        get_settings()
     monkeypatch.delenv("ERASURE_DATASET_RETENTION_DAYS")
     assert Settings().dataset_retention_days == 90
     with pytest.raises(ValueError, match="retention_days"):
