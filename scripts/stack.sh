@@ -206,10 +206,24 @@ setup_postgres() {
   [ -n "$(pg_bin)" ] || die "PostgreSQL binaries still missing after install"
 }
 
+# Debian's chromium for the browser tests of the Erasure UI (docs/ui.md); Playwright never downloads one.
+setup_chromium() {
+  [ -x /usr/bin/chromium ] && return
+  log "chromium missing: installing Debian's chromium (browser tests)"
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo -n true 2>/dev/null || die "chromium missing and no root: apt-get install chromium"
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  [ -x /usr/bin/chromium ] || die "chromium still missing after install"
+}
+
 cmd_setup() {
   setup_secrets
   . "$ERASURE_ROOT/scripts/env.sh"
   setup_postgres
+  setup_chromium
   setup_jars
   setup_venv
   "$ERASURE_VENV/bin/python" -m erasure.cli keys init --dir "$L/secrets" # receipt keys, once (docs/evidence.md)
