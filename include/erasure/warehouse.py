@@ -18,7 +18,16 @@ The engine of the ``warehouse_delta`` target kind (its catalog section and looku
    them until ``VACUUM ... RETAIN <retention_hours> HOURS`` deletes them. A task reaches this stage
    only in a run that starts after ``purged_at + retention_hours`` (then the removed files are older
    than the retention and VACUUM really deletes them); until then it stays ``in_progress`` at stage
-   ``purged`` and a later (daily) run finishes it. Only at ``vacuumed`` does the task succeed.
+   ``purged`` and a later (daily) run finishes it.
+4. **verify** (proof of erasure, before the task may succeed): :func:`verify_erased` reads the table
+   for the batch's subjects at its latest version (delete: no row; mask: every ``mask_columns`` value
+   masked) and at the version just before the delete commit (time travel), which must no longer be
+   readable because its files are vacuumed, or must hold nothing of the subject. The answer is the
+   task's ``evidence.verification`` (``verified`` / ``failed``; ``not_verifiable`` only when the catalog
+   says ``verifiable: false``). A verified task moves to ``vacuumed`` and succeeds; a failed one fails
+   with the answer as its error and is retried (its next run vacuums and verifies again), then
+   escalated by reconcile like any other. So a receipt (:mod:`erasure.evidence.receipts`) is issued for
+   a request with warehouse targets only once their old versions are physically gone.
 
 Each stage change is written with :func:`erasure.tracking.store.transition_task` (``stage=...``,
 evidence merged into the task's JSON), in its own transaction and only forward: the task row is
@@ -60,10 +69,12 @@ from typing import TYPE_CHECKING, Any
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.settings import Settings
+from erasure.targets.base import verification
+from erasure.targets.registry import adapter_for
 from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
 from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
-from erasure.vocab import TargetKind, TaskStatus, WarehouseStage
+from erasure.vocab import TargetKind, TaskStatus, VerificationOutcome, WarehouseStage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -120,6 +131,7 @@ class TargetReport:
     vacuum: StepResult | None = None
     advanced: dict[str, int] = field(default_factory=lambda: {"deleted": 0, "purged": 0, "vacuumed": 0})
     waiting_for_retention: int = 0
+    verification_failed: int = 0
     vacuum_due_at: str | None = None
     error: str | None = None
 
@@ -372,6 +384,98 @@ def delete_evidence(res: StepResult, batch_subjects: int) -> dict[str, Any]:
     }
 
 
+VERIFY_METHOD = "delta time travel: latest version and the version before the delete"
+_GONE_MARKERS = ("FILE_NOT_EXIST", "FileNotFound", "does not exist", "VersionNotFound",
+                 "DELTA_VERSIONS_NOT_CONTIGUOUS", "cannot time travel", "Cannot time travel")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`verify_erased` found for one subject: ``ok`` None means it could not look."""
+
+    ok: bool | None
+    answer: str
+
+
+def _unreadable(exc: BaseException) -> bool:
+    """Whether a time-travel read failed because the version's files (or log) are gone."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(m in text for m in _GONE_MARKERS)
+
+
+def _leftovers(df: DataFrame, spec: WarehouseDeltaSpec) -> dict[str, int]:
+    """Per subject key: rows still there (delete) or rows with a value not masked (mask)."""
+    from pyspark.sql import functions as F
+
+    key = F.col(spec.key_column).cast("string").alias("k")
+    if spec.mode == "delete":
+        rows = df.groupBy(key).count().collect()
+        return {str(r["k"]): int(r["count"]) for r in rows}
+    unmasked = [~(F.col(c).isNull() | (F.col(c).cast("string") == MASK_STRING)) for c in spec.mask_columns]
+    cond = unmasked[0]
+    for u in unmasked[1:]:
+        cond = cond | u
+    rows = df.where(cond).groupBy(key).count().collect()
+    return {str(r["k"]): int(r["count"]) for r in rows}
+
+
+def verify_erased(
+    spark: SparkSession,
+    spec: WarehouseDeltaSpec,
+    subject_ids: Sequence[str],
+    *,
+    before_version: int | None,
+    warehouse_dir: str | None = None,
+) -> dict[str, Verdict]:
+    """Look the subjects up after their erasure: one read at the latest version and, when
+    ``before_version`` is given (the version just before the delete commit), one time-travel read of it.
+
+    A subject is erased when the latest version holds no row of it (mask mode: no unmasked value) and
+    the old version either cannot be read any more (its data files were vacuumed, or its log expired)
+    or holds nothing of it either. Subject ids never enter the answer text.
+    """
+    from pyspark.sql import functions as F
+
+    keys = sorted({str(s) for s in subject_ids})
+    if not keys:
+        return {}
+    path = spec.resolved_path(warehouse_dir)
+    what = "row(s)" if spec.mode == "delete" else "unmasked row(s)"
+    try:
+        latest_v = int(_delta_table(spark, spec, warehouse_dir).history(1).select("version").collect()[0][0])
+        df = spark.read.format("delta").load(path)
+        latest = _leftovers(df.where(F.col(spec.key_column).cast("string").isin(keys)), spec)
+    except Exception as exc:  # noqa: BLE001 - could not look: never a pass
+        msg = f"{spec.table}: cannot read the latest version: {type(exc).__name__}: {str(exc)[:200]}"
+        return {k: Verdict(None, msg) for k in keys}
+    old: dict[str, int] = {}
+    old_note = "no earlier version"
+    if before_version is not None and before_version >= 0:
+        try:
+            old_df = spark.read.format("delta").option("versionAsOf", before_version).load(path)
+            old = _leftovers(old_df.where(F.col(spec.key_column).cast("string").isin(keys)), spec)
+            old_note = f"v{before_version} (before the delete) readable, nothing of the subject in it"
+        except Exception as exc:  # noqa: BLE001 - the expected end of a vacuumed version
+            if not _unreadable(exc):
+                msg = f"{spec.table}: cannot read v{before_version}: {type(exc).__name__}: {str(exc)[:200]}"
+                return {k: Verdict(None, msg) for k in keys}
+            old_note = f"v{before_version} (before the delete) unreadable: files vacuumed"
+    out: dict[str, Verdict] = {}
+    for k in keys:
+        now_n, old_n = latest.get(k, 0), old.get(k, 0)
+        if now_n:
+            out[k] = Verdict(False, f"{spec.table}: {now_n} {what} at the latest version v{latest_v}")
+        elif old_n:
+            out[k] = Verdict(
+                False,
+                f"{spec.table}: 0 {what} at v{latest_v}, but v{before_version} (before the delete) is "
+                f"still readable with {old_n} {what} (not vacuumed yet)",
+            )
+        else:
+            out[k] = Verdict(True, f"{spec.table}: 0 {what} at v{latest_v}; {old_note}")
+    return out
+
+
 def erase_table(
     spark: SparkSession,
     spec: WarehouseDeltaSpec,
@@ -476,20 +580,58 @@ def _advance(
     return moved
 
 
-def _fail(dsn: str, target: Target, tasks: list[WarehouseTask], error: str) -> None:
-    """Mark ``tasks`` failed; the next attempt waits the target's retry delay (:meth:`Target.retry_delay`,
-    exponential in the attempts made, like every other kind)."""
+def _fail(
+    dsn: str,
+    target: Target,
+    tasks: list[WarehouseTask],
+    error: str,
+    evidence: dict[str, Any] | None = None,
+) -> None:
+    """Mark ``tasks`` failed (merging ``evidence``); the next attempt waits the target's retry delay
+    (:meth:`Target.retry_delay`, exponential in the attempts made, like every other kind)."""
     now = _now()
     with transaction(dsn) as cur:
         for t in tasks:
-            transition_task(
+            if transition_task(
                 cur,
                 t.task_id,
                 TaskStatus.FAILED,
                 (TaskStatus.IN_PROGRESS,),
+                evidence=evidence,
                 last_error=error[:4000],
                 next_attempt_at=now + target.retry_delay(max(1, t.attempts)),
+            ):
+                t.status = TaskStatus.FAILED
+
+
+def _verify_tasks(
+    spark: SparkSession,
+    target: Target,
+    spec: WarehouseDeltaSpec,
+    tasks: list[WarehouseTask],
+    warehouse_dir: str | None,
+) -> dict[tuple[VerificationOutcome | None, str], list[WarehouseTask]]:
+    """Verify the tasks' subjects (one look per table and version) and group the tasks by the answer."""
+    reason = adapter_for(target).cannot_verify(target)
+    if reason is not None:
+        return {(VerificationOutcome.NOT_VERIFIABLE, reason): list(tasks)}
+    groups: dict[tuple[VerificationOutcome | None, str], list[WarehouseTask]] = {}
+    by_version: dict[int | None, list[WarehouseTask]] = {}
+    for t in tasks:
+        v = t.evidence.get("delete_version")
+        by_version.setdefault(int(v) - 1 if isinstance(v, int) else None, []).append(t)
+    for before, group in by_version.items():
+        verdicts = verify_erased(
+            spark, spec, [t.subject_id for t in group], before_version=before, warehouse_dir=warehouse_dir
+        )
+        for t in group:
+            v = verdicts[str(t.subject_id)]
+            # could not look (None): a failure to retry without a verification, never a pass
+            outcome = (
+                None if v.ok is None else VerificationOutcome.VERIFIED if v.ok else VerificationOutcome.FAILED
             )
+            groups.setdefault((outcome, v.answer), []).append(t)
+    return groups
 
 
 def _vacuum_due(task: WarehouseTask, retention_hours: int) -> datetime | None:
@@ -587,16 +729,32 @@ def erase_target(
                 "vacuum_retain_hours": spec.retention_hours,
                 "vacuumed_at": res.at,
             }
-            rep.advanced["vacuumed"] = len(
-                _advance(
-                    dsn,
-                    to_vacuum,
-                    WarehouseStage.PURGED,
-                    WarehouseStage.VACUUMED,
-                    ev,
-                    to_status=TaskStatus.SUCCEEDED,
+            # 4. verify: gone at the latest version, and the version before the delete unreadable
+            groups = _verify_tasks(spark, target, spec, to_vacuum, warehouse_dir)
+            for (outcome, answer), group in groups.items():
+                if outcome is None:  # could not look: retried later, no verification recorded
+                    _fail(dsn, target, group, f"verification could not be made: {answer}", ev)
+                    rep.verification_failed += len(group)
+                    continue
+                ver = (
+                    adapter_for(target).not_verifiable(target)
+                    if outcome == VerificationOutcome.NOT_VERIFIABLE
+                    else verification(outcome, VERIFY_METHOD, answer)
                 )
-            )
+                if outcome in (VerificationOutcome.VERIFIED, VerificationOutcome.NOT_VERIFIABLE):
+                    rep.advanced["vacuumed"] += len(
+                        _advance(
+                            dsn,
+                            group,
+                            WarehouseStage.PURGED,
+                            WarehouseStage.VACUUMED,
+                            {**ev, "verification": ver},
+                            to_status=TaskStatus.SUCCEEDED,
+                        )
+                    )
+                else:
+                    rep.verification_failed += len(group)
+                    _fail(dsn, target, group, f"verification failed: {answer}", {**ev, "verification": ver})
     except Exception as exc:  # noqa: BLE001 (recorded on the tasks, reported, job exits non-zero)
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.exception("target=%s failed: %s", target.name, msg)

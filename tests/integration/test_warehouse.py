@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ def test_erasure_deletes_masks_purges_and_vacuums_with_evidence(spark, catalog, 
     )
 
     tasks = _tasks(tracking_db, ids.values())
-    for (_s, t), tid in ids.items():
+    for (subj, t), tid in ids.items():
         row = tasks[tid]
         ev = row["evidence"]
         assert row["status"] == "succeeded" and row["stage"] == "vacuumed", row
@@ -212,6 +212,12 @@ def test_erasure_deletes_masks_purges_and_vacuums_with_evidence(spark, catalog, 
         else:
             assert ev["purge"] == "not_needed_copy_on_write" and ev["purge_version"] == ev["delete_version"]
         assert ev["num_deleted_rows"] == {"wh_orders": 9, "wh_page_views": 15, "wh_customer_dim": 0}[t]
+        # proof: looked up at the latest version, and the version before the delete is gone
+        ver = ev["verification"]
+        assert ver["outcome"] == "verified" and ver["method"].startswith("delta time travel"), ver
+        assert f"at v{ev['vacuum_version']}" in ver["answer"], ver
+        assert f"v{ev['delete_version'] - 1} (before the delete) unreadable: files vacuumed" in ver["answer"]
+        assert subj not in ver["answer"]
     conn = psycopg2.connect(tracking_db)
     with conn, conn.cursor() as cur:
         cur.execute(
@@ -280,6 +286,54 @@ def test_task_waits_at_purged_until_retention_passed(spark, catalog, warehouse, 
     assert row["status"] == "in_progress" and row["stage"] == "purged" and row["attempts"] == 1
     ev = row["evidence"]
     assert ev["retention_hours"] == 2 and ev["vacuum_due_at"] > ev["purged_at"] and "vacuum_version" not in ev
+
+
+def test_old_version_still_readable_fails_verification_until_vacuumed(spark, catalog, warehouse, tracking_db):
+    """VACUUM ran (its due time was reached on paper) but kept the erased files: the version before the
+    delete still holds the subject, so the task must not succeed; with the files really gone it does."""
+    from erasure.catalog import Catalog
+    from erasure.evidence.receipts import readiness
+    from erasure.warehouse import erase_warehouse
+
+    def with_retention(hours: int) -> Catalog:
+        data = catalog.model_dump()
+        for t in data["targets"]:
+            if t["name"] == "wh_orders":
+                t["warehouse_delta"]["retention_hours"] = hours
+        return Catalog.model_validate(data)
+
+    subjects = SUBJECTS[14:15]
+    tid = _register(tracking_db, subjects, targets=("wh_orders",))[(subjects[0], "wh_orders")]
+    run = {"settings": get_settings(), "warehouse_dir": warehouse, "targets": ["wh_orders"]}
+    rep = erase_warehouse(spark, with_retention(2), tracking_db, **run)
+    assert rep.ok and rep.targets[0].waiting_for_retention == 1
+    # pretend the 2 h passed: VACUUM RETAIN 2 HOURS runs, but the erased files are seconds old and stay
+    with psycopg2.connect(tracking_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            """UPDATE erasure.task SET evidence = evidence || jsonb_build_object('purged_at', %s::text)
+                WHERE id = %s""",
+            ((datetime.now(UTC) - timedelta(hours=3)).isoformat(), tid),
+        )
+    conn.close()
+    rep = erase_warehouse(spark, with_retention(2), tracking_db, **run)
+    assert rep.targets[0].vacuum is not None and rep.targets[0].verification_failed == 1, rep.to_dict()
+    row = _tasks(tracking_db, [tid])[tid]
+    ver = row["evidence"]["verification"]
+    assert row["status"] == "failed" and row["stage"] == "purged", row
+    assert ver["outcome"] == "failed" and "still readable with 3 row(s)" in ver["answer"], ver
+    assert "verification failed" in row["last_error"] and subjects[0] not in row["last_error"]
+    assert readiness({"status": "completed"}, [{"target": "wh_orders", **row}]) is not None
+
+    # the retry, with the retention the table really has (0 h): the files go, the task is verified
+    with psycopg2.connect(tracking_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE erasure.task SET next_attempt_at = now() WHERE id = %s", (tid,))
+    conn.close()
+    rep = erase_warehouse(spark, with_retention(0), tracking_db, **run)
+    assert rep.ok and rep.targets[0].advanced["vacuumed"] == 1, rep.to_dict()
+    row = _tasks(tracking_db, [tid])[tid]
+    assert row["status"] == "succeeded" and row["stage"] == "vacuumed" and row["attempts"] == 2
+    assert row["evidence"]["verification"]["outcome"] == "verified"
+    assert readiness({"status": "completed"}, [{"target": "wh_orders", **row}]) is None
 
 
 def test_bad_catalog_table_fails_the_target_with_a_clear_error(
