@@ -53,7 +53,9 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$ERASURE_AIRFLO
 export AIRFLOW__API_AUTH__JWT_SECRET="${ERASURE_JWT_SECRET:-}"
 export AIRFLOW__API__SECRET_KEY="${ERASURE_JWT_SECRET:-}"
 export AIRFLOW__CORE__FERNET_KEY="${ERASURE_FERNET_KEY:-}"
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+# admin; viewer (read only), operator (role user: may change DAG runs, so may act in the Erasure view) and
+# outsider (no role: no permission at all) exist for the Erasure view's access tests (docs/ui.md)
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer,operator:user,outsider:"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$ERASURE_LOCAL/airflow/passwords.json"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-10}"
 export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL:-10}"

@@ -144,7 +144,7 @@ def pg_dsn() -> Iterator[str]:
 
 TRACKING_TABLES = (
     "canary_check, canary_subject, alert, legal_hold, intake, receipt, event_log, ack_log, outbox, task, "
-    "rejected_request, request"
+    "rejected_request, request, operator_action"
 )
 
 

@@ -132,6 +132,20 @@ class EventType(StrEnum):
     TASK_ESCALATED = "task_escalated"
     TASK_RETRIED = "task_retried"
     EVENT_REPLAYED = "event_replayed"
+    OPERATOR_ACTION = "operator_action"
+    """A person's action from the Erasure view (details: action, actor, reason); see ``OperatorAction``."""
+
+
+class OperatorAction(StrEnum):
+    """``erasure.operator_action.action``: what an operator did in the Erasure view of the Airflow UI."""
+
+    HOLD_PLACED = "hold_placed"
+    HOLD_RELEASED = "hold_released"
+    TASK_RERUN = "task_rerun"
+    EVENT_REPLAY = "event_replay"
+    REQUEST_WITHDRAWN = "request_withdrawn"
+    REVIEW_APPROVED = "review_approved"
+    REVIEW_REJECTED = "review_rejected"
 
 
 class EventOutcome(StrEnum):

@@ -16,6 +16,7 @@ from erasure.vocab import (
     CanaryResult,
     EventType,
     IntakeStatus,
+    OperatorAction,
     RequestSource,
     RequestStatus,
     TaskStatus,
@@ -34,6 +35,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("event_log", "event_type"): EventType,
     ("intake", "status"): IntakeStatus,
     ("canary_subject", "result"): CanaryResult,
+    ("operator_action", "action"): OperatorAction,
 }
 
 # CHECKs of one column over a fixed value list: Postgres shows ``col IN (...)`` as ``= ANY (ARRAY[...])``

@@ -19,6 +19,7 @@ from erasure.vocab import (
     CanaryResult,
     EventType,
     IntakeStatus,
+    OperatorAction,
     RequestSource,
     RequestStatus,
     TaskStatus,
@@ -36,6 +37,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("event_log", "event_type"): EventType,
     ("intake", "status"): IntakeStatus,
     ("canary_subject", "result"): CanaryResult,
+    ("operator_action", "action"): OperatorAction,
 }
 
 _CHECK_IN = re.compile(r"CHECK\s*\(\s*(\w+)\s+IN\s*\(([^)]*)\)\s*\)", re.IGNORECASE)
