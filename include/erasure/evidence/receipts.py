@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -395,13 +395,44 @@ def export_delta(rows: Sequence[Mapping[str, Any]], dataset_dir: str | Path) -> 
     return int(metrics.get("num_target_rows_inserted", 0))
 
 
+EXPORT_OVERLAP = timedelta(hours=1)
+"""How far before the Delta table's newest receipt an incremental export starts again: a receipt's
+``issued_at`` is its transaction's start, so one committed after the last export may be a little older
+than the newest exported one. Re-exporting is harmless (files unchanged, the MERGE is insert-only)."""
+
+
+def delta_high_water(dataset_dir: str | Path) -> datetime | None:
+    """The newest ``issued_at`` in the exported Delta table (None when it does not exist or is empty)."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    from erasure.event_dataset import _table_exists
+
+    path = receipts_path(dataset_dir)
+    if not _table_exists(path):
+        return None
+    newest = pc.max(DeltaTable(path).to_pyarrow_table(columns=["issued_at"])["issued_at"]).as_py()
+    return newest if isinstance(newest, datetime) else None
+
+
 def export_receipts(
-    dsn: str, *, out_dir: Path | None, dataset_dir: str | Path | None, since: datetime | None = None
+    dsn: str,
+    *,
+    out_dir: Path | None,
+    dataset_dir: str | Path | None,
+    since: datetime | None = None,
+    incremental: bool = False,
 ) -> dict[str, int]:
-    """Export receipts issued since ``since`` (all when None) as files and/or into the Delta table."""
+    """Export receipts issued since ``since`` (all when None) as files and/or into the Delta table.
+
+    ``incremental``: start at the Delta table's newest receipt less :data:`EXPORT_OVERLAP` (all when
+    the table does not exist yet), so a scheduled export reads only what is new."""
     from erasure.db import transaction
     from erasure.tracking import receipt as sql
 
+    if incremental and since is None and dataset_dir is not None:
+        newest = delta_high_water(dataset_dir)
+        since = newest - EXPORT_OVERLAP if newest is not None else None
     with transaction(dsn) as cur:
         rows = sql.issued_since(cur, since)
     out = {"receipts": len(rows)}
