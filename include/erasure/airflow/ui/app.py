@@ -160,7 +160,13 @@ def _act(fn: Any, *args: Any) -> JSONResponse:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Erasure view", description="The erasure pipeline's view in the Airflow UI")
+    app = FastAPI(
+        title="Erasure view",
+        description="The erasure pipeline's view in the Airflow UI",
+        docs_url=None,  # no unauthenticated schema or docs pages
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="erasure_static")
 
     @app.exception_handler(StarletteHTTPException)
