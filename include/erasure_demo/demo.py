@@ -54,7 +54,7 @@ INTAKE_DAG = "erasure_intake"
 PIPELINE_DAGS = ("erasure_dispatch", "erasure_reconcile", "erasure_warehouse", "erasure_event_dataset")
 WORK_DAGS = ("erasure_dispatch", "erasure_warehouse")  # each round: these (and any other erasure DAG), then
 SETTLE_DAGS = ("erasure_reconcile",)  # reconcile; at the end the event dataset
-FINAL_DAGS = ("erasure_event_dataset",)
+FINAL_DAGS = ("erasure_event_dataset", "erasure_proof")
 NOT_DRIVEN = (
     "erasure_intake",
     "erasure_intake_scheduled",
@@ -1029,6 +1029,9 @@ class Demo:
         o.heading("Delta event dataset (deltalake + DuckDB)")
         self._event_dataset(reqs)
 
+        o.heading("Proof of erasure: the audit chain and a signed receipt (erasure_proof)")
+        self._proof(reqs)
+
         if canaries:
             o.heading("Canary (synthetic subjects, erased and verified)")
             for c in canaries:
@@ -1233,6 +1236,52 @@ class Demo:
         if sla:
             cols = list(sla[0])
             self.out.table(cols, [[r[c] for c in cols] for r in sla])
+
+    def _proof(self, reqs: list[dict[str, Any]]) -> None:
+        """``audit verify`` over the whole chain, then one receipt printed and checked with the public
+        key (and one changed byte of it refused), as an auditor would."""
+        from erasure.evidence import audit, receipts
+        from erasure.evidence.keys import load_jwks
+
+        o = self.out
+        chain = audit.verify_chain(self.dsn)
+        o.line("  $ python -m erasure.cli audit verify")
+        o.line(f"  {chain.summary()}")
+        self.check("audit verify: the hash chain of the event log holds", chain.ok, chain.summary())
+        done = [r for r in reqs if r["status"] == "completed"]
+        stored = {r["id"]: receipts.find_receipt(self.dsn, str(r["id"])) for r in done}
+        missing = sorted(i for i, row in stored.items() if row is None)
+        self.check(
+            "every completed demo request has a signed receipt (all targets verified)",
+            bool(done) and not missing,
+            f"no receipt for requests {missing}",
+        )
+        shown = next((row for row in stored.values() if row is not None), None)
+        if shown is None:
+            return
+        data = str(shown["document"]).encode()
+        o.line("")
+        o.line(f"  $ python -m erasure.cli receipt show {shown['request_id']}")
+        for line in json.dumps(json.loads(data), indent=2, ensure_ascii=False, sort_keys=True).splitlines():
+            o.line(f"    {line}")
+        jwks = load_jwks(self.settings.receipt_jwks_path)
+        res = receipts.verify_receipt(data, jwks)
+        anchor = receipts.check_audit_anchor(self.dsn, res.receipt) if res.receipt else "not verified"
+        o.line(f"  $ python -m erasure.cli receipt verify {shown['request_id']}")
+        o.line(f"  {res}")
+        o.line(f"  audit anchor: {anchor or 'OK (the receipt names the request’s last event in the chain)'}")
+        self.check("receipt verifies with the published public key (JWKS)", res.ok, res.reason)
+        self.check("receipt's audit anchor is the tracking store's event", anchor is None, str(anchor))
+        i = data.index(b'"outcome":"succeeded"') + len(b'"outcome":"su')
+        tampered = data[:i] + b"x" + data[i + 1 :]
+        bad = receipts.verify_receipt(tampered, jwks)
+        o.line(f"  the same receipt with one byte changed: {bad}")
+        self.check("a receipt with one byte changed does not verify", not bad.ok, bad.reason)
+        subject = next(r for r in done if r["id"] == shown["request_id"])["subject_id"]
+        self.check(
+            "the receipt holds no identifier in clear (keyed hashes only)",
+            subject not in data.decode(),
+        )
 
     # ---------------------------------------------------------------- main
     def run(self) -> int:

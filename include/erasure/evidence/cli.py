@@ -17,6 +17,12 @@ def add_parsers(sub: Any) -> None:
     audit.add_argument("--from-seq", type=int, default=1, help="start at this event (default: the first)")
     audit.add_argument("--batch-size", type=int, default=20_000)
     audit.add_argument(
+        "--recompute",
+        choices=["database", "python"],
+        default="database",
+        help="where each event's SHA-256 is recomputed (default: database, from this tool's own SQL)",
+    )
+    audit.add_argument(
         "--delta",
         nargs="?",
         const="",
@@ -56,7 +62,10 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         report = audit.verify_delta(args.delta or events_path(settings.dataset_path))
     else:
         report = audit.verify_chain(
-            settings.require_tracking_dsn(), batch_size=args.batch_size, from_seq=args.from_seq
+            settings.require_tracking_dsn(),
+            batch_size=args.batch_size,
+            from_seq=args.from_seq,
+            recompute=args.recompute,
         )
     print(json.dumps(report.to_dict(), default=str) if args.json else report.summary())
     return 0 if report.ok else 1
