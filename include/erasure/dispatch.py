@@ -19,10 +19,26 @@ Task life cycle handled here (``erasure.task``; escalation after ``max_attempts`
 * :func:`plan_batches` only *reads* due task ids (cheap, no locks); :func:`run_batch` claims them with
   one guarded ``UPDATE`` (a row another worker holds is skipped) stamped with a claim key, so a retry
   of the same batch re-claims its own rows at once while other runs must wait for the lease.
-* Every subject's outcome is written with :func:`erasure.tracking.store.transition_task` (guarded by
-  ``in_progress``) as it happens — flushed by a writer thread every ``flush_every_s`` — so a killed
-  batch loses at most the last fraction of a second of results, which stay ``in_progress`` and are
-  re-done (idempotently) after the lease; a re-run skips everything that succeeded.
+* **Recording in bulk.** Outcomes are buffered by a writer thread (:class:`OutcomeWriter`) and written in
+  chunks — every ``flush_every_s`` (50 ms) or ``flush_max`` (500) outcomes, whichever comes first — with
+  ONE guarded statement per chunk (:func:`erasure.tracking.store.transition_tasks`: ``UPDATE ... FROM
+  (VALUES ...)``; a row moves only if it is still ``in_progress``, so a late or repeated write never
+  moves a task backwards). The event log still gets one row per transition, written by the statement-
+  level trigger (migration 0006) in the chunk's transaction and hash-chained (migration 0003).
+* **A crash between a partner's answer and its chunk's commit** (worker killed, machine lost) loses the
+  answers of at most the open chunk; nothing is half-written (the chunk's transaction rolls back) and
+  nothing is counted twice:
+
+  - those tasks stay ``in_progress`` under the dead batch's claim; a retry of the same task instance
+    (same claim key) re-claims them at once, any other run after the lease (``dispatch_lease_minutes``);
+  - erasing again is harmless: the same idempotency key per task (a partner replays its first answer,
+    or answers 404/409 = already gone, both successes) and the lookup verifies the subject is gone;
+  - the retry works on the same task row: one ``task_succeeded`` per task in the event log, and
+    ``attempts`` counts recorded attempts (the lost one is not counted); a chunk committed before the
+    crash is never re-done (its tasks left ``in_progress``, so the next claim skips them);
+  - a batch whose task instance fails for good releases its claim at once (:func:`release_claim`).
+
+  ``tests/integration/test_bulk_bookkeeping.py`` kills a batch between the answers and the commit.
 * Evidence per subject: HTTP status, response id and snippet, idempotency key, times, attempt (sync
   APIs) or rows deleted and table (Postgres tables).
 
@@ -45,7 +61,7 @@ from erasure.db import connect, transaction
 from erasure.settings import Settings
 from erasure.targets import Claimed, Context, Outcome, TargetError, adapter_for
 from erasure.tracking import task as task_sql
-from erasure.tracking.store import transition_task
+from erasure.tracking.store import Transition, transition_tasks
 from erasure.vocab import AlertKind, DeleteOutcome, Runner, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -53,6 +69,11 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_MINUTES = 15.0
 """Default of the ``dispatch_lease_minutes`` setting; callers pass the setting."""
 MAX_MAP_LENGTH = 1024
+DEFAULT_FLUSH_EVERY_S = 0.05
+"""A batch's outcomes are written at least this often (seconds) ..."""
+DEFAULT_FLUSH_MAX = 500
+"""... or once this many are buffered: one transaction and one guarded UPDATE per chunk."""
+_FROM_CLAIMED = (TaskStatus.IN_PROGRESS,)
 
 
 @dataclass
@@ -139,19 +160,26 @@ def claim(
 
 # -- recording outcomes --------------------------------------------------------------------------
 class OutcomeWriter:
-    """Writes outcomes to the tracking store from a background thread, in small transactions.
+    """Writes outcomes to the tracking store from a background thread, one guarded UPDATE per chunk.
 
     ``add()`` never blocks on the database; the writer flushes at least every ``flush_every_s`` (or
     ``flush_max`` outcomes). ``close()`` flushes the rest and re-raises a write error.
     """
 
-    def __init__(self, dsn: str, target: Target, flush_every_s: float = 0.2, flush_max: int = 200) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        target: Target,
+        flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
+        flush_max: int = DEFAULT_FLUSH_MAX,
+    ) -> None:
         self.dsn = dsn
         self.target = target
         self.flush_every_s = flush_every_s
         self.flush_max = flush_max
         self.written = 0
         self.moved = 0
+        self.chunks = 0
         self._q: queue.Queue[Outcome | None] = queue.Queue()
         self._error: BaseException | None = None
         self._conn: Any = None
@@ -202,32 +230,34 @@ class OutcomeWriter:
                 self._conn.close()
 
     def _write(self, items: list[Outcome]) -> None:
+        """One transaction and one guarded ``UPDATE`` per chunk (:func:`transition_tasks`)."""
         now = datetime.now(UTC)
+        changes: list[Transition] = []
+        for o in items:
+            attempts_after = o.item.attempts + 1
+            if o.pending:  # accepted (202), not yet confirmed gone: wait and look again later
+                changes.append(Transition(
+                    o.item.task_id, TaskStatus.AWAITING_ACK, _FROM_CLAIMED,
+                    evidence=o.evidence, last_error=(o.error or "accepted, not yet confirmed")[:2000],
+                    increment_attempts=True, next_attempt_at=now + self.target.retry_delay(attempts_after),
+                ))  # fmt: skip
+            elif o.ok:
+                changes.append(Transition(
+                    o.item.task_id, TaskStatus.SUCCEEDED, _FROM_CLAIMED,
+                    evidence=o.evidence, increment_attempts=True, stage=o.stage,
+                ))  # fmt: skip
+            else:
+                changes.append(Transition(
+                    o.item.task_id, TaskStatus.FAILED, _FROM_CLAIMED,
+                    evidence={**o.evidence, "permanent": o.permanent},
+                    last_error=(o.error or "unknown error")[:2000], increment_attempts=True,
+                    next_attempt_at=now + self.target.retry_delay(attempts_after),
+                ))  # fmt: skip
         with self._conn, self._conn.cursor() as cur:
-            for o in items:
-                attempts_after = o.item.attempts + 1
-                if o.pending:  # accepted (202), not yet confirmed gone: wait and look again later
-                    moved = transition_task(
-                        cur, o.item.task_id, TaskStatus.AWAITING_ACK, (TaskStatus.IN_PROGRESS,),
-                        evidence=o.evidence, last_error=(o.error or "accepted, not yet confirmed")[:2000],
-                        increment_attempts=True,
-                        next_attempt_at=now + self.target.retry_delay(attempts_after),
-                    )  # fmt: skip
-                elif o.ok:
-                    moved = transition_task(
-                        cur, o.item.task_id, TaskStatus.SUCCEEDED, (TaskStatus.IN_PROGRESS,),
-                        evidence=o.evidence, increment_attempts=True, stage=o.stage,
-                    )  # fmt: skip
-                else:
-                    moved = transition_task(
-                        cur, o.item.task_id, TaskStatus.FAILED, (TaskStatus.IN_PROGRESS,),
-                        evidence={**o.evidence, "permanent": o.permanent},
-                        last_error=(o.error or "unknown error")[:2000],
-                        increment_attempts=True,
-                        next_attempt_at=now + self.target.retry_delay(attempts_after),
-                    )  # fmt: skip
-                self.moved += int(moved)
+            moved = transition_tasks(cur, changes, chunk=max(len(changes), 1))
+        self.moved += len(moved)
         self.written += len(items)
+        self.chunks += 1
 
     def close(self) -> None:
         self._q.put(None)
@@ -246,10 +276,11 @@ def run_batch(
     claim_key: str,
     settings: Settings,
     lease_minutes: float = DEFAULT_LEASE_MINUTES,
-    flush_every_s: float = 0.2,
+    flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
+    flush_max: int = DEFAULT_FLUSH_MAX,
 ) -> BatchSummary:
     """Claim ``task_ids`` of ``target`` and erase their subjects there through the target's adapter,
-    recording each outcome as it comes."""
+    recording the outcomes in chunks (``flush_every_s`` / ``flush_max``, see the module doc)."""
     t = _dispatch_target(catalog, target)
     t0 = time.monotonic()
     summary = BatchSummary(target=t.name, requested=len(task_ids))
@@ -258,7 +289,7 @@ def run_batch(
     if not items:
         summary.elapsed_s = round(time.monotonic() - t0, 3)
         return summary
-    writer = OutcomeWriter(dsn, t, flush_every_s=flush_every_s)
+    writer = OutcomeWriter(dsn, t, flush_every_s=flush_every_s, flush_max=flush_max)
     outcomes: list[Outcome] = []
     config_error: TargetError | None = None
 

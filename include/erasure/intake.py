@@ -5,9 +5,10 @@ One public entry point per source:
 * :func:`register_requests` — a list of request dicts (REST/UI conf, the CLI, the canary);
 * :func:`ingest_pending` — rows that upstream systems inserted into ``erasure.intake`` (see docs/intake.md).
 
-Every request is handled in its own transaction: either the ``erasure.request`` row and one
-``erasure.task`` row per enabled catalog target are written together, or nothing is (a rejection is
-then recorded in ``erasure.rejected_request``). Duplicates (the same ``external_id``, or the same
+Every request is written whole: either the ``erasure.request`` row and one ``erasure.task`` row per
+enabled catalog target are written together, or nothing is (a rejection is then recorded in
+``erasure.rejected_request``). :func:`register_requests` registers in chunks (one transaction and a few
+statements per chunk of :data:`REGISTER_CHUNK` requests); :func:`ingest_pending` one row at a time. Duplicates (the same ``external_id``, or the same
 subject while it has an open request) are detected by the unique indexes with
 ``INSERT ... ON CONFLICT DO NOTHING``, so concurrent intakes are safe; they are reported with the id
 of the existing request. A subject under an active legal hold is registered as ``held``.
@@ -617,6 +618,168 @@ def _process(
     return outcome
 
 
+_INSERT_REQUESTS = """
+INSERT INTO erasure.request (external_id, subject_type, subject_id, requested_by, reason, jurisdiction,
+                             source, is_canary, status, status_reason, received_at, due_at, airflow_run_id)
+VALUES %s
+ON CONFLICT DO NOTHING
+RETURNING id, subject_type, subject_id
+"""
+_INSERT_REQUESTS_TEMPLATE = (
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now() + make_interval(days => %s), %s)"
+)
+
+REGISTER_CHUNK = 500
+"""Requests registered per transaction and statement by :func:`register_requests`."""
+
+
+def _subject_lock_key(subject_type: str, subject_id: str) -> str:
+    return f"erasure.subject:{subject_type}:{subject_id}"
+
+
+def _register_item(
+    cur: Any,
+    catalog: Catalog,
+    req: ValidRequest,
+    source: RequestSource,
+    is_canary: bool,
+    run_id: str | None,
+    index: int,
+) -> Outcome:
+    """One request the bulk statement could not insert (a duplicate, a conflict), in its own savepoint."""
+    cur.execute("SAVEPOINT intake_item")
+    outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index)
+    if outcome.status == IntakeStatus.REJECTED:
+        cur.execute("ROLLBACK TO SAVEPOINT intake_item")
+    else:
+        cur.execute("RELEASE SAVEPOINT intake_item")
+    return outcome
+
+
+def _register_chunk(
+    conn: Any,
+    catalog: Catalog,
+    items: list[tuple[int, Any]],
+    source: RequestSource,
+    is_canary: bool,
+    run_id: str | None,
+) -> list[Outcome]:
+    """Validate and register ``(index, payload)`` items in the caller's transaction, in bulk: the
+    subjects' locks in one statement (sorted: a stable order), their active holds in one query, every new
+    request in one ``INSERT ... ON CONFLICT DO NOTHING`` and their tasks in one more (the event log by
+    the statement-level triggers). What the bulk insert did not take — a second request for the same
+    subject or external id in the batch, one that already exists — goes through the one-request path
+    (:func:`_register_one`), which reports it as a duplicate or rejects it. Outcomes in input order."""
+    outcomes: dict[int, Outcome] = {}
+    valid: list[tuple[int, ValidRequest]] = []
+    payloads = dict(items)
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        for index, payload in items:
+            req, errs = validate_request(catalog, payload)
+            if req is not None:
+                valid.append((index, req))
+                continue
+            o = Outcome(index=index, status=IntakeStatus.REJECTED, errors=[asdict(e) for e in errs])
+            ext = payload.get("external_id") if isinstance(payload, dict) else None
+            o.external_id = _sanitise_str(ext, MAX_LEN["external_id"]) if isinstance(ext, str) else None
+            o.message = _message(o.errors)
+            _record_rejection(cur, source, payload, o.errors, run_id)
+            log.warning("request #%s rejected (%s): %s", index, source, o.message)
+            outcomes[index] = o
+        first: list[tuple[int, ValidRequest]] = []
+        later: list[tuple[int, ValidRequest]] = []
+        seen_ext: set[str] = set()
+        seen_subject: set[tuple[str, str]] = set()
+        for index, req in valid:
+            subject = (req.subject_type, req.subject_id)
+            if req.external_id in seen_ext or subject in seen_subject:
+                later.append((index, req))
+                continue
+            seen_ext.add(req.external_id)
+            seen_subject.add(subject)
+            first.append((index, req))
+        if valid:
+            keys = sorted({_subject_lock_key(r.subject_type, r.subject_id) for _, r in valid})
+            cur.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) AS n"
+                " FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) s",
+                (keys,),
+            )
+        holds: dict[tuple[str, str], dict[str, Any]] = {}
+        if first:
+            cur.execute(
+                """SELECT DISTINCT ON (h.subject_type, h.subject_id) h.subject_type, h.subject_id, h.id, h.reason
+                     FROM erasure.legal_hold h
+                     JOIN unnest(%s::text[], %s::text[]) AS s(subject_type, subject_id)
+                       ON s.subject_type = h.subject_type AND s.subject_id = h.subject_id
+                    WHERE h.released_at IS NULL
+                    ORDER BY h.subject_type, h.subject_id, h.id""",
+                ([r.subject_type for _, r in first], [r.subject_id for _, r in first]),
+            )
+            holds = {(h["subject_type"], h["subject_id"]): h for h in cur.fetchall()}
+        rows = []
+        for _, req in first:
+            hold = holds.get((req.subject_type, req.subject_id))
+            rows.append(
+                (
+                    req.external_id, req.subject_type, req.subject_id, req.requested_by, req.reason,
+                    req.jurisdiction, source, is_canary,
+                    RequestStatus.HELD if hold else RequestStatus.IN_PROGRESS,
+                    f"legal hold {hold['id']}: {hold['reason']}"[:1000] if hold else None,
+                    catalog.sla_for(req.jurisdiction), run_id,
+                )
+            )  # fmt: skip
+        inserted: dict[tuple[str, str], int] = {}
+        if rows:
+            out = psycopg2.extras.execute_values(
+                cur,
+                _INSERT_REQUESTS,
+                rows,
+                template=_INSERT_REQUESTS_TEMPLATE,
+                page_size=len(rows),
+                fetch=True,
+            )
+            inserted = {(r["subject_type"], r["subject_id"]): int(r["id"]) for r in out}
+        task_rows: list[tuple[int, str, str]] = []
+        for index, req in first:
+            request_id = inserted.get((req.subject_type, req.subject_id))
+            if request_id is None:
+                later.append((index, req))  # not inserted: an existing request conflicts
+                continue
+            targets = catalog.targets_for(req.subject_type)
+            if not targets:
+                log.warning("no enabled catalog target applies to subject type %s", req.subject_type)
+            task_rows.extend((request_id, t.name, t.kind) for t in targets)
+            hold = holds.get((req.subject_type, req.subject_id))
+            outcomes[index] = Outcome(
+                index=index,
+                status=IntakeStatus.REGISTERED,
+                request_id=request_id,
+                external_id=req.external_id,
+                held=hold is not None,
+                message=(
+                    f"legal hold {hold['id']}: {hold['reason']}"[:1000]
+                    if hold
+                    else f"registered with {len(targets)} task(s)"
+                ),
+            )
+        if task_rows:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO erasure.task (request_id, target, kind) VALUES %s",
+                task_rows,
+                page_size=len(task_rows),
+            )
+        for index, req in sorted(later, key=lambda x: x[0]):
+            o = _register_item(cur, catalog, req, source, is_canary, run_id, index)
+            if o.status == IntakeStatus.REJECTED:
+                o.message = _message(o.errors)
+                _record_rejection(cur, source, payloads[index], o.errors, run_id)
+                log.warning("request #%s rejected (%s): %s", index, source, o.message)
+            outcomes[index] = o
+    return [outcomes[i] for i in sorted(outcomes)]
+
+
 def register_requests(
     dsn: str,
     catalog: Catalog,
@@ -628,7 +791,10 @@ def register_requests(
 ) -> IntakeResult:
     """Validate and register ``requests`` (dicts with the fields in :data:`FIELDS`).
 
-    Each request is one transaction: the request row plus its task rows, or a rejection row.
+    Registered in chunks of :data:`REGISTER_CHUNK` (one transaction and a few statements per chunk,
+    :func:`_register_chunk`): each request gets its row plus its task rows, or a rejection row. If a
+    chunk's transaction fails (a database error), it leaves nothing and its requests are registered
+    again one per transaction, so those before the failing one are kept and the error is raised.
     A batch longer than :data:`MAX_BATCH` is rejected as a whole (one ``rejected_request`` row naming
     the field ``requests``; every item counts as rejected) and nothing else is written.
     """
@@ -653,9 +819,24 @@ def register_requests(
                     Outcome(index=i, status=IntakeStatus.REJECTED, errors=[err], message=_message([err]))
                 )
             return result
-        for i, payload in enumerate(requests):
-            with conn:  # one transaction per request
-                result.add(_process(conn, catalog, payload, source, is_canary, run_id, i))
+        items = list(enumerate(requests))
+        for start in range(0, len(items), REGISTER_CHUNK):
+            chunk = items[start : start + REGISTER_CHUNK]
+            try:
+                with conn:  # one transaction per chunk: its requests and tasks, or nothing
+                    outcomes = _register_chunk(conn, catalog, chunk, source, is_canary, run_id)
+            except psycopg2.Error as exc:
+                # the chunk left nothing behind; each request again in its own transaction, so the
+                # ones before a failing request are registered and the failure names its request
+                log.warning(
+                    "bulk registration failed (%s); registering the chunk one by one", type(exc).__name__
+                )
+                for i, payload in chunk:
+                    with conn:
+                        result.add(_process(conn, catalog, payload, source, is_canary, run_id, i))
+                continue
+            for o in outcomes:
+                result.add(o)
     finally:
         conn.close()
     log.info("intake (%s): %s", source, result.summary())

@@ -4,10 +4,12 @@ Three idempotent steps, each safe to re-run or to run concurrently:
 
 1. ``enqueue_due``: for every due ``pending`` task of a Kafka target, in ONE transaction, write an
    ``erasure.outbox`` row (a new event id, the validated event as payload) and move the task
-   ``pending -> awaiting_ack`` (guarded ``transition_task``). Either both happen or neither.
+   ``pending -> awaiting_ack`` (guarded ``transition_tasks``: one UPDATE per chunk of tasks, one event
+   row per task by the statement-level trigger). Either both happen or neither.
 2. ``publish_pending``: produce every outbox row with ``published_at IS NULL`` (idempotent producer,
    ``acks=all``, keyed by subject), wait for every delivery report, and mark a row published
-   (``published_at``, partition, offset, ``publish_count + 1``) only after the broker acknowledged it.
+   (``published_at``, partition, offset, ``publish_count + 1``) only after the broker acknowledged it —
+   one UPDATE per batch once its delivery reports are in.
    A failed or missing delivery report raises ``PublishError`` after the delivered rows were marked:
    nothing is marked that the broker did not take, and the failing rows stay unpublished for the next run.
 3. ``consume_acks``: read ``erasure.acks`` in a bounded poll, record every message in
@@ -49,7 +51,7 @@ from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.events import SchemaError, new_event, parse_ack, parse_event
 from erasure.targets.kafka import KafkaSpec
-from erasure.tracking.store import transition_task
+from erasure.tracking.store import Transition, transition_task, transition_tasks
 from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus, VerificationOutcome
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,8 @@ def enqueue_due(
             },
         )
         rows = cur.fetchall()
-        outbox_rows = []
+        changes: list[Transition] = []
+        built: list[tuple[dict[str, Any], Any, KafkaSpec]] = []
         for row in rows:
             spec = ts[row["target"]].spec_as(KafkaSpec)
             try:
@@ -185,35 +188,42 @@ def enqueue_due(
                     attempt=row["attempts"] + 1,
                 )
             except SchemaError as exc:
-                transition_task(
-                    cur,
-                    row["task_id"],
-                    TaskStatus.FAILED,
-                    (TaskStatus.PENDING,),
-                    last_error=f"cannot build erasure event: {exc}",
+                changes.append(
+                    Transition(
+                        row["task_id"],
+                        TaskStatus.FAILED,
+                        (TaskStatus.PENDING,),
+                        last_error=f"cannot build erasure event: {exc}",
+                    )
                 )
                 result.invalid += 1
                 continue
-            moved = transition_task(
-                cur,
-                row["task_id"],
-                TaskStatus.AWAITING_ACK,
-                (TaskStatus.PENDING,),
-                increment_attempts=True,
-                evidence={
-                    "event_id": str(ev.event_id),
-                    "topic": spec.topic,
-                    "enqueued_at": ev.issued_at.isoformat(),
-                },
+            changes.append(
+                Transition(
+                    row["task_id"],
+                    TaskStatus.AWAITING_ACK,
+                    (TaskStatus.PENDING,),
+                    increment_attempts=True,
+                    evidence={
+                        "event_id": str(ev.event_id),
+                        "topic": spec.topic,
+                        "enqueued_at": ev.issued_at.isoformat(),
+                    },
+                )
             )
-            if not moved:  # cannot happen under the row lock; kept as a guard
+            built.append((row, ev, spec))
+        # one guarded UPDATE per chunk (the event log by the statement-level trigger, migration 0006)
+        moved = transition_tasks(cur, changes)
+        outbox_rows = []
+        for task, ev, spec in built:
+            if task["task_id"] not in moved:  # cannot happen under the row lock; kept as a guard
                 continue
             outbox_rows.append(
-                (ev.event_id, row["task_id"], spec.topic, ev.key, ev.to_json(), ev.attempt, ev.issued_at)
+                (ev.event_id, task["task_id"], spec.topic, ev.key, ev.to_json(), ev.attempt, ev.issued_at)
             )
             result.event_ids.append(str(ev.event_id))
-            result.task_ids.append(row["task_id"])
-            result.by_target[row["target"]] = result.by_target.get(row["target"], 0) + 1
+            result.task_ids.append(task["task_id"])
+            result.by_target[task["target"]] = result.by_target.get(task["target"], 0) + 1
         if outbox_rows:
             psycopg2.extras.execute_values(
                 cur,

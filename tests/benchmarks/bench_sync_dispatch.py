@@ -1,7 +1,7 @@
-"""Benchmark (issue 4): N subjects x T sync targets through the pipeline's dispatch path vs a bare
-asyncio script making the same DELETE calls against the same partner servers, same concurrency.
+"""Benchmark (issues 4 and 15): N subjects x T sync targets through the pipeline's dispatch path vs a
+bare asyncio script making the same HTTP calls against the same partner servers, same concurrency.
 
-Run (default N=2000, T=5, ~1 min)::
+Run (default N=2000, T=5, 3 rounds, ~3 min)::
 
     .local/venv/bin/python -m pytest tests/benchmarks/bench_sync_dispatch.py -q -s
 
@@ -11,22 +11,28 @@ Full size (the goal: pipeline >= 0.7x the bare script at N=10,000, T=5)::
 
 Knobs: ``BENCH_SYNC_N``, ``BENCH_SYNC_T``, ``BENCH_SYNC_CONCURRENCY`` (per batch, default 16),
 ``BENCH_SYNC_POOL_SLOTS`` (batches per target at once, default 2), ``BENCH_SYNC_BATCH`` (500),
-``BENCH_SYNC_ROUNDS`` (1; rounds alternate which side goes first, the best of each side is reported).
+``BENCH_SYNC_ROUNDS`` (3; rounds alternate which side goes first; the median of each side is the
+figure, the best is kept too), ``BENCH_SYNC_PORT_BASE`` (28400: partners on 28400+i, index on +99).
 
 Setup: the T partners run in ONE separate process (``python -m erasure_demo.partners.run``, as the stack
 runs them), seeded with the N subjects before each side.
 
 * **pipeline**: for every target, ``plan_batches`` then ``run_batch`` per batch — claim in Postgres,
-  async deletes with the catalog's retry policy, every outcome written to ``erasure.task`` through
-  ``transition_task`` — with at most ``pool_slots`` batches of a target at a time (what the Airflow
-  pool allows), all targets in parallel, batches in threads of one process (conservative: Airflow runs
-  each mapped instance in its own process). Airflow's own scheduling overhead per task instance is not
-  included; the measured path is everything our code does per subject.
-* **bare**: one asyncio loop, per target ``concurrency x pool_slots`` calls in flight over one
-  aiohttp session, no retries and no bookkeeping.
+  async deletes with the catalog's retry policy, a verifying lookup per subject, outcomes written to
+  ``erasure.task`` in chunks (one guarded UPDATE per chunk, the hash-chained event log by the
+  statement-level trigger) — with at most ``pool_slots`` batches of a target at a time (what the
+  Airflow pool allows), all targets in parallel, batches in threads of one process (conservative:
+  Airflow runs each mapped instance in its own process). Airflow's own scheduling overhead per task
+  instance is not included; the measured path is everything our code does per subject.
+* **bare_verified** (the baseline of the goal): one asyncio loop, per target ``concurrency x
+  pool_slots`` workers over one aiohttp session, each making the same calls as the pipeline —
+  ``DELETE`` then the verifying ``GET`` — with no retries and no bookkeeping.
+* **bare_delete** (for information; the baseline of issue 15's first measurement, before every delete
+  was verified): the same loop with the ``DELETE`` only.
 
-Both throughputs (deletes/s) and their ratio go to ``.local/bench/sync_dispatch.json``; no assertion
-on time (the figures depend on the machine).
+Throughputs (subjects erased per second; the pipeline and bare_verified make 2 HTTP calls per subject,
+bare_delete 1), their ratios and every round go to ``.local/bench/sync_dispatch.json``; no assertion on
+time (the figures depend on the machine).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -62,13 +69,19 @@ T = int(os.environ.get("BENCH_SYNC_T", "5"))
 CONCURRENCY = int(os.environ.get("BENCH_SYNC_CONCURRENCY", "16"))
 POOL_SLOTS = int(os.environ.get("BENCH_SYNC_POOL_SLOTS", "2"))
 BATCH = int(os.environ.get("BENCH_SYNC_BATCH", "500"))
-ROUNDS = int(os.environ.get("BENCH_SYNC_ROUNDS", "1"))
+ROUNDS = int(os.environ.get("BENCH_SYNC_ROUNDS", "3"))
+PORT_BASE = int(os.environ.get("BENCH_SYNC_PORT_BASE", "28400"))
 
 
-def _free_port() -> int:
+def _port(offset: int) -> int:
+    """A fixed port below the ephemeral range (README: a port inside it can be taken by a client)."""
+    port = PORT_BASE + offset
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            pytest.fail(f"port {port} is taken: set BENCH_SYNC_PORT_BASE to a free range")
+    return port
 
 
 def _write_catalog(path: Path, urls: dict[str, str]) -> None:
@@ -104,8 +117,9 @@ def _seed(urls: dict[str, str], subjects: list[str]) -> None:
         httpx.post(f"{url}/admin/seed", json={"subject_ids": subjects}, timeout=120).raise_for_status()
 
 
-async def _bare(urls: dict[str, str], subjects: list[str]) -> dict[int, int]:
-    """The baseline: every DELETE, per target ``CONCURRENCY * POOL_SLOTS`` in flight, nothing else."""
+async def _bare(urls: dict[str, str], subjects: list[str], verify: bool) -> dict[int, int]:
+    """The baseline: per target ``CONCURRENCY * POOL_SLOTS`` workers, each ``DELETE`` (then, with
+    ``verify``, the ``GET`` that checks the subject is gone), nothing else."""
     statuses: dict[int, int] = {}
     per_target = CONCURRENCY * POOL_SLOTS
 
@@ -121,6 +135,10 @@ async def _bare(urls: dict[str, str], subjects: list[str]) -> dict[int, int]:
                     ) as r:
                         await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
+                    if verify:
+                        async with s.get(f"{url}/subjects/{sid}") as r:
+                            await r.read()
+                            statuses[r.status] = statuses.get(r.status, 0) + 1
 
             await asyncio.gather(*(worker() for _ in range(per_target)))
 
@@ -161,17 +179,19 @@ def _pipeline(dsn: str, catalog_path: Path, names: list[str], run_id: str) -> di
 
 def test_bench_sync_dispatch(pg_dsn, tmp_path):
     names = [f"bench_{i}" for i in range(T)]
-    ports = {n: _free_port() for n in names}
-    urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+    urls = {n: f"http://127.0.0.1:{_port(i)}" for i, n in enumerate(names)}
     cat_path = tmp_path / "catalog.yaml"
     _write_catalog(cat_path, urls)
-    index = _free_port()
+    index = _port(99)
     log = (tmp_path / "partners.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "erasure_demo.partners.run", "--catalog", str(cat_path),
          "--data-dir", str(tmp_path / "partners"), "--index-port", str(index)],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
     )  # fmt: skip
+    sides = ("bare_verified", "pipeline", "bare_delete")
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    rounds: list[dict[str, float]] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -185,55 +205,79 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
 
         subjects = [f"cus_{i:08d}" for i in range(N)]
         calls = N * T
-        bare_best = pipe_best = float("inf")
-        bare_status: dict[int, int] = {}
         pipe_totals: dict[str, int] = {}
         for rnd in range(ROUNDS):
             # alternate which side goes first, so neither always meets a fresher partner store
-            for side in ("bare", "pipeline") if rnd % 2 == 0 else ("pipeline", "bare"):
+            order = sides if rnd % 2 == 0 else tuple(reversed(sides))
+            for side in order:
                 _seed(urls, subjects)
-                if side == "bare":
+                if side.startswith("bare"):
+                    verify = side == "bare_verified"
                     t0 = time.perf_counter()
-                    bare_status = asyncio.run(_bare(urls, subjects))
-                    bare_best = min(bare_best, time.perf_counter() - t0)
-                    assert bare_status.get(200) == calls, bare_status
+                    status = asyncio.run(_bare(urls, subjects, verify))
+                    times[side].append(time.perf_counter() - t0)
+                    assert status.get(200) == calls, status
+                    assert status.get(404, 0) == (calls if verify else 0), status
                     continue
                 query(
                     pg_dsn,
                     "SET LOCAL erasure.audit_maintenance = 'truncate'; TRUNCATE erasure.request, erasure.task, erasure.event_log CASCADE",
                 )
                 create_requests(pg_dsn, subjects, [(n, "sync_api") for n in names])
-                query(pg_dsn, "ANALYZE erasure.task")
+                query(pg_dsn, "VACUUM ANALYZE erasure.task")
                 t0 = time.perf_counter()
                 pipe_totals = _pipeline(pg_dsn, cat_path, names, f"bench{rnd}")
-                pipe_best = min(pipe_best, time.perf_counter() - t0)
+                times["pipeline"].append(time.perf_counter() - t0)
                 assert pipe_totals["succeeded"] == calls, pipe_totals
                 done = query(pg_dsn, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
                 assert done == calls
+                # one event per transition: claimed (task_dispatched) and succeeded, per task
+                events = dict(
+                    query(
+                        pg_dsn,
+                        "SELECT event_type, count(*) FROM erasure.event_log"
+                        " WHERE event_type IN ('task_dispatched', 'task_succeeded') GROUP BY 1",
+                    )
+                )
+                assert events == {"task_dispatched": calls, "task_succeeded": calls}, events
+            rounds.append({k: round(calls / v[-1], 1) for k, v in times.items()})
+            print(
+                f"round {rnd + 1} ({'/'.join(order)}): "
+                + ", ".join(f"{k} {v:,.0f}/s" for k, v in rounds[-1].items())
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
 
+    from erasure.evidence.audit import verify_chain
+
+    audit = verify_chain(pg_dsn)  # python -m erasure.cli audit verify, on the last pipeline round's log
+    assert audit.ok, audit.summary()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
     result = {
         "benchmark": "sync_dispatch",
         "subjects": N,
         "targets": T,
-        "calls": calls,
+        "subjects_x_targets": calls,
         "concurrency_per_batch": CONCURRENCY,
         "pool_slots": POOL_SLOTS,
         "in_flight_per_target": CONCURRENCY * POOL_SLOTS,
         "batch_size": BATCH,
         "rounds": ROUNDS,
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "bare_seconds": round(bare_best, 3),
-        "bare_deletes_per_s": round(calls / bare_best, 1),
-        "pipeline_seconds": round(pipe_best, 3),
-        "pipeline_deletes_per_s": round(calls / pipe_best, 1),
-        "ratio_pipeline_vs_bare": round(bare_best / pipe_best, 3),
+        "per_round_per_s": rounds,
+        "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "median_per_s": {k: round(calls / v, 1) for k, v in med.items()},
+        "best_per_s": {k: round(calls / v, 1) for k, v in best.items()},
+        "ratio_pipeline_vs_bare_verified_median": round(med["bare_verified"] / med["pipeline"], 3),
+        "ratio_pipeline_vs_bare_delete_median": round(med["bare_delete"] / med["pipeline"], 3),
+        "ratio_pipeline_vs_bare_verified_best": round(best["bare_verified"] / best["pipeline"], 3),
         "goal_ratio": 0.7,
         "goal_size": "N=10000, T=5",
         "pipeline_totals": pipe_totals,
+        "audit_verify_after_last_pipeline_round": audit.summary(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

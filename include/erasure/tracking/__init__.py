@@ -4,6 +4,6 @@ Statuses live in :mod:`erasure.vocab` (``TaskStatus``, ``RequestStatus``, ...).
 """
 
 from erasure.tracking.migrate import downgrade, upgrade
-from erasure.tracking.store import transition_task
+from erasure.tracking.store import Transition, transition_task, transition_tasks
 
-__all__ = ["upgrade", "downgrade", "transition_task"]
+__all__ = ["upgrade", "downgrade", "transition_task", "transition_tasks", "Transition"]
