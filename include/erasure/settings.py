@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     """The published public keys (JWKS) receipts are verified with; defaults to ``<local>/secrets/receipt-keys.jwks.json``."""
     receipts_dir: Path | None = None
     """Where receipts are exported as files; defaults to ``<local>/receipts``."""
+    pseudonym_key_file: Path | None = None
+    """Key (hex) of the keyed pseudonyms of the ``hash`` field strategy (erasure.pseudonym); defaults to ``<local>/secrets/pseudonym-hmac.key``."""
 
     # -- alert delivery by e-mail (else Airflow's email backend) -----------------------------------
     smtp_host: str | None = None
@@ -122,6 +124,10 @@ class Settings(BaseSettings):
     @property
     def receipt_jwks_path(self) -> Path:
         return self.receipt_jwks_file or self.secrets_dir / "receipt-keys.jwks.json"
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.pseudonym_key_file or self.secrets_dir / "pseudonym-hmac.key"
 
     @property
     def receipts_path(self) -> Path:

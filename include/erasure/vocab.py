@@ -212,3 +212,13 @@ class DeleteOutcome(StrEnum):
     def successes(cls) -> tuple[DeleteOutcome, ...]:
         """Outcomes that close the task: gone now, gone before, or gone per the partner (409)."""
         return (cls.DELETED, cls.ALREADY_GONE, cls.CONFLICT)
+
+
+class FieldStrategy(StrEnum):
+    """How a target erases one column of the subject's rows (catalog ``fields``; evidence ``strategies``)."""
+
+    DELETE_ROW = "delete_row"  # the whole row goes (mode: delete)
+    NULL = "null"  # the value becomes NULL
+    CONSTANT = "constant"  # the value becomes the rule's constant
+    HASH = "hash"  # the value becomes its keyed pseudonym (erasure.pseudonym): joins still work
+    MASK = "mask"  # the type's blank: '[erased]' for strings, NULL otherwise (``mask_columns``)

@@ -68,13 +68,16 @@ from typing import TYPE_CHECKING, Any
 
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
+from erasure.pseudonym import PREFIX, hmac_pads
+from erasure.pseudonym import load_key as load_pseudonym_key
 from erasure.settings import Settings
 from erasure.targets.base import verification
+from erasure.targets.fields import MASK_STRING, FieldRule
 from erasure.targets.registry import adapter_for
-from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
+from erasure.targets.warehouse_delta import WarehouseDeltaSpec
 from erasure.tracking import task as task_sql
 from erasure.tracking.store import transition_task
-from erasure.vocab import TargetKind, TaskStatus, VerificationOutcome, WarehouseStage
+from erasure.vocab import FieldStrategy, TargetKind, TaskStatus, VerificationOutcome, WarehouseStage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -93,6 +96,7 @@ MERGE_REPARTITION_CONF = "spark.databricks.delta.merge.repartitionBeforeWrite.en
 # copy is pure overhead (~20% of a deletion-vector MERGE of 10M rows).
 MERGE_MATERIALIZE_CONF = "spark.databricks.delta.merge.materializeSource"
 LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+PSEUDONYM_RE = "^" + PREFIX + "[0-9a-f]{64}$"
 
 
 class WarehouseError(RuntimeError):
@@ -225,6 +229,83 @@ def _subjects_frame(spark: SparkSession, subject_ids: Iterable[str], key_type: A
     return df.select(F.col("key").cast(key_type).alias("key"))
 
 
+def _check_columns(spec: WarehouseDeltaSpec, schema: dict[str, Any], path: str) -> None:
+    """Every key column and every rule's column exists (and ``hash`` is on strings), else a clear error."""
+    from pyspark.sql.types import StringType
+
+    where = f"table '{spec.table}' at '{path}'"
+    missing = [k for k in spec.key_columns if k not in schema]
+    if missing:
+        raise WarehouseError(
+            f"{where}: key_column '{missing[0]}' is not a column (columns: {sorted(schema)})"
+            if len(spec.key_columns) == 1
+            else f"{where}: key_columns {missing} are not columns (columns: {sorted(schema)})"
+        )
+    missing = [c for c in spec.rules() if c not in schema]
+    if missing:
+        raise WarehouseError(
+            f"{where}: fields/mask_columns {missing} are not columns (columns: {sorted(schema)})"
+        )
+    for c, rule in spec.rules().items():
+        if rule.strategy == FieldStrategy.HASH and not isinstance(schema[c], StringType):
+            raise WarehouseError(
+                f"{where}: column '{c}' is {schema[c].simpleString()}; strategy hash needs a string column"
+            )
+
+
+def _erased_value(
+    rule: FieldRule, column: str, dtype: Any, pads: tuple[bytes, bytes] | None, alias: str = ""
+) -> Any:
+    """The Spark expression a rule writes into ``column`` (of type ``dtype``; ``alias``: ``t.`` in a MERGE)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    col = F.col(f"{alias}`{column}`")
+    if rule.strategy == FieldStrategy.NULL:
+        return F.lit(None).cast(dtype)
+    if rule.strategy == FieldStrategy.CONSTANT:
+        return F.lit(rule.value).cast(dtype)
+    if rule.strategy == FieldStrategy.HASH:
+        if pads is None:
+            raise WarehouseError("strategy hash: no pseudonym key given")
+        inner, outer = (F.unhex(F.lit(p.hex())) for p in pads)
+        digest = F.sha2(F.concat(outer, F.unhex(F.sha2(F.concat(inner, col.cast("binary")), 256))), 256)
+        return F.when(col.isNull() | col.rlike(PSEUDONYM_RE), col).otherwise(F.concat(F.lit(PREFIX), digest))
+    return F.lit(MASK_STRING) if isinstance(dtype, StringType) else F.lit(None).cast(dtype)  # mask
+
+
+def _not_erased(rule: FieldRule, column: str, dtype: Any, alias: str = "") -> Any:
+    """Spark condition: ``column`` is not yet in the form the rule leaves (what a re-run would change)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    col = F.col(f"{alias}`{column}`")
+    if rule.strategy == FieldStrategy.NULL:
+        return col.isNotNull()
+    if rule.strategy == FieldStrategy.CONSTANT:
+        return ~col.eqNullSafe(F.lit(rule.value).cast(dtype))
+    if rule.strategy == FieldStrategy.HASH:
+        return col.isNotNull() & ~col.rlike(PSEUDONYM_RE)
+    blank = F.lit(MASK_STRING) if isinstance(dtype, StringType) else F.lit(None).cast(dtype)
+    return ~col.eqNullSafe(blank)
+
+
+def _any(conds: Sequence[Any]) -> Any:
+    from pyspark.sql import functions as F
+
+    out = F.lit(False)
+    for c in conds:
+        out = out | c
+    return out
+
+
+def _rows_of(spec: WarehouseDeltaSpec, keys: Sequence[str]) -> Any:
+    """Spark condition: the row holds one of ``keys`` in any key column."""
+    from pyspark.sql import functions as F
+
+    return _any([F.col(f"`{k}`").cast("string").isin(list(keys)) for k in spec.key_columns])
+
+
 def delete_subjects(
     spark: SparkSession,
     spec: WarehouseDeltaSpec,
@@ -232,49 +313,55 @@ def delete_subjects(
     *,
     warehouse_dir: str | None = None,
     user_metadata: dict[str, Any] | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> StepResult:
-    """ONE batched MERGE erasing ``subject_ids`` from the table (delete or mask per the catalog).
+    """ONE batched write erasing ``subject_ids`` from the table: mode ``delete`` removes their rows,
+    mode ``mask`` applies each column's strategy (:mod:`erasure.targets.fields`; ``hash`` needs
+    ``pseudonym_key``). One key column: a ``MERGE`` with the subjects as a broadcast source. Several
+    key columns: a ``DELETE``/``UPDATE`` whose predicate matches any of them (a MERGE would match one
+    row by several subjects, which Delta refuses for updates).
 
-    Re-running it for the same subjects is harmless: 0 rows match (delete) or all matches are
-    already masked (mask), and Delta then writes no new version.
+    Re-running it for the same subjects is harmless: 0 rows match (delete) or every match is already
+    in its erased form (mask: the update's condition), and Delta then writes no new version.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType
 
     if not subject_ids:
         raise ValueError("subject_ids: empty; nothing to erase")
     dt = _delta_table(spark, spec, warehouse_dir)
     path = spec.resolved_path(warehouse_dir)
     schema = {f.name: f.dataType for f in dt.toDF().schema.fields}
-    if spec.key_column not in schema:
-        raise WarehouseError(
-            f"table '{spec.table}' at '{path}': key_column '{spec.key_column}' is not a column "
-            f"(columns: {sorted(schema)})"
-        )
-    missing = [c for c in spec.mask_columns if c not in schema]
-    if missing:
-        raise WarehouseError(
-            f"table '{spec.table}' at '{path}': mask_columns {missing} are not columns (columns: {sorted(schema)})"
-        )
-    subjects = F.broadcast(_subjects_frame(spark, subject_ids, schema[spec.key_column])).alias("s")
+    _check_columns(spec, schema, path)
+    rules = spec.rules()
+    pads = hmac_pads(pseudonym_key) if pseudonym_key else None
+    alias = "t." if len(spec.key_columns) == 1 else ""  # the MERGE's target alias
+    values = {f"`{c}`": _erased_value(r, c, schema[c], pads, alias) for c, r in rules.items()}
+    differs = _any([_not_erased(r, c, schema[c], alias) for c, r in rules.items()])
     before = dt.history(1).select("version").collect()[0]["version"]
     meta = json.dumps(
         {"erasure": "warehouse", "step": spec.mode, "token": uuid.uuid4().hex, **(user_metadata or {})}
     )
-    merge = dt.alias("t").merge(subjects, f"t.`{spec.key_column}` = s.key")
-    if spec.mode == "delete":
-        merge = merge.whenMatchedDelete()
+    run: Any
+    if len(spec.key_columns) == 1:
+        key = spec.key_column
+        subjects = F.broadcast(_subjects_frame(spark, subject_ids, schema[key])).alias("s")
+        merge = dt.alias("t").merge(subjects, f"t.`{key}` = s.key")
+        if spec.mode == "delete":
+            merge = merge.whenMatchedDelete()
+        else:
+            merge = merge.whenMatchedUpdate(condition=differs, set=values)
+        run = merge.execute
     else:
-        values: dict[str, Any] = {}
-        differs = []
-        for c in spec.mask_columns:
-            masked = F.lit(MASK_STRING) if isinstance(schema[c], StringType) else F.lit(None).cast(schema[c])
-            values[f"`{c}`"] = masked
-            differs.append(~F.col(f"t.`{c}`").eqNullSafe(masked))
-        cond = differs[0]
-        for d in differs[1:]:
-            cond = cond | d
-        merge = merge.whenMatchedUpdate(condition=cond, set=values)
+        match = _rows_of(spec, sorted({str(s) for s in subject_ids}))
+        if spec.mode == "delete":
+
+            def run() -> None:
+                dt.delete(match)
+        else:
+
+            def run() -> None:
+                dt.update(match & differs, values)
+
     started = time.perf_counter()
     # No repartition by partition columns before the write: each rewritten file comes from one input
     # file (one partition), so it cannot scatter small files, and the shuffle of every copied row
@@ -283,11 +370,14 @@ def delete_subjects(
         spark, {USER_METADATA_CONF: meta, MERGE_REPARTITION_CONF: "false", MERGE_MATERIALIZE_CONF: "none"}
     )
     try:
-        merge.execute()
+        run()
     finally:
         _restore_conf(spark, previous)
     seconds = time.perf_counter() - started
     version, metrics, committed = _last_commit(dt, meta, before)
+    # DELETE/UPDATE name their metrics differently from MERGE: one vocabulary in the evidence
+    metrics.setdefault("numTargetRowsDeleted", metrics.get("numDeletedRows", 0))
+    metrics.setdefault("numTargetRowsUpdated", metrics.get("numUpdatedRows", 0))
     return StepResult(spec.mode, version, committed, metrics, round(seconds, 3), _now().isoformat())
 
 
@@ -372,6 +462,13 @@ def vacuum_table(
     return StepResult("vacuum", version, version > before, metrics, round(seconds, 3), _now().isoformat())
 
 
+def pseudonym_key_for(spec: WarehouseDeltaSpec, settings: Settings) -> bytes | None:
+    """The pseudonym key when one of the table's rules is ``hash`` (read from its secret file), else None."""
+    if not any(r.strategy == FieldStrategy.HASH for r in spec.rules().values()):
+        return None
+    return load_pseudonym_key(settings.pseudonym_key_path)
+
+
 def delete_evidence(res: StepResult, batch_subjects: int) -> dict[str, Any]:
     """What a task keeps of the batched delete that erased its subject (stage ``deleted``)."""
     return {
@@ -403,20 +500,18 @@ def _unreadable(exc: BaseException) -> bool:
     return any(m in text for m in _GONE_MARKERS)
 
 
-def _leftovers(df: DataFrame, spec: WarehouseDeltaSpec) -> dict[str, int]:
-    """Per subject key: rows still there (delete) or rows with a value not masked (mask)."""
+def _leftovers(df: DataFrame, spec: WarehouseDeltaSpec, keys: Sequence[str]) -> dict[str, int]:
+    """Per subject key: rows still there (delete) or rows with a column not in its erased form (mask),
+    found by any key column."""
     from pyspark.sql import functions as F
 
-    key = F.col(spec.key_column).cast("string").alias("k")
-    if spec.mode == "delete":
-        rows = df.groupBy(key).count().collect()
-        return {str(r["k"]): int(r["count"]) for r in rows}
-    unmasked = [~(F.col(c).isNull() | (F.col(c).cast("string") == MASK_STRING)) for c in spec.mask_columns]
-    cond = unmasked[0]
-    for u in unmasked[1:]:
-        cond = cond | u
-    rows = df.where(cond).groupBy(key).count().collect()
-    return {str(r["k"]): int(r["count"]) for r in rows}
+    schema = {f.name: f.dataType for f in df.schema.fields}
+    rows = df.where(_rows_of(spec, keys))
+    if spec.mode == "mask":
+        rows = rows.where(_any([_not_erased(r, c, schema[c]) for c, r in spec.rules().items()]))
+    hit = F.explode(F.array_distinct(F.array(*[F.col(f"`{k}`").cast("string") for k in spec.key_columns])))
+    found = rows.select(hit.alias("k")).where(F.col("k").isin(list(keys))).groupBy("k").count().collect()
+    return {str(r["k"]): int(r["count"]) for r in found}
 
 
 def verify_erased(
@@ -434,17 +529,16 @@ def verify_erased(
     the old version either cannot be read any more (its data files were vacuumed, or its log expired)
     or holds nothing of it either. Subject ids never enter the answer text.
     """
-    from pyspark.sql import functions as F
 
     keys = sorted({str(s) for s in subject_ids})
     if not keys:
         return {}
     path = spec.resolved_path(warehouse_dir)
-    what = "row(s)" if spec.mode == "delete" else "unmasked row(s)"
+    what = "row(s)" if spec.mode == "delete" else "row(s) not erased"
     try:
         latest_v = int(_delta_table(spark, spec, warehouse_dir).history(1).select("version").collect()[0][0])
         df = spark.read.format("delta").load(path)
-        latest = _leftovers(df.where(F.col(spec.key_column).cast("string").isin(keys)), spec)
+        latest = _leftovers(df, spec, keys)
     except Exception as exc:  # noqa: BLE001 - could not look: never a pass
         msg = f"{spec.table}: cannot read the latest version: {type(exc).__name__}: {str(exc)[:200]}"
         return {k: Verdict(None, msg) for k in keys}
@@ -453,7 +547,7 @@ def verify_erased(
     if before_version is not None and before_version >= 0:
         try:
             old_df = spark.read.format("delta").option("versionAsOf", before_version).load(path)
-            old = _leftovers(old_df.where(F.col(spec.key_column).cast("string").isin(keys)), spec)
+            old = _leftovers(old_df, spec, keys)
             old_note = f"v{before_version} (before the delete) readable, nothing of the subject in it"
         except Exception as exc:  # noqa: BLE001 - the expected end of a vacuumed version
             if not _unreadable(exc):
@@ -652,8 +746,10 @@ def erase_target(
     run_id: str,
     warehouse_dir: str | None = None,
     listing_parallelism: int | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> TargetReport:
-    """Advance every workable task of one warehouse target as far as it can go in this run."""
+    """Advance every workable task of one warehouse target as far as it can go in this run
+    (``pseudonym_key``: for the ``hash`` field strategy)."""
     spec = target.spec_as(WarehouseDeltaSpec)
     path = spec.resolved_path(warehouse_dir)
     rep = TargetReport(target=target.name, table=spec.table, path=path, mode=spec.mode)
@@ -675,6 +771,7 @@ def erase_target(
                 [t.subject_id for t in to_delete],
                 warehouse_dir=warehouse_dir,
                 user_metadata=meta,
+                pseudonym_key=pseudonym_key,
             )
             rep.delete = res
             log.info(
@@ -683,7 +780,7 @@ def erase_target(
                 res.version,
                 res.metrics,
             )
-            ev = delete_evidence(res, rep.subjects_in_batch)
+            ev = {**delete_evidence(res, rep.subjects_in_batch), "strategies": spec.strategies()}
             rep.advanced["deleted"] = len(_advance(dsn, to_delete, None, WarehouseStage.DELETED, ev))
         # 2. purge deletion vectors
         to_purge = [t for t in tasks if t.stage == WarehouseStage.DELETED]
@@ -792,6 +889,7 @@ def erase_warehouse(
                 run_id=report.run_id,
                 warehouse_dir=warehouse_dir,
                 listing_parallelism=settings.vacuum_listing_parallelism,
+                pseudonym_key=pseudonym_key_for(target.spec_as(WarehouseDeltaSpec), settings),
             )
         )
     report.finished_at = _now().isoformat()

@@ -41,8 +41,9 @@ from erasure.db import transaction
 from erasure.settings import get_settings, secret_from_env
 from erasure.targets import Context, adapter, adapter_for
 from erasure.targets.base import generic_summary
+from erasure.targets.fields import MASK_STRING
 from erasure.targets.postgres_table import PostgresTableSpec
-from erasure.targets.warehouse_delta import MASK_STRING, WarehouseDeltaSpec
+from erasure.targets.warehouse_delta import WarehouseDeltaSpec
 from erasure.vocab import CheckOutcome
 from erasure_demo.airflow_client import AirflowApi
 from erasure_demo.partners import partner_url

@@ -160,6 +160,6 @@ def test_mask_mode_needs_columns(tmp_path):
       key_column: customer_id
       mode: mask
 """
-    with pytest.raises(CatalogError, match="mode 'mask' needs mask_columns") as exc:
+    with pytest.raises(CatalogError, match="mode 'mask' needs fields or mask_columns") as exc:
         load_catalog(write(tmp_path, textwrap.dedent(BASE) + wh))
     assert "target 'wh_dim'" in str(exc.value)

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 SIGNING_KEY_FILE = "receipt-signing-key.pem"
 HMAC_KEY_FILE = "identifier-hmac.key"
 JWKS_FILE = "receipt-keys.jwks.json"
+PSEUDONYM_KEY_FILE = "pseudonym-hmac.key"
+"""The ``hash`` field strategy's key (erasure.pseudonym): created here too, kept apart from receipts'."""
 
 
 class KeyFileError(RuntimeError):
@@ -87,7 +89,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def init_keys(directory: Path) -> dict[str, Any]:
-    """Create the signing key and the HMAC key in ``directory`` if missing (never overwritten), and
+    """Create the signing key, the identifier HMAC key and the pseudonym key in ``directory`` if missing
+    (never overwritten), and
     (re)write the public JWKS next to them. Returns the paths and the key id."""
     directory = Path(directory)
     sk_path, hk_path, jwks_path = (
@@ -102,9 +105,10 @@ def init_keys(directory: Path) -> dict[str, Any]:
         )
         _write_private(sk_path, pem)
         created.append(str(sk_path))
-    if not hk_path.exists():
-        _write_private(hk_path, secrets.token_hex(32).encode() + b"\n")
-        created.append(str(hk_path))
+    for path in (hk_path, directory / PSEUDONYM_KEY_FILE):
+        if not path.exists():
+            _write_private(path, secrets.token_hex(32).encode() + b"\n")
+            created.append(str(path))
     public = load_signing_key(sk_path).public_key()
     jwks_path.write_text(json.dumps(jwks(public), indent=2) + "\n", encoding="utf-8")
     return {"created": created, "jwks": str(jwks_path), "kid": key_id(public)}

@@ -15,8 +15,6 @@ the public keys (a JWKS): it names why a receipt fails. No Airflow here.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from erasure.evidence.keys import ReceiptKeys, b64url, b64url_decode
+from erasure.pseudonym import keyed_hash as keyed_hash  # a receipt's identifiers: keyed hashes (own key)
 
 RECEIPT_VERSION = "erasure-receipt-v1"
 ISSUER = "erasure-pipeline"
@@ -41,11 +40,6 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode()
-
-
-def keyed_hash(key: bytes, value: str) -> str:
-    """HMAC-SHA256 of an identifier, ``hmac-sha256:<hex>``: comparable by whoever holds the key, opaque otherwise."""
-    return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def _iso(value: Any) -> str | None:

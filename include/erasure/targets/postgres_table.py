@@ -1,9 +1,13 @@
 """Kind ``postgres_table``: rows of a PostgreSQL table owned by another team, deleted by the dispatch DAG.
 
-* erase: one ``DELETE FROM <table> WHERE <key> = ANY(%s) RETURNING <key>`` per batch, in one
-  transaction; rows deleted per subject are the evidence (0 = already gone).
-* verify: ``SELECT count(*) ... WHERE <key> = %s`` is 0. After each batch's DELETE the same count, in
-  the same transaction, is every task's ``evidence.verification`` (rows left: the task fails).
+* erase: per batch, in one transaction, the subjects' rows (any of ``key_columns`` holds the id) are
+  counted and locked, then deleted (mode ``delete``) or updated in place by each column's strategy
+  (mode ``mask``: ``null``, ``constant``, ``mask``, ``hash`` = keyed pseudonym written with
+  PostgreSQL's own SHA-256, :mod:`erasure.pseudonym`); rows per subject and the strategy per column
+  are the evidence (0 = already gone / already erased).
+* verify: the same count (rows left; mode mask: rows whose fields are not in erased form) is 0.
+  After each batch that count, in the same transaction, is every task's ``evidence.verification``
+  (rows left: the task fails).
 * test subjects: one ``INSERT`` per canary with a recognisable value in every column without a default
   (the table's own ``is_test``/``is_canary`` boolean set when it has one).
 
@@ -23,6 +27,7 @@ import psycopg2
 from psycopg2 import sql
 from pydantic import Field
 
+from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.settings import secret_from_env
 from erasure.targets.base import (
     CheckResult,
@@ -30,7 +35,6 @@ from erasure.targets.base import (
     Context,
     Outcome,
     OutcomeSink,
-    Spec,
     TargetAdapter,
     TargetError,
     generic_summary,
@@ -38,10 +42,12 @@ from erasure.targets.base import (
     marker_date,
     verification,
 )
+from erasure.targets.fields import MASK_STRING, FieldRule, KeyedRowsSpec
 from erasure.targets.registry import register
 from erasure.vocab import (
     CheckOutcome,
     DeleteOutcome,
+    FieldStrategy,
     Runner,
     TargetKind,
     VerificationOutcome,
@@ -54,15 +60,110 @@ if TYPE_CHECKING:
 TABLE_RE = r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$"
 
 
-class PostgresTableSpec(Spec):
+class PostgresTableSpec(KeyedRowsSpec):
+    """The table, its key columns and how its rows/fields are erased (:class:`KeyedRowsSpec`)."""
+
     dsn_env: str = "ERASURE_TRACKING_DSN"
     """Environment variable with the DSN (an Airflow connection URI in production)."""
     table: Annotated[str, Field(pattern=TABLE_RE)]
-    key_column: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
     def schema_and_name(self) -> tuple[str, str]:
         schema, _, name = self.table.rpartition(".")
         return schema or "public", name
+
+
+TEXT_TYPES = ("text", "character varying", "character", "citext")
+PSEUDONYM_SQL_RE = "^" + PREFIX + "[0-9a-f]{64}$"
+
+
+class _Sql:
+    """The statements of one batch for a table whose column types are known (mode delete or mask)."""
+
+    def __init__(self, spec: PostgresTableSpec, types: dict[str, str], pads: tuple[bytes, bytes] | None):
+        self.spec = spec
+        self.tbl = sql.Identifier(*spec.schema_and_name())
+        self.rules = spec.rules()
+        missing = [c for c in [*spec.key_columns, *self.rules] if c not in types]
+        if missing:
+            raise ValueError(f"table {spec.table} has no column(s) {missing} (columns: {sorted(types)})")
+        for c, r in self.rules.items():
+            if r.strategy == FieldStrategy.HASH and types[c] not in TEXT_TYPES:
+                raise ValueError(f"table {spec.table}: column '{c}' is {types[c]}; strategy hash needs text")
+        self.types = types
+        self.params: dict[str, Any] = {}
+        if pads is not None:
+            self.params.update(inner=psycopg2.Binary(pads[0]), outer=psycopg2.Binary(pads[1]))
+
+    def _param(self, value: Any) -> sql.Composable:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return sql.Placeholder(name)
+
+    def match(self) -> sql.Composable:
+        """The row holds one of the batch's ids (``%(ids)s``) in any key column."""
+        return sql.SQL("({})").format(
+            sql.SQL(" OR ").join(
+                sql.SQL("{}::text = ANY(%(ids)s)").format(sql.Identifier(k)) for k in self.spec.key_columns
+            )
+        )
+
+    def not_erased(self) -> sql.Composable:
+        """Mode mask: a column is not in the form its rule leaves (mode delete: every matched row)."""
+        if self.spec.mode == "delete":
+            return sql.SQL("TRUE")
+        parts = []
+        for c, r in self.rules.items():
+            col = sql.Identifier(c)
+            if r.strategy == FieldStrategy.NULL or (
+                r.strategy == FieldStrategy.MASK and self.types[c] not in TEXT_TYPES
+            ):
+                parts.append(sql.SQL("{} IS NOT NULL").format(col))
+            elif r.strategy == FieldStrategy.CONSTANT:
+                parts.append(sql.SQL("{} IS DISTINCT FROM {}").format(col, self._param(r.value)))
+            elif r.strategy == FieldStrategy.MASK:
+                parts.append(sql.SQL("{} IS DISTINCT FROM {}").format(col, self._param(MASK_STRING)))
+            else:  # hash
+                parts.append(
+                    sql.SQL("({0} IS NOT NULL AND {0} !~ {1})").format(col, self._param(PSEUDONYM_SQL_RE))
+                )
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+    def _value(self, c: str, r: FieldRule) -> sql.Composable:
+        col = sql.Identifier(c)
+        if r.strategy == FieldStrategy.NULL:
+            return sql.SQL("NULL")
+        if r.strategy == FieldStrategy.CONSTANT:
+            return self._param(r.value)
+        if r.strategy == FieldStrategy.MASK:
+            return self._param(MASK_STRING) if self.types[c] in TEXT_TYPES else sql.SQL("NULL")
+        if "inner" not in self.params:
+            raise ValueError("strategy hash: no pseudonym key given")
+        return sql.SQL(
+            "CASE WHEN {0} IS NULL OR {0} ~ {1} THEN {0} ELSE {2} || encode(sha256(%(outer)s::bytea || "
+            "sha256(%(inner)s::bytea || convert_to({0}::text, 'UTF8'))), 'hex') END"
+        ).format(col, self._param(PSEUDONYM_SQL_RE), self._param(PREFIX))
+
+    def hits(self) -> sql.Composable:
+        """Per id: the matched rows still to erase, locked (``SELECT k, count(*) ... FOR UPDATE`` is not
+        allowed with GROUP BY, so the rows are locked in a CTE first)."""
+        keys = sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.spec.key_columns
+        )
+        return sql.SQL(
+            "WITH hit AS (SELECT ARRAY[{keys}] AS ks FROM {tbl} WHERE {match} AND {todo} FOR UPDATE) "
+            "SELECT k, count(*) FROM hit, LATERAL (SELECT DISTINCT unnest(hit.ks) AS k) u "
+            "WHERE k = ANY(%(ids)s) GROUP BY k"
+        ).format(keys=keys, tbl=self.tbl, match=self.match(), todo=self.not_erased())
+
+    def erase(self) -> sql.Composable:
+        if self.spec.mode == "delete":
+            return sql.SQL("DELETE FROM {} WHERE {}").format(self.tbl, self.match())
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), self._value(c, r)) for c, r in self.rules.items()
+        )
+        return sql.SQL("UPDATE {} SET {} WHERE {} AND {}").format(
+            self.tbl, sets, self.match(), self.not_erased()
+        )
 
 
 def _value(subject_id: str, column: str, data_type: str) -> Any:
@@ -105,38 +206,42 @@ class PostgresTableAdapter(TargetAdapter):
     ) -> list[Outcome]:
         spec = self._spec(target)
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        base_ev = {"kind": self.kind, "table": spec.table, "key_column": spec.key_column, "at": at}
+        base_ev = {
+            "kind": self.kind,
+            "table": spec.table,
+            "key_columns": spec.key_columns,
+            "strategies": spec.strategies(),
+            "at": at,
+        }
         error: Exception | None = None
         permanent = False
         counts: dict[str, int] = {}
         left: dict[str, int] = {}
         not_verifiable = self.not_verifiable(target)
-        stmt = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s) RETURNING {}").format(
-            sql.Identifier(*spec.table.split(".")),
-            sql.Identifier(spec.key_column),
-            sql.Identifier(spec.key_column),
-        )
-        count_stmt = sql.SQL("SELECT {}, count(*) FROM {} WHERE {} = ANY(%s) GROUP BY 1").format(
-            sql.Identifier(spec.key_column),
-            sql.Identifier(*spec.table.split(".")),
-            sql.Identifier(spec.key_column),
-        )
-        method = f"row count in {spec.table} by {spec.key_column}, after the DELETE (same transaction)"
+        ids = [c.subject_id for c in items]
+        what = "rows" if spec.mode == "delete" else "rows not erased"
+        method = f"count of {what} in {spec.table} by {', '.join(spec.key_columns)}, after the erasure (same transaction)"
         try:
+            pads = hmac_pads(self._pseudonym_key(ctx)) if "hash" in spec.strategies().values() else None
             conn = self._connect(target)
             try:
                 with conn, conn.cursor() as cur:
-                    cur.execute(stmt, ([c.subject_id for c in items],))
-                    for (key,) in cur.fetchall():
-                        counts[str(key)] = counts.get(str(key), 0) + 1
+                    q = _Sql(spec, self._types(cur, spec), pads)
+                    hits, erase = q.hits(), q.erase()
+                    params = {**q.params, "ids": ids}
+                    cur.execute(hits, params)
+                    counts = {str(k): int(n) for k, n in cur.fetchall()}
+                    cur.execute(erase, params)
                     if not_verifiable is None:  # verification: count what is left, same transaction
-                        cur.execute(count_stmt, ([c.subject_id for c in items],))
+                        cur.execute(hits, params)
                         left = {str(k): int(n) for k, n in cur.fetchall()}
             finally:
                 conn.close()
         except psycopg2.Error as exc:
             error = exc
             permanent = isinstance(exc, psycopg2.ProgrammingError | psycopg2.DataError)
+        except ValueError as exc:  # the table does not fit the catalog (missing column, hash on non-text)
+            error, permanent = exc, True
         except Exception as exc:  # noqa: BLE001 - e.g. the DSN variable is not set: fail the batch, retry later
             error = exc
         outcomes = []
@@ -144,14 +249,15 @@ class PostgresTableAdapter(TargetAdapter):
             if error is None:
                 n = counts.get(c.subject_id, 0)
                 outcome = DeleteOutcome.DELETED if n else DeleteOutcome.ALREADY_GONE
-                ev = {**base_ev, "attempt": c.attempt, "rows_deleted": n, "outcome": outcome}
+                rows_key = "rows_deleted" if spec.mode == "delete" else "rows_masked"
+                ev = {**base_ev, "attempt": c.attempt, rows_key: n, "outcome": outcome}
                 rest = left.get(c.subject_id, 0)
                 if not_verifiable is not None:
                     ver = not_verifiable
                 elif rest == 0:
-                    ver = verification(VerificationOutcome.VERIFIED, method, "0 rows")
+                    ver = verification(VerificationOutcome.VERIFIED, method, f"0 {what}")
                 else:
-                    ver = verification(VerificationOutcome.FAILED, method, f"{rest} row(s) still there")
+                    ver = verification(VerificationOutcome.FAILED, method, f"{rest} {what} still there")
                 ev["verification"] = ver
                 ok = ver["outcome"] != VerificationOutcome.FAILED
                 o = Outcome(
@@ -159,7 +265,7 @@ class PostgresTableAdapter(TargetAdapter):
                     ok,
                     ev,
                     stage=WarehouseStage.DELETED if ok else None,
-                    error=None if ok else f"verification failed: {rest} row(s) still in {spec.table}",
+                    error=None if ok else f"verification failed: {rest} {what} still in {spec.table}",
                 )
             else:
                 msg = f"{type(error).__name__}: {str(error).strip()}"
@@ -173,22 +279,38 @@ class PostgresTableAdapter(TargetAdapter):
                 )
             outcomes.append(o)
             sink(o)
-        if error is not None and not isinstance(error, psycopg2.Error):
+        if error is not None and not isinstance(error, psycopg2.Error | ValueError):
             raise TargetError(f"target '{target.name}': {error}") from error
         return outcomes
 
+    @staticmethod
+    def _types(cur: Any, spec: PostgresTableSpec) -> dict[str, str]:
+        cur.execute(
+            """SELECT column_name, data_type FROM information_schema.columns
+                WHERE table_schema = %s AND table_name = %s""",
+            spec.schema_and_name(),
+        )
+        types = {str(c): str(t) for c, t in cur.fetchall()}
+        if not types:  # let PostgreSQL say it (UndefinedTable, or no privilege): a permanent failure
+            cur.execute(sql.SQL("SELECT 1 FROM {} LIMIT 0").format(sql.Identifier(*spec.schema_and_name())))
+            raise ValueError(f"table {spec.table}: no columns visible to this role")
+        return types
+
+    @staticmethod
+    def _pseudonym_key(ctx: Context) -> bytes:
+        from erasure.pseudonym import load_key
+
+        return load_key(ctx.settings.pseudonym_key_path)
+
     def _count(self, target: Target, subject_id: str) -> int:
+        """Rows of the subject still to erase (mode mask: rows whose fields are not in erased form)."""
         spec = self._spec(target)
         conn = self._connect(target)
         try:
             with conn, conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-                        sql.Identifier(*spec.schema_and_name()), sql.Identifier(spec.key_column)
-                    ),
-                    (subject_id,),
-                )
-                return int(cur.fetchone()[0])
+                q = _Sql(spec, self._types(cur, spec), None)
+                cur.execute(q.hits(), {**q.params, "ids": [subject_id]})
+                return sum(int(n) for _, n in cur.fetchall())
         finally:
             conn.close()
 
@@ -229,7 +351,7 @@ class PostgresTableAdapter(TargetAdapter):
                         f"target '{target.name}': table {spec.table} has no key column '{spec.key_column}'"
                     )
                 for subject_id, _ in subjects:
-                    values: dict[str, Any] = {spec.key_column: subject_id}
+                    values: dict[str, Any] = dict.fromkeys(spec.key_columns, subject_id)
                     for col, dtype, default in cols:
                         if col in ("is_test", "is_canary") and dtype == "boolean":
                             values[col] = True  # the owner's own marker for test data, when it has one
@@ -261,6 +383,9 @@ class PostgresTableAdapter(TargetAdapter):
         return out
 
     def evidence_summary(self, evidence: dict[str, Any]) -> str:
-        if "rows_deleted" not in evidence:
-            return generic_summary(evidence)
-        return f"{evidence['outcome']}: {evidence['rows_deleted']} row(s) from {evidence.get('table')}"
+        if "rows_deleted" in evidence:
+            return f"{evidence['outcome']}: {evidence['rows_deleted']} row(s) from {evidence.get('table')}"
+        if "rows_masked" in evidence:
+            fields = ", ".join(f"{c}={s}" for c, s in (evidence.get("strategies") or {}).items())
+            return f"{evidence['rows_masked']} row(s) of {evidence.get('table')} erased in place ({fields})"
+        return generic_summary(evidence)

@@ -1,10 +1,10 @@
 """Kind ``warehouse_delta``: a Delta table in the warehouse, erased by the ``erasure_warehouse`` Spark job.
 
-* erase: ONE batched ``MERGE ... WHEN MATCHED THEN DELETE`` (or masking of ``mask_columns``) for all
+* erase: ONE batched ``MERGE ... WHEN MATCHED THEN DELETE`` (or the field strategies of mode ``mask``) for all
   the run's subjects of the table; then ``REORG ... APPLY (PURGE)`` and ``VACUUM`` once the retention
   has passed (the stage machine and the Delta operations are in :mod:`erasure.warehouse`; this
   adapter is the batched delete step and the kind's lookups).
-* verify: no row for the subject at the latest version (mask mode: its ``mask_columns`` masked).
+* verify: no row for the subject at the latest version (mask mode: every field in its erased form).
 * test subjects: one appended row per canary with recognisable values (one Delta commit per table).
 
 Every operation needs a Spark session in its context (``needs_spark``).
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Field
 
@@ -27,13 +27,13 @@ from erasure.targets.base import (
     Context,
     Outcome,
     OutcomeSink,
-    Spec,
     TargetAdapter,
     TargetError,
     generic_summary,
     marker,
     marker_date,
 )
+from erasure.targets.fields import KeyedRowsSpec
 from erasure.targets.registry import register
 from erasure.vocab import CheckOutcome, Runner, TargetKind, WarehouseStage
 
@@ -43,25 +43,17 @@ if TYPE_CHECKING:
     from erasure.catalog import Target
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
-MASK_STRING = "[erased]"
 
 
-class WarehouseDeltaSpec(Spec):
+class WarehouseDeltaSpec(KeyedRowsSpec):
+    """The table, its key columns and how its rows/fields are erased (:class:`KeyedRowsSpec`)."""
+
     table: Annotated[str, Field(pattern=NAME_RE)]
     path: str
     """Table location; relative paths resolve against the ``warehouse_dir`` setting."""
-    key_column: Annotated[str, Field(pattern=NAME_RE)]
-    mode: Literal["delete", "mask"] = "delete"
-    mask_columns: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=list)
     deletion_vectors: bool = False
     retention_hours: Annotated[int, Field(ge=0)] = 168
     """VACUUM retention; 0 purges old files at once (time travel to pre-erasure versions ends)."""
-
-    def validate_for(self, target_name: str) -> None:
-        if self.mode == "mask" and not self.mask_columns:
-            raise ValueError("warehouse_delta: mode 'mask' needs mask_columns")
-        if self.key_column in self.mask_columns:
-            raise ValueError("warehouse_delta: mask_columns must not contain key_column")
 
     def resolved_path(self, warehouse_dir: str | os.PathLike[str] | None = None) -> str:
         """The table's location: ``path`` itself when absolute or a URI, else under ``warehouse_dir``
@@ -116,16 +108,18 @@ class WarehouseDeltaAdapter(TargetAdapter):
     ) -> list[Outcome]:
         """One batched MERGE for all ``items``; each outcome is stage ``deleted`` with the commit's
         evidence (purge and vacuum follow in :func:`erasure.warehouse.erase_target`)."""
-        from erasure.warehouse import delete_evidence, delete_subjects
+        from erasure.warehouse import delete_evidence, delete_subjects, pseudonym_key_for
 
+        spec = self.spec(target)
         res = delete_subjects(
             ctx.require_spark(target),
-            self.spec(target),
+            spec,
             [c.subject_id for c in items],
             warehouse_dir=str(ctx.settings.warehouse_path),
             user_metadata=ctx.extra.get("user_metadata"),
+            pseudonym_key=pseudonym_key_for(spec, ctx.settings),
         )
-        ev = delete_evidence(res, len({c.subject_id for c in items}))
+        ev = {**delete_evidence(res, len({c.subject_id for c in items})), "strategies": spec.strategies()}
         outcomes = [Outcome(c, True, dict(ev), stage=WarehouseStage.DELETED) for c in items]
         for o in outcomes:
             sink(o)
@@ -136,14 +130,15 @@ class WarehouseDeltaAdapter(TargetAdapter):
 
         spark = ctx.require_spark(target)
         spec = self.spec(target)
-        return (
-            spark.read.format("delta")
-            .load(self._path(ctx, target))
-            .where(F.col(spec.key_column) == subject_id)
-        )
+        df = spark.read.format("delta").load(self._path(ctx, target))
+        match = F.lit(False)
+        for k in spec.key_columns:
+            match = match | (F.col(k).cast("string") == subject_id)
+        return df.where(match)
 
     def verify(self, ctx: Context, target: Target, subject_id: str) -> CheckResult:
-        """At the latest version: no row for the subject (mask mode: its ``mask_columns`` masked).
+        """At the latest version: no row for the subject in any key column (mask mode: every rule's
+        column in its erased form).
 
         The erasure job verifies more (:func:`erasure.warehouse.verify_erased` with the version before
         the delete, which must be unreadable once vacuumed) before a task may succeed."""
@@ -165,23 +160,22 @@ class WarehouseDeltaAdapter(TargetAdapter):
         spec = self.spec(target)
         if spec.mode == "delete":
             return self.verify(ctx, target, subject_id)
+        cols = list(spec.rules())
         try:
-            rows = self._frame(ctx, target, subject_id).select(*spec.mask_columns).collect()
+            rows = self._frame(ctx, target, subject_id).select(*cols).collect()
         except TargetError:
             raise
         except Exception as exc:  # noqa: BLE001
             return self.check(
                 target, CheckOutcome.ERROR, f"{self._path(ctx, target)}: {type(exc).__name__}: {exc}"
             )
-        seeded = {c: (marker(subject_id, c), marker_date(subject_id, c)) for c in spec.mask_columns}
-        leaks = sum(1 for r in rows for c in spec.mask_columns if r[c] is not None and r[c] in seeded[c])
+        seeded = {c: (subject_id, marker(subject_id, c), marker_date(subject_id, c)) for c in cols}
+        leaks = sum(1 for r in rows for c in cols if r[c] is not None and r[c] in seeded[c])
         if leaks == 0:
             return self.check(
-                target,
-                CheckOutcome.PASS,
-                f"{spec.table}: {len(rows)} row(s), columns {spec.mask_columns} masked",
+                target, CheckOutcome.PASS, f"{spec.table}: {len(rows)} row(s), columns {cols} erased"
             )
-        return self.check(target, CheckOutcome.FAIL, f"{spec.table}: {leaks} seeded value(s) still unmasked")
+        return self.check(target, CheckOutcome.FAIL, f"{spec.table}: {leaks} seeded value(s) still there")
 
     def seed_test_subjects(
         self, ctx: Context, target: Target, subjects: Sequence[tuple[str, str]]
@@ -193,14 +187,13 @@ class WarehouseDeltaAdapter(TargetAdapter):
             schema = spark.read.format("delta").load(path).schema
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"target '{target.name}': cannot read Delta table at {path}: {exc}") from exc
-        if spec.key_column not in schema.fieldNames():
-            raise TargetError(
-                f"target '{target.name}': table at {path} has no key column '{spec.key_column}'"
-            )
+        missing = [k for k in spec.key_columns if k not in schema.fieldNames()]
+        if missing:
+            raise TargetError(f"target '{target.name}': table at {path} has no key column(s) {missing}")
         now = datetime.now(UTC)
         rows = [
             {
-                f.name: sid if f.name == spec.key_column else _spark_value(sid, f.name, f.dataType, now)
+                f.name: sid if f.name in spec.key_columns else _spark_value(sid, f.name, f.dataType, now)
                 for f in schema.fields
             }
             for sid, _ in subjects
@@ -214,8 +207,10 @@ class WarehouseDeltaAdapter(TargetAdapter):
             return generic_summary(ev)
         masked = ev.get("mode") == "mask"
         n = ev.get("num_masked_rows") if masked else ev.get("num_deleted_rows")
+        fields = ", ".join(f"{c}={s}" for c, s in (ev.get("strategies") or {}).items() if c != "*")
         return (
-            f"{'masked' if masked else 'deleted'} {n} rows (batch of {ev.get('batch_subjects')}) "
+            f"{'masked' if masked else 'deleted'} {n} rows{f' ({fields})' if fields else ''} "
+            f"(batch of {ev.get('batch_subjects')}) "
             f"v{ev.get('delete_version')}; {ev.get('purge')}; vacuum v{ev.get('vacuum_version', '-')} "
             f"removed {ev.get('vacuum_files_deleted', '-')} files"
         )
