@@ -168,6 +168,22 @@ class Target(_Model):
         return min(timedelta(minutes=minutes), MAX_RETRY_DELAY)
 
 
+class Review(_Model):
+    """Which requests a person approves before anything is erased (the ``erasure_review`` DAG's
+    human-in-the-loop task): any request of one of ``subject_types`` or ``jurisdictions``."""
+
+    subject_types: list[str] = Field(default_factory=list)
+    jurisdictions: list[str] = Field(default_factory=list)
+
+    def rule_for(self, subject_type: str, jurisdiction: str | None) -> str | None:
+        """Why a request needs review (the matching rule), or None."""
+        if subject_type in self.subject_types:
+            return f"subject type {subject_type}"
+        if jurisdiction and jurisdiction in self.jurisdictions:
+            return f"jurisdiction {jurisdiction}"
+        return None
+
+
 class Catalog(_Model):
     version: Literal[1] = 1
     sla_days: Annotated[int, Field(ge=1, le=365)] = 30
@@ -176,6 +192,7 @@ class Catalog(_Model):
     subject_types: list[SubjectType] = Field(default_factory=list)
     teams: list[Team] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=list)
+    review: Review = Field(default_factory=Review)
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -186,6 +203,11 @@ class Catalog(_Model):
         stypes = {s.name for s in self.subject_types}
         if self.pipeline_owner not in teams:
             raise ValueError(f"pipeline_owner: unknown team '{self.pipeline_owner}'")
+        for st in self.review.subject_types:
+            if st not in stypes:
+                raise ValueError(
+                    f"review.subject_types: unknown subject type '{st}' (known: {sorted(stypes)})"
+                )
         for i, t in enumerate(self.targets):
             if t.owner not in teams:
                 raise ValueError(

@@ -463,6 +463,19 @@ def active_hold(cur: Any, subject_type: str, subject_id: str) -> dict[str, Any] 
     return cur.fetchone()
 
 
+def initial_status(
+    catalog: Catalog, req: ValidRequest, hold: dict[str, Any] | None
+) -> tuple[str, str | None]:
+    """A new request's status and reason: ``held`` under a legal hold, ``in_review`` when the catalog's
+    ``review`` rules match (a person approves it first), else ``in_progress``."""
+    if hold:
+        return RequestStatus.HELD, f"legal hold {hold['id']}: {hold['reason']}"[:1000]
+    rule = catalog.review.rule_for(req.subject_type, req.jurisdiction)
+    if rule:
+        return RequestStatus.IN_REVIEW, f"review: {rule}"
+    return RequestStatus.IN_PROGRESS, None
+
+
 def _register_one(
     cur: Any,
     catalog: Catalog,
@@ -475,12 +488,13 @@ def _register_one(
     """Register one validated request inside the caller's transaction (which commits or rolls back)."""
     lock_subject(cur, req.subject_type, req.subject_id)
     hold = active_hold(cur, req.subject_type, req.subject_id)
+    status, status_reason = initial_status(catalog, req, hold)
     params = {
         **asdict(req),
         "source": source,
         "is_canary": is_canary,
-        "status": RequestStatus.HELD if hold else RequestStatus.IN_PROGRESS,
-        "status_reason": (f"legal hold {hold['id']}: {hold['reason']}"[:1000] if hold else None),
+        "status": status,
+        "status_reason": status_reason,
         "sla_days": catalog.sla_for(req.jurisdiction),
         "run_id": run_id,
         "open": list(RequestStatus.open()),
@@ -724,8 +738,7 @@ def _register_chunk(
                 (
                     req.external_id, req.subject_type, req.subject_id, req.requested_by, req.reason,
                     req.jurisdiction, source, is_canary,
-                    RequestStatus.HELD if hold else RequestStatus.IN_PROGRESS,
-                    f"legal hold {hold['id']}: {hold['reason']}"[:1000] if hold else None,
+                    *initial_status(catalog, req, hold),
                     catalog.sla_for(req.jurisdiction), run_id,
                 )
             )  # fmt: skip

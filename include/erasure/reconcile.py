@@ -53,7 +53,12 @@ log = logging.getLogger("erasure.reconcile")
 
 ACTIVE_REQUEST_STATUSES = (RequestStatus.RECEIVED, RequestStatus.IN_PROGRESS)
 """Requests whose tasks reconcile retries, replays and escalates (not held, not finished)."""
-SLA_REQUEST_STATUSES = (RequestStatus.RECEIVED, RequestStatus.IN_PROGRESS, RequestStatus.FAILED)
+SLA_REQUEST_STATUSES = (
+    RequestStatus.RECEIVED,
+    RequestStatus.IN_PROGRESS,
+    RequestStatus.FAILED,
+    RequestStatus.IN_REVIEW,  # the SLA clock runs while a person reviews it
+)
 """Requests that still count against their SLA (a failed request is not erased yet)."""
 DEFAULT_SLA_WARN_DAYS = 5.0
 DEFAULT_ACK_TIMEOUT = timedelta(minutes=60)

@@ -20,11 +20,14 @@ class RequestStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     REJECTED = "rejected"
+    IN_REVIEW = "in_review"
+    """The catalog says a person approves it first (``review``): it waits in the ``erasure_review`` DAG's
+    human-in-the-loop task; nothing is dispatched meanwhile, its SLA clock runs."""
 
     @classmethod
     def open(cls) -> tuple[RequestStatus, ...]:
         """Statuses of a request that is not finished (at most one per subject)."""
-        return (cls.RECEIVED, cls.HELD, cls.IN_PROGRESS)
+        return (cls.RECEIVED, cls.HELD, cls.IN_PROGRESS, cls.IN_REVIEW)
 
     @classmethod
     def finished(cls) -> tuple[RequestStatus, ...]:
@@ -146,6 +149,13 @@ class OperatorAction(StrEnum):
     REQUEST_WITHDRAWN = "request_withdrawn"
     REVIEW_APPROVED = "review_approved"
     REVIEW_REJECTED = "review_rejected"
+
+
+class ReviewDecision(StrEnum):
+    """``erasure.review.decision``: what the reviewer of a request in review decided."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
 
 
 class EventOutcome(StrEnum):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from erasure.vocab import RequestStatus
 from tests.conftest import MAIN_TRACKING_DSN
 from tests.helpers import ui
 from tests.helpers.reconcile_data import fetch, make_request
@@ -101,7 +102,7 @@ def test_operator_uses_every_page(browser):
     failed_shown = int(frame.locator("#kpi-failed").inner_text())
     assert failed_shown >= 1
     bars = frame.locator("#chart-status .bar")
-    assert bars.count() == 6  # one per request status
+    assert bars.count() == len(RequestStatus)  # one per request status
     assert (
         int(frame.locator('#chart-status .bar[data-label="failed"]').get_attribute("data-value"))
         == failed_shown

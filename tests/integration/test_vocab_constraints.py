@@ -19,6 +19,7 @@ from erasure.vocab import (
     OperatorAction,
     RequestSource,
     RequestStatus,
+    ReviewDecision,
     TaskStatus,
     WarehouseStage,
 )
@@ -36,6 +37,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("intake", "status"): IntakeStatus,
     ("canary_subject", "result"): CanaryResult,
     ("operator_action", "action"): OperatorAction,
+    ("review", "decision"): ReviewDecision,
 }
 
 # CHECKs of one column over a fixed value list: Postgres shows ``col IN (...)`` as ``= ANY (ARRAY[...])``

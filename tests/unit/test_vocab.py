@@ -22,6 +22,7 @@ from erasure.vocab import (
     OperatorAction,
     RequestSource,
     RequestStatus,
+    ReviewDecision,
     TaskStatus,
     WarehouseStage,
 )
@@ -38,6 +39,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("intake", "status"): IntakeStatus,
     ("canary_subject", "result"): CanaryResult,
     ("operator_action", "action"): OperatorAction,
+    ("review", "decision"): ReviewDecision,
 }
 
 _CHECK_IN = re.compile(r"CHECK\s*\(\s*(\w+)\s+IN\s*\(([^)]*)\)\s*\)", re.IGNORECASE)

@@ -71,7 +71,7 @@ def reopen_active(cur: Any) -> int:
                           AND t.status NOT IN ('succeeded', 'escalated'))
            AND NOT EXISTS (SELECT 1 FROM erasure.request o
                             WHERE o.subject_type = r.subject_type AND o.subject_id = r.subject_id
-                              AND o.id <> r.id AND o.status IN ('received', 'held', 'in_progress'))
+                              AND o.id <> r.id AND o.status IN ('received', 'held', 'in_progress', 'in_review'))
         """
     )
     return int(cur.rowcount)

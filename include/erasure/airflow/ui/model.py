@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from erasure.catalog import Catalog
 from erasure.db import transaction
+from erasure.identifiers import mask
 from erasure.tracking import views
 from erasure.vocab import EventType, RequestStatus, TargetKind, TaskStatus
 
@@ -32,6 +33,7 @@ DISPATCH_DAG = "erasure_dispatch"
 ACKS_DAG = "erasure_acks"
 WAREHOUSE_DAG = "erasure_warehouse"
 RECONCILE_DAG = "erasure_reconcile"
+REVIEW_DAG = "erasure_review"
 
 
 def _now() -> datetime:
@@ -39,19 +41,6 @@ def _now() -> datetime:
 
 
 # ------------------------------------------------------------------------------------------ identifiers
-def mask(identifier: str | None) -> str:
-    """``cus_8f3k2j`` -> ``cus_••••2j``: a type prefix (up to the first ``_`` in the first 6 characters)
-    and the last two characters of a long enough id; nothing else."""
-    if not identifier:
-        return ""
-    s = str(identifier)
-    cut = s.find("_")
-    prefix = s[: cut + 1] if 0 <= cut < 6 else ""
-    rest = s[len(prefix) :]
-    tail = rest[-2:] if len(rest) >= 8 else ""
-    return f"{prefix}{'•' * 4}{tail}"
-
-
 def redact(value: Any, secrets: Mapping[str, str]) -> Any:
     """``value`` (JSON-like) with every occurrence of each key of ``secrets`` replaced by its value."""
     if not secrets:
@@ -277,6 +266,9 @@ def request_detail(
         events = views.request_events(cur, request_id)
         alerts = views.request_alerts(cur, request_id)
         receipt = views.request_receipt(cur, request_id)
+        from erasure.review import review_of
+
+        review = review_of(cur, request_id)
     sid = str(req["subject_id"])
     secrets = {sid: mask(sid)}
     out = _request_summary(req, now)
@@ -342,6 +334,13 @@ def request_detail(
         t["status"] == TaskStatus.PENDING and t["attempts"] == 0 and not t["event_id"] for t in tasks
     )
     out["alerts"] = alerts
+    out["review"] = None
+    if review is not None:
+        out["review"] = {
+            **review,
+            "link": links.task_instance(REVIEW_DAG, review["dag_run_id"], "review", review["map_index"]),
+            "required_actions": f"{links.base}/required_actions",
+        }
     out["receipt"] = None
     if receipt is not None:
         doc = json.loads(receipt["document"])
