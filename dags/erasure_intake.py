@@ -12,7 +12,7 @@ from datetime import timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from erasure.airflow.defaults import dag_kwargs
-from erasure.airflow.params import intake_params
+from erasure.airflow.params import conf_without_form_defaults, form_defaults, intake_params
 from erasure.catalog import load_catalog
 from erasure.intake import MAX_BATCH
 
@@ -34,7 +34,9 @@ Task `register` returns (XCom) `received`, `registered`, `duplicates`, `rejected
 outcome per request; task `report` fails the run when any request was rejected (reasons in its log).
 """
 
-PARAMS = intake_params(load_catalog())
+CATALOG = load_catalog()
+PARAMS = intake_params(CATALOG)
+FORM_DEFAULTS = form_defaults(CATALOG)
 
 
 @dag(
@@ -56,7 +58,8 @@ def erasure_intake():
 
         ctx = get_current_context()
         try:
-            requests = requests_from_conf(dict(ctx["dag_run"].conf or {}), list(PARAMS))
+            conf = conf_without_form_defaults(dict(ctx["dag_run"].conf or {}), FORM_DEFAULTS)
+            requests = requests_from_conf(conf, list(PARAMS))
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         result = register_requests(

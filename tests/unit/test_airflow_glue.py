@@ -63,12 +63,43 @@ def test_intake_params_single_fields_are_nullable_and_the_batch_is_bounded() -> 
     assert set(params) == {*singles, "requests"}
     for name in singles:
         schema = params[name].schema
-        assert params[name].value is None and "null" in schema["type"], name
+        assert "null" in schema["type"], name
         assert schema.get("title") and params[name].description, name
-        if "enum" in schema:
-            assert schema["enum"][0] is None
+        if "enum" in schema:  # the trigger form's selects start at a real value, not "null"
+            assert schema["enum"][0] is None and params[name].value in schema["enum"][1:], name
+        else:
+            assert params[name].value is None, name
+    assert (params["subject_type"].value, params["jurisdiction"].value) == ("customer", "GDPR")
     assert params["requests"].schema["maxItems"] == MAX_BATCH
     assert params["subject_type"].schema["enum"] == [None, *field_schemas(catalog)["subject_type"]["enum"]]
+
+
+def test_a_batch_from_the_trigger_form_drops_the_selects_defaults() -> None:
+    from erasure.airflow.params import conf_without_form_defaults
+    from erasure.intake import requests_from_conf
+
+    defaults = {"subject_type": "customer", "jurisdiction": "GDPR"}
+    batch = [{"subject_type": "customer", "subject_id": "cus_abcd1234", "requested_by": "t"}]
+    form = {
+        "subject_type": "customer",
+        "jurisdiction": "GDPR",
+        "subject_id": None,
+        "reason": "",
+        "requests": batch,
+    }
+    assert conf_without_form_defaults(form, defaults) == {"requests": batch}
+    assert requests_from_conf(conf_without_form_defaults(form, defaults), [*form]) == batch
+    # a single request keeps its fields; a batch with a non-default single field is still refused
+    single = {
+        "subject_type": "customer",
+        "subject_id": "cus_abcd1234",
+        "requested_by": "t",
+        "jurisdiction": "GDPR",
+    }
+    assert conf_without_form_defaults(single, defaults) == single
+    mixed = {**form, "jurisdiction": "CCPA"}
+    with pytest.raises(ValueError, match="not both"):
+        requests_from_conf(conf_without_form_defaults(mixed, defaults), [*form])
 
 
 def test_minutes_from_param_then_variable_then_default(monkeypatch: pytest.MonkeyPatch) -> None:

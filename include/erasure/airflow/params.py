@@ -35,13 +35,41 @@ def _nullable(schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return out
 
 
+def form_defaults(catalog: Catalog) -> dict[str, str]:
+    """What the trigger form's selects start at (not "null"): the catalog's first subject type and the
+    default jurisdiction, so the single-request form is usable without touching them."""
+    from erasure.intake import DEFAULT_JURISDICTION, allowed_jurisdictions
+
+    out: dict[str, str] = {}
+    if catalog.subject_types:
+        out["subject_type"] = catalog.subject_types[0].name
+    jurisdictions = allowed_jurisdictions(catalog)
+    out["jurisdiction"] = DEFAULT_JURISDICTION if DEFAULT_JURISDICTION in jurisdictions else jurisdictions[0]
+    return out
+
+
+def conf_without_form_defaults(conf: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
+    """A batch submitted through the trigger form also carries the selects' defaults (and empty single
+    fields): drop those when no single request is given (no ``subject_id``), so the batch is not taken
+    for a mix of batch and single request. Any other conf is returned as it is."""
+    if not conf.get("requests") or conf.get("subject_id"):
+        return conf
+    return {
+        k: v
+        for k, v in conf.items()
+        if k == "requests" or not (v is None or v == "" or (k in defaults and v == defaults[k]))
+    }
+
+
 def intake_params(catalog: Catalog) -> dict[str, Param]:
-    """The ``params`` of ``erasure_intake``: the single-request fields (all nullable) and ``requests``."""
+    """The ``params`` of ``erasure_intake``: the single-request fields (nullable; the selects start at
+    :func:`form_defaults`) and ``requests``."""
     from erasure.intake import MAX_BATCH, field_schemas, request_item_schema
 
     fields = field_schemas(catalog)
+    defaults = form_defaults(catalog)
     params = {
-        name: Param(None, **_nullable(fields[name], title=title, description=description))
+        name: Param(defaults.get(name), **_nullable(fields[name], title=title, description=description))
         for name, (title, description) in _INTAKE_FIELDS.items()
     }
     params["requests"] = Param(
