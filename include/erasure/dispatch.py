@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg2.extras
+
 from erasure.catalog import Catalog, Target
 from erasure.db import connect, transaction
 from erasure.settings import Settings
@@ -153,8 +155,15 @@ def claim(
     """
     if not task_ids:
         return []
-    with transaction(dsn) as cur:
-        rows = task_sql.claim_due(cur, task_ids, target.name, target.max_attempts, lease_minutes, claim_key)
+    conn = connect(dsn)
+    try:
+        conn.autocommit = True  # one implicit transaction, committed by the server (see claim_due)
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            rows = task_sql.claim_due(
+                cur, task_ids, target.name, target.max_attempts, lease_minutes, claim_key
+            )
+    finally:
+        conn.close()
     return sorted((Claimed(**r) for r in rows), key=lambda c: c.task_id)
 
 
@@ -214,6 +223,7 @@ class OutcomeWriter:
     def _run(self) -> None:
         try:
             self._conn = connect(self.dsn)
+            self._conn.autocommit = True
             for items in self._drain():
                 self._write(items)
         except BaseException as exc:  # noqa: BLE001 - surfaced by add()/close()
@@ -253,7 +263,9 @@ class OutcomeWriter:
                     last_error=(o.error or "unknown error")[:2000], increment_attempts=True,
                     next_attempt_at=now + self.target.retry_delay(attempts_after),
                 ))  # fmt: skip
-        with self._conn, self._conn.cursor() as cur:
+        # autocommit: the chunk is ONE statement, its own transaction committed by the server in the
+        # same round trip (the audit chain's lock is never held while this thread waits for the GIL)
+        with self._conn.cursor() as cur:
             moved = transition_tasks(cur, changes, chunk=max(len(changes), 1))
         self.moved += len(moved)
         self.written += len(items)

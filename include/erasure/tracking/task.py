@@ -54,7 +54,8 @@ def claim_due(
     """Move the due ones of ``ids`` to ``in_progress`` under ``claim_key`` in one guarded UPDATE; rows
     another claimer holds are skipped (``SKIP LOCKED``). Returns ``task_id, request_id, subject_id,
     attempts`` of the claimed rows. A due ``failed`` row is first moved back to ``pending`` (its own
-    statement, same transaction), so the event log records every retry as ``task_retried``."""
+    statement, same transaction and round trip), so the event log records every retry as
+    ``task_retried``."""
     params = {
         "ids": list(ids),
         "target": target,
@@ -62,6 +63,9 @@ def claim_due(
         "lease": lease_minutes,
         "claim": claim_key,
     }
+    # both statements in one round trip (one simple query): on an autocommit connection they form one
+    # implicit transaction that commits in the server, so the audit chain's lock (taken by the event
+    # rows) is never held across a client round trip
     cur.execute(
         f"""
         WITH due AS (
@@ -70,12 +74,8 @@ def claim_due(
              ORDER BY t.id
              FOR UPDATE OF t SKIP LOCKED
         )
-        UPDATE erasure.task t SET status = 'pending', updated_at = now() FROM due WHERE t.id = due.id
-        """,  # noqa: S608 - constant SQL fragment, values are parameters
-        params,
-    )
-    cur.execute(
-        f"""
+        UPDATE erasure.task t SET status = 'pending', updated_at = now() FROM due WHERE t.id = due.id;
+
         WITH due AS (
             SELECT t.id FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
              WHERE t.id = ANY(%(ids)s) AND {_DUE}

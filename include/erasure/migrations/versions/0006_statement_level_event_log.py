@@ -11,8 +11,9 @@ with the same columns and values as migration 0001's row triggers. What changes 
   (one move of the audit head, migration 0003) instead of 500 inserts (500 head updates of one row in
   one transaction: quadratic); transition tables cannot be combined with column lists, so the update
   triggers fire on every update and compare old and new values themselves;
-* the audit chain's BEFORE INSERT trigger (0003) still locks, numbers and hashes every row, but reads the
-  chain's last link from the table only once per transaction: after the advisory lock is granted, the
+* the audit chain's BEFORE INSERT trigger (0003) still locks, numbers and hashes every row — the hash
+  expression is 0003's canonical serialisation inlined into the trigger (not a SQL-function call per
+  row) — but reads the chain's last link from the table only once per transaction: after the advisory lock is granted, the
   transaction is the only writer until it ends, so it keeps the last seq and hash in a transaction-local
   setting (``erasure.audit_last``). A savepoint rolled back reverts the setting together with the rows it
   covered (and the lock taken inside it), and the maintenance TRUNCATE clears it.
@@ -24,6 +25,9 @@ Revision ID: 0006
 Revises: 0005
 """
 
+import importlib.util
+from pathlib import Path
+
 from alembic import op
 
 revision = "0006"
@@ -33,6 +37,20 @@ depends_on = None
 
 GENESIS = "0" * 64
 LOCK_KEY = 1_708_202_617  # the key of migration 0003
+
+
+def _canonical_sql() -> str:
+    """Migration 0003's canonical serialisation (the one source), over the trigger's ``NEW`` row."""
+    path = Path(__file__).with_name("0003_audit_chain.py")
+    spec = importlib.util.spec_from_file_location("erasure_migration_0003", path)
+    assert spec is not None and spec.loader is not None
+    m0003 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m0003)
+    sql = str(m0003.CANONICAL_SQL)
+    return sql.replace("p_seq", "NEW.seq").replace("p_prev", "NEW.prev_hash").replace("r.", "NEW.")
+
+
+CANONICAL_NEW = _canonical_sql()
 
 UPGRADE = f"""
 DROP TRIGGER IF EXISTS task_event ON erasure.task;
@@ -166,7 +184,9 @@ BEGIN
     END IF;
     NEW.seq := last_seq + 1;
     NEW.prev_hash := last_hash;
-    NEW.hash := erasure.audit_event_hash(NEW, NEW.seq, NEW.prev_hash);
+    -- erasure.audit_event_hash(NEW, NEW.seq, NEW.prev_hash), inlined: a plpgsql expression instead of
+    -- a SQL-function call per row (half the chain's cost); the same text, so the same hash
+    NEW.hash := encode(sha256(convert_to({CANONICAL_NEW}, 'UTF8')), 'hex');
     PERFORM set_config('erasure.audit_last', NEW.seq || ':' || NEW.hash, true);
     RETURN NEW;
 END $$;
