@@ -27,7 +27,7 @@ from erasure.settings import get_settings
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBJECTS = [f"cus_whsub{i:03d}" for i in range(15)]
+SUBJECTS = [f"cus_whsub{i:03d}" for i in range(17)]
 WH_TARGETS = ("wh_orders", "wh_page_views", "wh_customer_dim")
 
 
@@ -462,6 +462,41 @@ def test_dag_runs_the_job_and_skips_spark_when_idle(spark, catalog, warehouse, t
     assert all(r["status"] == "succeeded" and r["stage"] == "vacuumed" for r in rows.values()), rows
     sp = _spec(catalog, "wh_page_views")
     assert _state(spark, sp.resolved_path(warehouse), sp.key_column, subjects)["subject_rows"] == 0
+
+
+def test_dag_a_broken_table_fails_alone(spark, catalog, warehouse, tracking_db, monkeypatch, tmp_path):
+    """One mapped task instance per table: a table whose catalog entry does not fit fails (its tasks
+    failed with the error), the other table of the same run completes."""
+    import shutil
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    cat_dir = tmp_path / "catalog"
+    shutil.copytree(ROOT / "include" / "catalog", cat_dir)
+    data = yaml.safe_load((cat_dir / "targets.yaml").read_text())
+    for t in data["targets"]:
+        if t["name"] == "wh_orders":
+            t["warehouse_delta"]["key_column"] = "buyer_id"
+    (cat_dir / "targets.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("ERASURE_CATALOG", str(cat_dir))
+    monkeypatch.setenv("ERASURE_WAREHOUSE_DIR", warehouse)
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", '{"conn_type": "spark", "host": "local[1]"}')
+    subjects = SUBJECTS[15:17]
+    ids = _register(tracking_db, subjects, targets=("wh_orders", "wh_page_views"))
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "erasure_warehouse.py")).get_dag("erasure_warehouse")
+    dag.get_task("erase").retries = 0  # the retry would wait minutes; here one try shows the isolation
+
+    run = dag.test()
+    assert run.state == "failed"
+    erase = {ti.rendered_map_index: ti.state for ti in run.get_task_instances() if ti.task_id == "erase"}
+    assert erase == {"wh_orders": "failed", "wh_page_views": "success"}, erase
+    rows = _tasks(tracking_db, ids.values())
+    for (_s, t), tid in ids.items():
+        if t == "wh_page_views":
+            assert rows[tid]["status"] == "succeeded" and rows[tid]["stage"] == "vacuumed", rows[tid]
+        else:
+            assert rows[tid]["status"] == "failed" and "buyer_id" in rows[tid]["last_error"], rows[tid]
 
 
 def test_job_runs_under_spark_submit(spark, catalog, warehouse, tracking_db, tmp_path):
