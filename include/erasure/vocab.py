@@ -205,6 +205,8 @@ class AlertKind(StrEnum):
     DAG_RUN_FAILED = "dag_run_failed"
     BATCH_FAILED = "batch_failed"
     LEASE_EXPIRED = "lease_expired"
+    PII_DRIFT = "pii_drift"
+    """A warehouse table holds personal data the catalog does not declare (erasure.drift)."""
 
 
 class DeleteOutcome(StrEnum):
