@@ -7,9 +7,10 @@ Every 2 minutes:
 1. **claim** - the requests in review no run has claimed yet are bound to this run (one mapped review
    task each; the task shows the request with its identifier masked, its due date and why it needs
    review);
-2. **review** - ``HITLOperator`` with the options Approve / Reject and a reason field; it waits (no
-   worker slot) until someone answers in Required Actions or through the REST API;
-3. **apply** - approve: the request goes ``in_progress`` and the next dispatch run erases it; reject:
+2. **request.review** (a mapped task group, one per request) - ``HITLOperator`` with the options
+   Approve / Reject and a reason field; it waits (no worker slot) until someone answers in Required
+   Actions or through the REST API;
+3. **request.apply** (same map index: each request goes on as soon as it is answered) - approve: the request goes ``in_progress`` and the next dispatch run erases it; reject:
    it is closed as ``rejected`` with the reason; both audited with the reviewer.
 
 Nothing is dispatched while a request is in review, and its SLA clock and alerts keep running
@@ -21,7 +22,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task, task_group
 
 from erasure.airflow.defaults import dag_kwargs
 
@@ -45,42 +46,49 @@ def erasure_review():
         print(f"{len(claimed)} request(s) to review: {[c.request_id for c in claimed]}")
         return [{"subject": c.subject, "body": c.body} for c in claimed]
 
-    claimed = claim()
-    review = HITLOperator.partial(
-        task_id="review",
-        options=[APPROVE, REJECT],
-        params={"reason": Param("", type="string", title="Reason", description="Why (required to reject).")},
-        map_index_template="{{ task.subject }}",
-    ).expand_kwargs(claimed)
+    @task_group(group_id="request")
+    def review_one(subject: str, body: str) -> None:
+        """One claimed request: its review task, then its decision (map index by map index: a request
+        approved goes on at once, whatever the others of the run wait for)."""
+        review = HITLOperator(
+            task_id="review",
+            subject=subject,
+            body=body,
+            options=[APPROVE, REJECT],
+            params={
+                "reason": Param("", type="string", title="Reason", description="Why (required to reject).")
+            },
+        )
 
-    @task(map_index_template="{{ request_id }}")
-    def apply(decision: dict) -> str:
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.db import transaction
-        from erasure.review import decide
+        @task
+        def apply(decision: dict) -> str:
+            from erasure.airflow.conn import tracking_dsn
+            from erasure.db import transaction
+            from erasure.review import decide
 
-        ctx = get_current_context()
-        mapped = ctx["ti"].map_index
-        run_id = ctx["run_id"]
-        with transaction(tracking_dsn()) as cur:
-            cur.execute(
-                "SELECT request_id FROM erasure.review WHERE dag_run_id = %s AND map_index = %s",
-                (run_id, mapped),
-            )
-            row = cur.fetchone()
-        if row is None:
-            raise RuntimeError(f"no review claimed by run {run_id} at index {mapped}")
-        request_id = int(row["request_id"])
-        ctx["request_id"] = request_id  # type: ignore[typeddict-unknown-key]
-        user = decision.get("responded_by_user") or {}
-        reviewer = f"airflow:{user.get('name') or user.get('id') or 'unknown'}"
-        approved = decision["chosen_options"] == [APPROVE]
-        reason = (decision.get("params_input") or {}).get("reason")
-        status = decide(tracking_dsn(), request_id, approved, reviewer, reason)
-        print(f"request {request_id}: {'approved' if approved else 'rejected'} by {reviewer} -> {status}")
-        return status
+            ctx = get_current_context()
+            mapped = ctx["ti"].map_index
+            run_id = ctx["run_id"]
+            with transaction(tracking_dsn()) as cur:
+                cur.execute(
+                    "SELECT request_id FROM erasure.review WHERE dag_run_id = %s AND map_index = %s",
+                    (run_id, mapped),
+                )
+                row = cur.fetchone()
+            if row is None:
+                raise RuntimeError(f"no review claimed by run {run_id} at index {mapped}")
+            request_id = int(row["request_id"])
+            user = decision.get("responded_by_user") or {}
+            reviewer = f"airflow:{user.get('name') or user.get('id') or 'unknown'}"
+            approved = decision["chosen_options"] == [APPROVE]
+            reason = (decision.get("params_input") or {}).get("reason")
+            status = decide(tracking_dsn(), request_id, approved, reviewer, reason)
+            print(f"request {request_id}: {'approved' if approved else 'rejected'} by {reviewer} -> {status}")
+            return status
 
-    apply.expand(decision=review.output)
+        apply(review.output)
+
+    review_one.expand_kwargs(claim())
 
 
 erasure_review()

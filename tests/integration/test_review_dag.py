@@ -68,9 +68,7 @@ def test_approve_and_reject_in_the_hitl_task(airflow_api):
 
         def hitl(req_id: int, method: str = "GET", **kw):
             c = by_id[req_id]
-            path = (
-                f"/dags/{DAG_ID}/dagRuns/{c['dag_run_id']}/taskInstances/review/{c['map_index']}/hitlDetails"
-            )
+            path = f"/dags/{DAG_ID}/dagRuns/{c['dag_run_id']}/taskInstances/request.review/{c['map_index']}/hitlDetails"
             return airflow_api.request(method, path, **kw)
 
         for rid in ids:  # the task waits for a person (Required Actions)

@@ -234,3 +234,64 @@ def test_viewer_sees_no_action_and_outsider_is_refused(browser):
     assert page.locator("#kpi-total").count() == 0
     shot(page, "outsider")
     page.context.close()
+
+
+def test_reviewer_approves_and_rejects_in_required_actions(browser, airflow_api):
+    """Two requests in review: from each request's page in the Erasure view to its human-in-the-loop
+    task (Airflow's Required Actions), one approved, one rejected with the reason; audited."""
+    from tests.integration.test_review_dag import DAG_ID, in_review, wait_for
+
+    approve, reject = in_review(), in_review()
+    ids = [approve["id"], reject["id"]]
+    airflow_api.wait_for_dag(DAG_ID, timeout=180)
+    airflow_api.unpause(DAG_ID)
+    try:
+        airflow_api.trigger(DAG_ID, {}, run_id=f"it_review_ui_{uuid.uuid4().hex[:8]}")
+        wait_for(
+            "both requests claimed",
+            lambda: (
+                len(
+                    fetch(
+                        MAIN_TRACKING_DSN, "SELECT 1 FROM erasure.review WHERE request_id = ANY(%s)", (ids,)
+                    )
+                )
+                == 2
+            ),
+        )
+        page = login(browser, "operator")
+        for req, choice, reason, status in (
+            (approve, "Approve", "identity verified by ticket", "in_progress"),
+            (reject, "Reject", "identity not verified", "rejected"),
+        ):
+            page.goto(f"{ui.BASE}/erasure/ui/requests/{req['id']}")
+            assert page.locator("#request-status").inner_text() == "in_review"
+            page.locator("#review-link").click()
+            page.wait_for_url(re.compile(r"/required_actions$"))
+            page.get_by_text(f"Erasure request {req['id']} ").first.wait_for()
+            page.get_by_role("button", name=choice, exact=True).wait_for()
+            page.locator("input[name=reason], textarea[name=reason], #element_reason").first.fill(reason)
+            button = page.get_by_role("button", name=choice, exact=True)
+            shot(page, f"review-{choice.lower()}")
+            button.click()
+            wait_for(
+                f"request {req['id']} {status}",
+                lambda req=req, status=status: (
+                    fetch(
+                        MAIN_TRACKING_DSN, "SELECT status FROM erasure.request WHERE id = %s", (req["id"],)
+                    )[0]["status"]
+                    == status
+                ),
+                timeout=180,
+            )
+        page.context.close()
+        actions = fetch(
+            MAIN_TRACKING_DSN,
+            "SELECT action, actor, reason FROM erasure.operator_action WHERE request_ids && %s::bigint[] ORDER BY id",
+            (ids,),
+        )
+        assert sorted((a["action"], a["actor"], a["reason"]) for a in actions) == [
+            ("review_approved", "airflow:operator", "identity verified by ticket"),
+            ("review_rejected", "airflow:operator", "identity not verified"),
+        ]
+    finally:
+        airflow_api.pause(DAG_ID)

@@ -338,7 +338,10 @@ def request_detail(
     if review is not None:
         out["review"] = {
             **review,
-            "link": links.task_instance(REVIEW_DAG, review["dag_run_id"], "review", review["map_index"]),
+            "link": links.task_instance(
+                REVIEW_DAG, review["dag_run_id"], "request.review", review["map_index"]
+            )
+            + "/required_actions",
             "required_actions": f"{links.base}/required_actions",
         }
     out["receipt"] = None
