@@ -1312,6 +1312,10 @@ class Demo:
             + ", ".join(sorted({d for d, *_ in self.runs}))
             + f" (run ids start with demo_{self.cfg.tag})"
         )
+        self.out.line(
+            f"Erasure view (requests, SLA, targets, holds, review): {self.api.base_url}/plugin/erasure"
+            "  (docs/ui.md)"
+        )
         return 0 if all(e.ok for e in self.expect) else 1
 
     def close(self) -> None:
