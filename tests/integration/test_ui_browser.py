@@ -295,3 +295,34 @@ def test_reviewer_approves_and_rejects_in_required_actions(browser, airflow_api)
         ]
     finally:
         airflow_api.pause(DAG_ID)
+
+
+def test_trigger_form_registers_a_request_without_touching_the_selects(browser, airflow_api):
+    """The intake trigger form's selects start at the catalog's first subject type and the default
+    jurisdiction (not "null"): typing the subject id and who asks is enough."""
+    from tests.integration.test_review_dag import wait_for
+
+    airflow_api.wait_for_dag("erasure_intake", timeout=180)
+    sid = f"cus_{uuid.uuid4().hex[:12]}"
+    page = login(browser, "operator")
+    page.goto(f"{ui.BASE}/dags/erasure_intake")
+    page.get_by_role("button", name="Trigger").first.click()
+    form = page.get_by_role("dialog")
+    form.locator("#element_subject_id").wait_for()
+    assert form.locator("input[name=element_subject_type]").input_value() == "customer"
+    assert form.locator("input[name=element_jurisdiction]").input_value() == "GDPR"
+    form.locator("#element_subject_id").fill(sid)
+    form.locator("#element_requested_by").fill("ui-form-test")
+    shot(page, "trigger-form")
+    form.get_by_role("button", name="Trigger").click()
+    row = wait_for(
+        "the request registered by the triggered run",
+        lambda: fetch(
+            MAIN_TRACKING_DSN,
+            "SELECT subject_type, jurisdiction, status FROM erasure.request WHERE subject_id = %s",
+            (sid,),
+        ),
+        timeout=180,
+    )
+    assert (row[0]["subject_type"], row[0]["jurisdiction"]) == ("customer", "GDPR")
+    page.context.close()
