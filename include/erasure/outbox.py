@@ -16,7 +16,8 @@ Three idempotent steps, each safe to re-run or to run concurrently:
    ``erasure.ack_log`` (matched | duplicate | unknown | malformed | mismatch | unauthenticated: an ack
    not signed with its target's key, ``erasure.ack_auth``, is never applied), and for a matched ack set
    ``outbox.acked_at/ack`` and move the task to ``succeeded`` (erased / not_found) or ``failed``
-   (failed) with the ack as evidence. Unknown and malformed acks are recorded and skipped. Consumer
+   (failed) with the ack as evidence — a poll's acks in one transaction with a fixed number of
+   statements (:func:`_apply_acks`). Unknown and malformed acks are recorded and skipped. Consumer
    offsets are committed only after the database transaction; a redelivered message (crash between
    the two) is recognised by ``ack_log``'s unique (topic, partition, offset) and not applied twice.
 
@@ -51,7 +52,7 @@ from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.events import SchemaError, new_event, parse_ack, parse_event
 from erasure.targets.kafka import KafkaSpec
-from erasure.tracking.store import Transition, transition_task, transition_tasks
+from erasure.tracking.store import Transition, transition_tasks
 from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus, VerificationOutcome
 
 log = logging.getLogger(__name__)
@@ -616,147 +617,250 @@ def _topic_partition(m: Any) -> tuple[str, int]:
     return cast(str, m.topic()), cast(int, m.partition())
 
 
+@dataclass
+class _AckMsg:
+    """One consumed ack message and what the batch decided about it."""
+
+    topic: str
+    partition: int
+    offset: int
+    raw: bytes | None
+    ack: Any = None
+    auth: Any = None
+    status: AckStatus = AckStatus.MALFORMED
+    error: str | None = None
+    row: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+
+_SELECT_ACKED_EVENTS = """
+    SELECT o.event_id::text AS event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts,
+           r.subject_id
+      FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id
+      JOIN erasure.request r ON r.id = t.request_id
+     WHERE o.event_id = ANY(%s::uuid[])
+     ORDER BY o.event_id
+       FOR UPDATE OF o, t
+"""
+
+
 def _apply_ack_batch(
     dsn: str, msgs: list[Any], targets: dict[str, Target], keys: dict[str, list[bytes]], result: AckResult
 ) -> None:
+    """Apply one poll's acks in ONE transaction with a fixed number of statements (see
+    :func:`_apply_acks`)."""
     with transaction(dsn) as cur:
-        for m in msgs:
-            _apply_ack(cur, m, targets, keys, result)
-            result.messages += 1
+        _apply_acks(cur, msgs, targets, keys, result)
+        result.messages += len(msgs)
 
 
-def _apply_ack(
-    cur: Any, m: Any, targets: dict[str, Target], keys: dict[str, list[bytes]], result: AckResult
+def _apply_acks(
+    cur: Any, msgs: list[Any], targets: dict[str, Target], keys: dict[str, list[bytes]], result: AckResult
 ) -> None:
-    topic, part, off = m.topic(), m.partition(), m.offset()
-    raw = m.value()
-    status, error, ack, row = AckStatus.MALFORMED, None, None, None
-    auth = None
-    try:
-        ack = parse_ack(raw)
-    except SchemaError as exc:
-        error = str(exc)
-    if ack is not None:
-        auth = authenticate(keys, ack.target, raw, m.headers())
-        if not auth.ok:
-            status, error = AckStatus.UNAUTHENTICATED, auth.reason
-    if ack is not None and status is not AckStatus.UNAUTHENTICATED:
-        cur.execute(
-            """
-            SELECT o.event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts, r.subject_id
-              FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id
-              JOIN erasure.request r ON r.id = t.request_id
-             WHERE o.event_id = %s
-               FOR UPDATE OF o, t
-            """,
-            (ack.event_id,),
-        )
-        row = cur.fetchone()
+    """Match a batch of ack messages in bulk, in the caller's transaction.
+
+    One query finds the messages already recorded (a redelivery after a crash between the commit and
+    the offset commit), one locks the events they acknowledge (``FOR UPDATE``, event-id order), one
+    inserts every message into ``ack_log`` (``ON CONFLICT DO NOTHING``: a concurrent consumer's copy is
+    counted as already seen), one marks the matched events acknowledged (the event log's
+    ``ack_received`` rows by the statement-level trigger), one moves their tasks (guarded
+    :func:`transition_tasks`) and one notes on ``ack_log`` the acks whose task had moved on. A second ack
+    for the same event in the same batch is a ``duplicate``, as it would be in the next batch.
+    """
+    items: list[_AckMsg] = []
+    for m in msgs:
+        it = _AckMsg(m.topic(), m.partition(), m.offset(), m.value())
+        try:
+            it.ack = parse_ack(it.raw)
+        except SchemaError as exc:
+            it.error = str(exc)
+        if it.ack is not None:
+            it.auth = authenticate(keys, it.ack.target, it.raw, m.headers())
+            if not it.auth.ok:
+                it.status, it.error = AckStatus.UNAUTHENTICATED, it.auth.reason
+        items.append(it)
+    if not items:
+        return
+    cur.execute(
+        """SELECT a.topic, a.kafka_partition, a.kafka_offset FROM erasure.ack_log a
+             JOIN unnest(%s::text[], %s::int[], %s::bigint[]) AS v(topic, p, o)
+               ON a.topic = v.topic AND a.kafka_partition = v.p AND a.kafka_offset = v.o""",
+        ([i.topic for i in items], [i.partition for i in items], [i.offset for i in items]),
+    )
+    seen = {_row_key(r) for r in cur.fetchall()}
+    lookup = [
+        i
+        for i in items
+        if i.key not in seen and i.ack is not None and i.status is not AckStatus.UNAUTHENTICATED
+    ]
+    rows: dict[str, dict[str, Any]] = {}
+    if lookup:
+        cur.execute(_SELECT_ACKED_EVENTS, (sorted({str(i.ack.event_id) for i in lookup}),))
+        rows = {r["event_id"]: dict(r) for r in cur.fetchall()}
+    acked_now: set[str] = set()
+    for it in lookup:
+        eid = str(it.ack.event_id)
+        row = rows.get(eid)
         if row is None:
-            status, error = AckStatus.UNKNOWN, "no outbox event with this event_id"
-        elif row["target"] != ack.target:
-            status, error = (
+            it.status, it.error = AckStatus.UNKNOWN, "no outbox event with this event_id"
+        elif row["target"] != it.ack.target:
+            it.status, it.error = (
                 AckStatus.MISMATCH,
-                f"ack is for target '{ack.target}' but event {ack.event_id} was sent to '{row['target']}'",
+                f"ack is for target '{it.ack.target}' but event {eid} was sent to '{row['target']}'",
             )
         elif row["acked_at"] is not None:
-            status, error = (
+            it.status, it.error = (
                 AckStatus.DUPLICATE,
                 f"event already acknowledged at {row['acked_at'].isoformat()}",
             )
+        elif eid in acked_now:
+            it.status, it.error = AckStatus.DUPLICATE, "event already acknowledged (earlier in this batch)"
         else:
-            status = AckStatus.MATCHED
-    cur.execute(
-        """
-        INSERT INTO erasure.ack_log (topic, kafka_partition, kafka_offset, event_id, target, outcome, status, error, raw)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
-        RETURNING id
-        """,
-        (
-            topic,
-            part,
-            off,
-            ack.event_id if ack else None,
-            ack.target if ack else None,
-            ack.outcome if ack else None,
-            status,
-            error,
-            _raw_text(raw) if status in (AckStatus.MALFORMED, AckStatus.UNAUTHENTICATED) else None,
-        ),
-    )
-    if cur.fetchone() is None:
-        result.already_seen += 1
-        return
-    result.counts[status.value] += 1
-    if status is not AckStatus.MATCHED:
-        if status is not AckStatus.DUPLICATE:
-            log.warning("ack %s/%s@%s %s: %s", topic, part, off, status, error)
-        return
-    assert ack is not None and row is not None
-    evidence_ack = {
-        "event_id": str(ack.event_id),
-        "outcome": ack.outcome,
-        "details": ack.details,
-        "acked_at": ack.acked_at.isoformat(),
-        "topic": topic,
-        "partition": part,
-        "offset": off,
-        "attempt": row["attempt"],
-        "authenticated": auth.reason if auth is not None else None,
-    }
-    cur.execute(
-        "UPDATE erasure.outbox SET acked_at = now(), ack = %s::jsonb WHERE event_id = %s",
-        (json.dumps(evidence_ack), ack.event_id),
-    )
-    target = targets.get(row["target"])
-    verified = (
-        _verify_after_ack(target, row["subject_id"], ack.outcome)
-        if ack.outcome in AckOutcome.successes()
-        else None
-    )
-    if verified is not None and verified.get("outcome") in VerificationOutcome.closing():
-        moved = transition_task(
+            it.status, it.row = AckStatus.MATCHED, row
+            acked_now.add(eid)
+    fresh = [i for i in items if i.key not in seen]
+    inserted: set[tuple[str, int, int]] = set()
+    if fresh:
+        out = psycopg2.extras.execute_values(
             cur,
-            row["task_id"],
-            TaskStatus.SUCCEEDED,
-            (TaskStatus.AWAITING_ACK, TaskStatus.FAILED, TaskStatus.ESCALATED),
-            evidence={"ack": evidence_ack, "verification": verified},
+            "INSERT INTO erasure.ack_log (topic, kafka_partition, kafka_offset, event_id, target, outcome, status,"
+            " error, raw) VALUES %s ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
+            " RETURNING topic, kafka_partition, kafka_offset",
+            [
+                (
+                    i.topic,
+                    i.partition,
+                    i.offset,
+                    i.ack.event_id if i.ack else None,
+                    i.ack.target if i.ack else None,
+                    i.ack.outcome if i.ack else None,
+                    i.status,
+                    i.error,
+                    _raw_text(i.raw)
+                    if i.status in (AckStatus.MALFORMED, AckStatus.UNAUTHENTICATED)
+                    else None,
+                )
+                for i in fresh
+            ],  # fmt: skip
+            template="(%s, %s, %s, %s::uuid, %s, %s, %s, %s, %s)",
+            page_size=len(fresh),
+            fetch=True,
         )
-        result.tasks_succeeded += int(moved)
-    elif verified is not None:  # the partner acked success but the lookup still finds (or cannot find out)
+        inserted = {_row_key(r) for r in out}
+    matched: list[_AckMsg] = []
+    for it in items:
+        if it.key not in inserted:
+            result.already_seen += 1
+            continue
+        result.counts[it.status.value] += 1
+        if it.status is AckStatus.MATCHED:
+            matched.append(it)
+        elif it.status is not AckStatus.DUPLICATE:
+            log.warning("ack %s/%s@%s %s: %s", it.topic, it.partition, it.offset, it.status, it.error)
+    if matched:
+        _close_acked_tasks(cur, matched, targets, result)
+
+
+def _row_key(r: Any) -> tuple[str, int, int]:
+    vals = list(r.values()) if isinstance(r, dict) else list(r)
+    return (str(vals[0]), int(vals[1]), int(vals[2]))
+
+
+def _close_acked_tasks(
+    cur: Any, matched: list[_AckMsg], targets: dict[str, Target], result: AckResult
+) -> None:
+    """The matched acks: events marked acknowledged (one UPDATE), their tasks moved (one guarded UPDATE)."""
+    evidence: dict[str, dict[str, Any]] = {}
+    for it in matched:
+        assert it.row is not None
+        evidence[str(it.ack.event_id)] = {
+            "event_id": str(it.ack.event_id),
+            "outcome": it.ack.outcome,
+            "details": it.ack.details,
+            "acked_at": it.ack.acked_at.isoformat(),
+            "topic": it.topic,
+            "partition": it.partition,
+            "offset": it.offset,
+            "attempt": it.row["attempt"],
+            "authenticated": it.auth.reason if it.auth is not None else None,
+        }
+    cur.execute(
+        """UPDATE erasure.outbox o SET acked_at = now(), ack = v.ack
+             FROM unnest(%s::uuid[], %s::jsonb[]) AS v(eid, ack)
+            WHERE o.event_id = v.eid""",
+        (list(evidence), [json.dumps(e) for e in evidence.values()]),
+    )
+    changes: list[Transition] = []
+    for it in matched:
+        row, ack = it.row, it.ack
+        assert row is not None
+        evidence_ack = evidence[str(ack.event_id)]
+        target = targets.get(row["target"])
         backoff = target.retry_backoff_minutes if target else 5.0
         nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
-        ev: dict[str, Any] = {"ack": evidence_ack}
-        if verified.get("outcome") == VerificationOutcome.FAILED:
-            ev["verification"] = verified
-            err = (
-                f"verification failed: partner '{ack.target}' acked '{ack.outcome}' but {verified['answer']}"
-            )
-        else:
-            err = f"verification could not be made after the ack: {verified['answer']}"
-        moved = transition_task(
-            cur, row["task_id"], TaskStatus.FAILED, (TaskStatus.AWAITING_ACK,),
-            evidence=ev, last_error=err[:2000], next_attempt_at=nxt,
-        )  # fmt: skip
-        result.tasks_failed += int(moved)
-    else:
-        backoff = target.retry_backoff_minutes if target else 5.0
-        nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
-        moved = transition_task(
-            cur,
-            row["task_id"],
-            TaskStatus.FAILED,
-            (TaskStatus.AWAITING_ACK,),
-            evidence={"ack": evidence_ack},
-            last_error=f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
-            next_attempt_at=nxt,
+        verified = (
+            _verify_after_ack(target, row["subject_id"], ack.outcome)
+            if ack.outcome in AckOutcome.successes()
+            else None
         )
-        result.tasks_failed += int(moved)
-    if not moved:
+        if verified is not None and verified.get("outcome") in VerificationOutcome.closing():
+            changes.append(Transition(
+                row["task_id"], TaskStatus.SUCCEEDED,
+                (TaskStatus.AWAITING_ACK, TaskStatus.FAILED, TaskStatus.ESCALATED),
+                evidence={"ack": evidence_ack, "verification": verified},
+            ))  # fmt: skip
+        elif (
+            verified is not None
+        ):  # the partner acked success but the lookup still finds (or cannot find out)
+            ev: dict[str, Any] = {"ack": evidence_ack}
+            if verified.get("outcome") == VerificationOutcome.FAILED:
+                ev["verification"] = verified
+                err = f"verification failed: partner '{ack.target}' acked '{ack.outcome}' but {verified['answer']}"
+            else:
+                err = f"verification could not be made after the ack: {verified['answer']}"
+            changes.append(Transition(
+                row["task_id"], TaskStatus.FAILED, (TaskStatus.AWAITING_ACK,),
+                evidence=ev, last_error=err[:2000], next_attempt_at=nxt,
+            ))  # fmt: skip
+        else:
+            changes.append(Transition(
+                row["task_id"], TaskStatus.FAILED, (TaskStatus.AWAITING_ACK,), evidence={"ack": evidence_ack},
+                last_error=f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
+                next_attempt_at=nxt,
+            ))  # fmt: skip
+    # a task appears once per statement: acks of two events of one task (an old attempt's and a new
+    # one's) in one poll are applied one after the other, in the order they were consumed
+    waves: list[list[Transition]] = []
+    for ch in changes:
+        wave = next((w for w in waves if all(c.task_id != ch.task_id for c in w)), None)
+        if wave is None:
+            waves.append([ch])
+        else:
+            wave.append(ch)
+    moved_by_wave = [transition_tasks(cur, w) for w in waves]
+    unmoved: list[_AckMsg] = []
+    wave_of = {id(c): i for i, w in enumerate(waves) for c in w}
+    for it, ch in zip(matched, changes, strict=True):
+        if ch.task_id not in moved_by_wave[wave_of[id(ch)]]:
+            unmoved.append(it)
+        elif ch.to_status == TaskStatus.SUCCEEDED:
+            result.tasks_succeeded += 1
+        else:
+            result.tasks_failed += 1
+    if unmoved:
         cur.execute(
-            "UPDATE erasure.ack_log SET error = %s WHERE topic = %s AND kafka_partition = %s AND kafka_offset = %s",
-            (f"task was '{row['status']}'; status not changed", topic, part, off),
+            """UPDATE erasure.ack_log a SET error = v.err
+                 FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[]) AS v(topic, p, o, err)
+                WHERE a.topic = v.topic AND a.kafka_partition = v.p AND a.kafka_offset = v.o""",
+            (
+                [i.topic for i in unmoved],
+                [i.partition for i in unmoved],
+                [i.offset for i in unmoved],
+                [f"task was '{i.row['status'] if i.row else '?'}'; status not changed" for i in unmoved],
+            ),
         )
 
 

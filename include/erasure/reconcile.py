@@ -25,6 +25,11 @@ previous status so a concurrent dispatch / ack consumer is never overwritten):
    owner team when the task is not done ``sla_days`` after the request was received.
 5. **deliver** - unsent alerts are sent (``erasure.alerts.deliver_pending``); failures retry next run.
 
+Over many requests a run stays a fixed number of statements per step (bounded by ``batch``): the retries
+are one guarded ``UPDATE`` (:func:`erasure.tracking.store.transition_tasks`), the backoff pushes one, the
+replays one per reason, the blocking targets of every SLA candidate one query; escalations and alerts
+are written per task (each is its own decision and alert).
+
 Running it again once everything is complete changes nothing (no row is updated, no alert is sent).
 Alerts name the request (id, external id) and target, never the subject identifier.
 """
@@ -46,7 +51,7 @@ from erasure.settings import Settings
 from erasure.targets import adapter_for
 from erasure.tracking import request as request_sql
 from erasure.tracking import task as task_sql
-from erasure.tracking.store import transition_task
+from erasure.tracking.store import Transition, transition_task, transition_tasks
 from erasure.vocab import AlertKind, RequestStatus, TaskStatus
 
 log = logging.getLogger("erasure.reconcile")
@@ -257,34 +262,42 @@ def replay_decision(row: Mapping[str, Any], target: Target | None, now: datetime
 def replay_unacked(
     dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
-    """Step 1: unpublish events whose ack timed out (same event id), or escalate after max attempts."""
+    """Step 1: unpublish events whose ack timed out (same event id), or escalate after max attempts.
+    The replays of a run are marked with one statement (``mark_for_replay`` over all their ids)."""
     with transaction(dsn) as cur:
+        replay: dict[str, list[str]] = {}  # reason (it names the target's ack timeout) -> event ids
         for row in task_sql.unacked(cur, ACTIVE_REQUEST_STATUSES, now, batch):
             d = replay_decision(row, _target(catalog, row["target"]), now)
             if d.action == Action.ESCALATE:
                 _escalate(
                     cur, catalog, {**row, "last_error": d.reason}, TaskStatus.AWAITING_ACK, d.reason, result
                 )
-            elif d.action == Action.REPLAY and mark_for_replay(cur, [row["event_id"]], reason=d.reason):
-                result.replayed += 1
+            elif d.action == Action.REPLAY:
+                replay.setdefault(d.reason, []).append(row["event_id"])
+        for reason, ids in replay.items():
+            result.replayed += len(mark_for_replay(cur, ids, reason=reason))
 
 
 def retry_or_escalate(
     dsn: str, catalog: Catalog, now: datetime, result: ReconcileResult, batch: int = DEFAULT_BATCH
 ) -> None:
-    """Step 2: failed tasks -> pending once their retry delay elapsed, or escalated after max attempts."""
+    """Step 2: failed tasks -> pending once their retry delay elapsed, or escalated after max attempts.
+    The retries of a run are one guarded UPDATE (``transition_tasks``), the backoff pushes one more."""
     with transaction(dsn) as cur:
+        retries: list[Transition] = []
+        pushes: list[tuple[int, datetime]] = []
         for row in task_sql.failed(cur, ACTIVE_REQUEST_STATUSES, batch):
             d = retry_decision(row, _target(catalog, row["target"]), now)
             if d.action == Action.ESCALATE:
                 _escalate(cur, catalog, row, TaskStatus.FAILED, d.reason, result)
             elif d.action == Action.RETRY:
-                if transition_task(
-                    cur, row["task_id"], TaskStatus.PENDING, (TaskStatus.FAILED,), next_attempt_at=now
-                ):
-                    result.retried += 1
+                retries.append(
+                    Transition(row["task_id"], TaskStatus.PENDING, (TaskStatus.FAILED,), next_attempt_at=now)
+                )
             elif d.due is not None and row["next_attempt_at"] < d.due:
-                result.backoff_scheduled += task_sql.push_next_attempt(cur, row["task_id"], d.due)
+                pushes.append((row["task_id"], d.due))
+        result.retried += len(transition_tasks(cur, retries))
+        result.backoff_scheduled += task_sql.push_next_attempts(cur, pushes)
 
         # Tasks escalated elsewhere (e.g. a permanent 4xx in dispatch) still get their one alert.
         for row in task_sql.escalated_without_alert(cur, AlertKind.TASK_ESCALATED.value, batch):
@@ -352,10 +365,11 @@ def check_sla(
             AlertKind.SLA_BREACHED.value,
             batch,
         )
+        blocking_of = task_sql.blocking_many(cur, [req["id"] for req in due])  # one query for all
         for req in due:
             breached = req["due_at"] <= now
             kind = AlertKind.SLA_BREACHED if breached else AlertKind.SLA_APPROACHING
-            blocking = blocking_targets(cur, req["id"])
+            blocking = blocking_of[req["id"]]
             names = ", ".join(f"{b['target']} ({b['status']}, {b['attempts']} attempts)" for b in blocking)
             when = req["due_at"].isoformat()
             if breached:

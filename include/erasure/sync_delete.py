@@ -31,7 +31,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -91,10 +91,20 @@ class DeleteResult:
 
     def evidence(self) -> dict[str, Any]:
         """The JSON kept in the tracking store (no caller key)."""
-        d = asdict(self)
-        d.pop("key", None)
-        d.pop("subject_id", None)  # the task row already names the subject
-        return d
+        # the task row already names the subject; no caller key (a plain dict: asdict() deep-copies)
+        return {
+            "idempotency_key": self.idempotency_key,
+            "outcome": self.outcome,
+            "http_status": self.http_status,
+            "response_id": self.response_id,
+            "response_snippet": self.response_snippet,
+            "error": self.error,
+            "calls": self.calls,
+            "throttled": self.throttled,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "elapsed_ms": self.elapsed_ms,
+        }
 
 
 class RateLimiter:

@@ -17,38 +17,41 @@ figure, the best is kept too), ``BENCH_SYNC_PORT_BASE`` (28400: partners on 2840
 Setup: the T partners run in ONE separate process (``python -m erasure_demo.partners.run``, as the stack
 runs them), seeded with the N subjects before each side.
 
-* **pipeline**: for every target, ``plan_batches`` then ``run_batch`` per batch — claim in Postgres,
-  async deletes with the catalog's retry policy, a verifying lookup per subject, outcomes written to
-  ``erasure.task`` in chunks (one guarded UPDATE per chunk, the hash-chained event log by the
-  statement-level trigger) — with at most ``pool_slots`` batches of a target at a time (what the
-  Airflow pool allows), all targets in parallel, batches in threads of one process (conservative:
-  Airflow runs each mapped instance in its own process). Airflow's own scheduling overhead per task
-  instance is not included; the measured path is everything our code does per subject.
+* **pipeline_processes** / **pipeline_threads**: for every target, ``plan_batches`` then ``run_batch``
+  per batch — claim in Postgres, async deletes with the catalog's retry policy, a verifying lookup per
+  subject, outcomes written to ``erasure.task`` in chunks (one guarded UPDATE per chunk, the hash-chained
+  event log by the statement-level trigger) — with ``pool_slots`` lanes per target running its batches
+  one after the other (what the Airflow pool allows), all targets at once. ``processes``: each lane a
+  process of its own, as Airflow's LocalExecutor runs each mapped task instance (its start-up and
+  scheduling cost not included); ``threads``: the lanes as threads of one process (one GIL: the
+  conservative figure, the only one issue 15's first measurement had).
 * **bare_verified** (the baseline of the goal): one asyncio loop, per target ``concurrency x
   pool_slots`` workers over one aiohttp session, each making the same calls as the pipeline —
   ``DELETE`` then the verifying ``GET`` — with no retries and no bookkeeping.
 * **bare_delete** (for information; the baseline of issue 15's first measurement, before every delete
   was verified): the same loop with the ``DELETE`` only.
 
-Throughputs (subjects erased per second; the pipeline and bare_verified make 2 HTTP calls per subject,
-bare_delete 1), their ratios and every round go to ``.local/bench/sync_dispatch.json``; no assertion on
-time (the figures depend on the machine).
+Throughputs (subjects x targets erased per second; the pipeline and bare_verified make 2 HTTP calls per
+subject, bare_delete 1), their ratios, every round and the CPU seconds of each side (client and partner
+processes: a figure that depends less on what else the machine runs) go to
+``.local/bench/sync_dispatch.json``; no assertion on time (the figures depend on the machine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -117,9 +120,10 @@ def _seed(urls: dict[str, str], subjects: list[str]) -> None:
         httpx.post(f"{url}/admin/seed", json={"subject_ids": subjects}, timeout=120).raise_for_status()
 
 
-async def _bare(urls: dict[str, str], subjects: list[str], verify: bool) -> dict[int, int]:
+async def _bare(urls: dict[str, str], subjects: list[str], verify: bool, tag: str) -> dict[int, int]:
     """The baseline: per target ``CONCURRENCY * POOL_SLOTS`` workers, each ``DELETE`` (then, with
-    ``verify``, the ``GET`` that checks the subject is gone), nothing else."""
+    ``verify``, the ``GET`` that checks the subject is gone), nothing else. ``tag`` makes the
+    idempotency keys new (a partner replays its first answer to a key it has seen, without deleting)."""
     statuses: dict[int, int] = {}
     per_target = CONCURRENCY * POOL_SLOTS
 
@@ -131,7 +135,7 @@ async def _bare(urls: dict[str, str], subjects: list[str], verify: bool) -> dict
             async def worker() -> None:
                 for sid in it:
                     async with s.delete(
-                        f"{url}/subjects/{sid}", headers={"Idempotency-Key": f"bare-{sid}"}
+                        f"{url}/subjects/{sid}", headers={"Idempotency-Key": f"bare-{tag}-{sid}"}
                     ) as r:
                         await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -146,35 +150,63 @@ async def _bare(urls: dict[str, str], subjects: list[str], verify: bool) -> dict
     return statuses
 
 
-def _pipeline(dsn: str, catalog_path: Path, names: list[str], run_id: str) -> dict[str, int]:
-    """The dispatch path: plan + run_batch per batch, pool_slots batches per target at a time."""
-    catalog = load_catalog(catalog_path)
-    slots = {n: threading.Semaphore(POOL_SLOTS) for n in names}
-    totals: dict[str, int] = {"succeeded": 0, "failed": 0, "claimed": 0}
-    lock = threading.Lock()
-
-    def one(name: str, batch: dict) -> None:
-        with slots[name]:
-            s = run_batch(
-                dsn,
-                catalog,
-                name,
-                batch["task_ids"],
-                claim_key=f"{run_id}/{name}/{batch['batch']}",
-                settings=get_settings(),
-            )
-        with lock:
-            for k in totals:
-                totals[k] += getattr(s, k)
-
-    plans = {n: plan_batches(dsn, catalog, n) for n in names}
-    jobs = [(n, b) for n in names for b in plans[n]]
-    # interleave targets so every target starts at once (like the scheduler filling each pool)
-    jobs.sort(key=lambda j: j[1]["batch"])
-    with ThreadPoolExecutor(max_workers=len(names) * POOL_SLOTS) as ex:
-        for f in [ex.submit(one, n, b) for n, b in jobs]:
-            f.result()
+def _lane(dsn: str, catalog_path: str, name: str, batches: list[dict], run_id: str) -> dict[str, int]:
+    """One pool slot of one target: its batches one after the other (what the Airflow pool allows)."""
+    catalog = load_catalog(Path(catalog_path))
+    totals = {"succeeded": 0, "failed": 0, "claimed": 0}
+    for batch in batches:
+        s = run_batch(
+            dsn,
+            catalog,
+            name,
+            batch["task_ids"],
+            claim_key=f"{run_id}/{name}/{batch['batch']}",
+            settings=get_settings(),
+        )
+        for k in totals:
+            totals[k] += getattr(s, k)
     return totals
+
+
+def _pipeline(dsn: str, catalog_path: Path, names: list[str], run_id: str, mode: str) -> dict[str, int]:
+    """The dispatch path: plan, then per target ``pool_slots`` lanes running its batches (``run_batch``),
+    every target at once; lanes are threads of this process, or processes (``mode="processes"``: as
+    Airflow's LocalExecutor runs each mapped task instance, without its start-up cost)."""
+    catalog = load_catalog(catalog_path)
+    plans = {n: plan_batches(dsn, catalog, n) for n in names}
+    lanes = [(n, plans[n][slot::POOL_SLOTS]) for n in names for slot in range(POOL_SLOTS)]
+    pool: Executor
+    if mode == "processes":
+        pool = ProcessPoolExecutor(max_workers=len(lanes), mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=len(lanes))
+    totals: dict[str, int] = {"succeeded": 0, "failed": 0, "claimed": 0}
+    with pool as ex:
+        for f in [ex.submit(_lane, dsn, str(catalog_path), n, b, run_id) for n, b in lanes if b]:
+            for k, v in f.result().items():
+                totals[k] += v
+    return totals
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of the stack's PostgreSQL backends that ended (the postmaster's reaped children: every
+    database, so an upper bound of the benchmark's share; the pipeline's connections end with each step)."""
+    pidfile = ROOT / ".local" / "pg" / "data" / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process and its finished children, or of process ``pid``."""
+    if pid is None:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_bench_sync_dispatch(pg_dsn, tmp_path):
@@ -189,8 +221,9 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
          "--data-dir", str(tmp_path / "partners"), "--index-port", str(index)],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
     )  # fmt: skip
-    sides = ("bare_verified", "pipeline", "bare_delete")
+    sides = ("bare_verified", "pipeline_processes", "pipeline_threads", "bare_delete")
     times: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
     rounds: list[dict[str, float]] = []
     try:
         deadline = time.monotonic() + 60
@@ -213,9 +246,19 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
                 _seed(urls, subjects)
                 if side.startswith("bare"):
                     verify = side == "bare_verified"
+                    c0, p0, g0 = _cpu(), _cpu(proc.pid), _postgres_cpu()
                     t0 = time.perf_counter()
-                    status = asyncio.run(_bare(urls, subjects, verify))
+                    # fresh idempotency keys per side and round: a key seen before is answered from the
+                    # partner's store without deleting anything
+                    status = asyncio.run(_bare(urls, subjects, verify, f"{side}{rnd}"))
                     times[side].append(time.perf_counter() - t0)
+                    cpu[side].append(
+                        {
+                            "client": _cpu() - c0,
+                            "partners": _cpu(proc.pid) - p0,
+                            "postgres": _postgres_cpu() - g0,
+                        }
+                    )
                     assert status.get(200) == calls, status
                     assert status.get(404, 0) == (calls if verify else 0), status
                     continue
@@ -225,9 +268,13 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
                 )
                 create_requests(pg_dsn, subjects, [(n, "sync_api") for n in names])
                 query(pg_dsn, "ANALYZE erasure.task")
+                c0, p0, g0 = _cpu(), _cpu(proc.pid), _postgres_cpu()
                 t0 = time.perf_counter()
-                pipe_totals = _pipeline(pg_dsn, cat_path, names, f"bench{rnd}")
-                times["pipeline"].append(time.perf_counter() - t0)
+                pipe_totals = _pipeline(pg_dsn, cat_path, names, f"bench{rnd}{side}", side.split("_")[1])
+                times[side].append(time.perf_counter() - t0)
+                cpu[side].append(
+                    {"client": _cpu() - c0, "partners": _cpu(proc.pid) - p0, "postgres": _postgres_cpu() - g0}
+                )
                 assert pipe_totals["succeeded"] == calls, pipe_totals
                 done = query(pg_dsn, "SELECT count(*) FROM erasure.task WHERE status = 'succeeded'")[0][0]
                 assert done == calls
@@ -270,9 +317,27 @@ def test_bench_sync_dispatch(pg_dsn, tmp_path):
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "median_per_s": {k: round(calls / v, 1) for k, v in med.items()},
         "best_per_s": {k: round(calls / v, 1) for k, v in best.items()},
-        "ratio_pipeline_vs_bare_verified_median": round(med["bare_verified"] / med["pipeline"], 3),
-        "ratio_pipeline_vs_bare_delete_median": round(med["bare_delete"] / med["pipeline"], 3),
-        "ratio_pipeline_vs_bare_verified_best": round(best["bare_verified"] / best["pipeline"], 3),
+        "ratio_vs_bare_verified_median": {
+            k: round(med["bare_verified"] / med[k], 3) for k in ("pipeline_processes", "pipeline_threads")
+        },
+        "ratio_vs_bare_delete_median": {
+            k: round(med["bare_delete"] / med[k], 3) for k in ("pipeline_processes", "pipeline_threads")
+        },
+        "ratio_vs_bare_verified_best": {
+            k: round(best["bare_verified"] / best[k], 3) for k in ("pipeline_processes", "pipeline_threads")
+        },
+        "cpu_seconds_median": {
+            k: {
+                part: round(statistics.median(c[part] for c in v), 2)
+                for part in ("client", "partners", "postgres")
+            }
+            for k, v in cpu.items()
+        },
+        "cpu_note": (
+            "client = the benchmark process and its finished children (the pipeline's lanes); partners = "
+            "the partner servers' process; postgres = the stack's ended backends, every database (an upper "
+            "bound: other sessions' work on the shared server is included)"
+        ),
         "goal_ratio": 0.7,
         "goal_size": "N=10000, T=5",
         "pipeline_totals": pipe_totals,

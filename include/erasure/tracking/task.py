@@ -158,6 +158,21 @@ def push_next_attempt(cur: Any, task_id: int, due: datetime) -> int:
     return int(cur.rowcount)
 
 
+def push_next_attempts(cur: Any, dues: Sequence[tuple[int, datetime]]) -> int:
+    """:func:`push_next_attempt` for many ``(task id, due)`` pairs in one statement; returns rows changed."""
+    if not dues:
+        return 0
+    cur.execute(
+        """
+        UPDATE erasure.task t SET next_attempt_at = v.due
+          FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, due)
+         WHERE t.id = v.id AND t.status = %s
+        """,
+        ([d[0] for d in dues], [d[1] for d in dues], TaskStatus.FAILED.value),
+    )
+    return int(cur.rowcount)
+
+
 def unacked(cur: Any, active: Sequence[RequestStatus], now: datetime, batch: int) -> list[dict[str, Any]]:
     """Tasks awaiting an ack whose newest event was published (over a minute ago) and not acked,
     locked, with that event's id, attempt, publish count and publication time."""
@@ -246,6 +261,26 @@ def blocking(cur: Any, request_id: int) -> list[dict[str, Any]]:
         (request_id,),
     )
     return [dict(r) for r in cur.fetchall()]
+
+
+def blocking_many(cur: Any, request_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """:func:`blocking` for many requests in one query: request id -> its blocking tasks (by target)."""
+    out: dict[int, list[dict[str, Any]]] = {int(i): [] for i in request_ids}
+    if not out:
+        return out
+    cur.execute(
+        """
+        SELECT request_id, target, kind, status, attempts, left(last_error, 300) AS last_error, next_attempt_at
+          FROM erasure.task
+         WHERE request_id = ANY(%s) AND NOT (status = 'succeeded' AND evidence <> '{}'::jsonb)
+         ORDER BY request_id, target
+        """,
+        (list(out),),
+    )
+    for r in cur.fetchall():
+        row = dict(r)
+        out[int(row.pop("request_id"))].append(row)
+    return out
 
 
 def warehouse_workable(cur: Any, kind: str, target: str, max_attempts: int) -> list[dict[str, Any]]:
