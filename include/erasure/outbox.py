@@ -665,8 +665,8 @@ def _apply_acks(
     One query finds the messages already recorded (a redelivery after a crash between the commit and
     the offset commit), one locks the events they acknowledge (``FOR UPDATE``, event-id order), one
     inserts every message into ``ack_log`` (``ON CONFLICT DO NOTHING``: a concurrent consumer's copy is
-    counted as already seen), one marks the matched events acknowledged (the event log's
-    ``ack_received`` rows by the statement-level trigger), one moves their tasks (guarded
+    counted as already seen), one marks the matched events acknowledged (an ``ack_received`` event row
+    each, by the outbox's row trigger), one moves their tasks (guarded
     :func:`transition_tasks`) and one notes on ``ack_log`` the acks whose task had moved on. A second ack
     for the same event in the same batch is a ``duplicate``, as it would be in the next batch.
     """

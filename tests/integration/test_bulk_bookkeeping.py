@@ -254,3 +254,90 @@ def test_batch_killed_between_answers_and_commit_loses_nothing_and_counts_nothin
         assert verify_chain(dsn).ok
     finally:
         srv.close()
+
+
+# -- intake registration in bulk ----------------------------------------------------------------------
+
+
+def test_large_intake_batch_is_registered_in_bulk_with_the_same_outcomes(tracking_db, catalog):
+    """1,000 requests (two chunks) with duplicates inside the batch, an existing request, a held subject
+    and invalid ones: every outcome as the one-request path gives it, in input order, one request row
+    per registered request with its tasks, and one event per inserted row."""
+    from erasure.holds import place_hold
+    from erasure.intake import MAX_BATCH, REGISTER_CHUNK, register_requests
+
+    dsn = tracking_db
+    assert MAX_BATCH >= 1000 > REGISTER_CHUNK
+    pre = register_requests(dsn, catalog, [{"subject_type": "customer", "subject_id": "cus_exists",
+                                            "requested_by": "tests", "external_id": "ext-exists"}], "api")  # fmt: skip
+    assert pre.registered == 1
+    place_hold(dsn, "customer", "cus_held", "litigation", "legal", catalog)
+    events_before = query(dsn, "SELECT count(*) FROM erasure.event_log")[0][0]
+
+    batch = [
+        {"subject_type": "customer", "subject_id": f"cus_{i:05d}", "requested_by": "tests"}
+        for i in range(995)
+    ]
+    batch[10] = {
+        "subject_type": "customer",
+        "subject_id": "cus_00003",
+        "requested_by": "tests",
+    }  # same subject
+    batch[600] = {
+        "subject_type": "customer",
+        "subject_id": "cus_exists",
+        "requested_by": "tests",
+    }  # open already
+    batch[700] = {"subject_type": "customer", "subject_id": "cus_held", "requested_by": "tests"}
+    batch[800] = {"subject_type": "customer", "requested_by": "tests"}  # invalid: no subject_id
+    batch += [
+        {"subject_type": "customer", "subject_id": "cus_xa001", "requested_by": "t", "external_id": "ext-a"},
+        {"subject_type": "customer", "subject_id": "cus_xa002", "requested_by": "t", "external_id": "ext-a"},
+        {
+            "subject_type": "customer",
+            "subject_id": "cus_xa003",
+            "requested_by": "t",
+            "external_id": "ext-exists",
+        },
+        {"subject_type": "nobody", "subject_id": "x", "requested_by": "t"},
+        {"subject_type": "customer", "subject_id": "cus_xa004", "requested_by": "t", "reason": "bulk"},
+    ]
+    res = register_requests(dsn, catalog, batch, "api")
+    assert res.consistent and res.received == 1000
+    assert [o.index for o in res.outcomes] == list(range(1000))
+    by = {o.index: o for o in res.outcomes}
+    first_3 = by[3].request_id
+    assert by[10].status == "duplicate" and by[10].request_id == first_3
+    assert by[600].status == "duplicate" and by[600].request_id == pre.outcomes[0].request_id
+    assert by[700].status == "registered" and by[700].held
+    assert by[800].status == "rejected" and "subject_id" in by[800].message
+    assert by[995].status == "registered"
+    assert by[996].status == "rejected" and "already used by request" in by[996].message
+    assert by[997].status == "rejected" and "already used by request" in by[997].message
+    assert by[998].status == "rejected"
+    assert by[999].status == "registered"
+    assert (res.registered, res.duplicates, res.rejected, res.held) == (994, 2, 4, 1)
+
+    tasks_per = len(catalog.targets_for("customer"))
+    rows = query(
+        dsn,
+        "SELECT r.id, r.status, count(t.id) FROM erasure.request r LEFT JOIN erasure.task t ON t.request_id = r.id"
+        " WHERE r.id <> %s GROUP BY r.id, r.status",
+        (pre.outcomes[0].request_id,),
+    )
+    assert len(rows) == 994 and all(n == tasks_per for _, _, n in rows)
+    assert sorted(rid for rid, _, _ in rows) == sorted(
+        o.request_id for o in res.outcomes if o.status == "registered"
+    )
+    assert [s for _, s, _ in rows].count("held") == 1
+    assert query(dsn, "SELECT count(*) FROM erasure.rejected_request")[0][0] == 4
+    # one request_received per request, one request_held for the held one, one task_created per task
+    new_events = dict(
+        query(
+            dsn,
+            "SELECT event_type, count(*) FROM erasure.event_log WHERE seq > %s GROUP BY 1",
+            (events_before,),
+        )
+    )
+    assert new_events == {"request_received": 994, "request_held": 1, "task_created": 994 * tasks_per}
+    assert verify_chain(dsn).ok
