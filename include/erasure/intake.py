@@ -8,8 +8,9 @@ One public entry point per source:
 Every request is written whole: either the ``erasure.request`` row and one ``erasure.task`` row per
 enabled catalog target are written together, or nothing is (a rejection is then recorded in
 ``erasure.rejected_request``). :func:`register_requests` registers in chunks (one transaction and a few
-statements per chunk of :data:`REGISTER_CHUNK` requests); :func:`ingest_pending` one row at a time. Duplicates (the same ``external_id``, or the same
-subject while it has an open request) are detected by the unique indexes with
+statements per chunk of :data:`REGISTER_CHUNK` requests); :func:`ingest_pending` one row at a time.
+Duplicates (the same ``external_id``, or the same subject while it has an open request) are detected by
+the unique indexes with
 ``INSERT ... ON CONFLICT DO NOTHING``, so concurrent intakes are safe; they are reported with the id
 of the existing request. A subject under an active legal hold is registered as ``held``.
 
@@ -732,13 +733,15 @@ def _register_chunk(
             )
             holds = {(h["subject_type"], h["subject_id"]): h for h in cur.fetchall()}
         rows = []
-        for _, req in first:
-            hold = holds.get((req.subject_type, req.subject_id))
+        reasons: dict[int, str | None] = {}
+        for index, req in first:
+            status, reasons[index] = initial_status(
+                catalog, req, holds.get((req.subject_type, req.subject_id))
+            )
             rows.append(
                 (
                     req.external_id, req.subject_type, req.subject_id, req.requested_by, req.reason,
-                    req.jurisdiction, source, is_canary,
-                    *initial_status(catalog, req, hold),
+                    req.jurisdiction, source, is_canary, status, reasons[index],
                     catalog.sla_for(req.jurisdiction), run_id,
                 )
             )  # fmt: skip
@@ -770,11 +773,7 @@ def _register_chunk(
                 request_id=request_id,
                 external_id=req.external_id,
                 held=hold is not None,
-                message=(
-                    f"legal hold {hold['id']}: {hold['reason']}"[:1000]
-                    if hold
-                    else f"registered with {len(targets)} task(s)"
-                ),
+                message=reasons[index] or f"registered with {len(targets)} task(s)",
             )
         if task_rows:
             psycopg2.extras.execute_values(
