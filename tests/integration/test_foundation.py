@@ -26,6 +26,8 @@ TABLES = {
     "canary_check",
     "audit_head",
     "receipt",
+    "operator_action",
+    "review",
 }
 
 
