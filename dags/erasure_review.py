@@ -58,6 +58,9 @@ def erasure_review():
             params={
                 "reason": Param("", type="string", title="Reason", description="Why (required to reject).")
             },
+            # an answer given right as the task parks can race Airflow 3.3.2's scheduler into a retry (a
+            # fresh try that asks again): allow a few
+            retries=3,
         )
 
         @task
