@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from erasure.catalog import Catalog
 from erasure.targets.warehouse_delta import WarehouseDeltaSpec
-from erasure.vocab import AlertKind, TargetKind
+from erasure.vocab import AlertKind, DriftFinding, TargetKind
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -109,8 +109,7 @@ def name_looks_personal(column: str) -> bool:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str
-    """``undeclared_personal_column`` or ``uncatalogued_table``."""
+    kind: DriftFinding
     table: str
     """The catalog target's name, or the uncatalogued table's path."""
     path: str
@@ -124,7 +123,7 @@ class Finding:
         return f"pii_drift:{self.kind}:{self.path}:{self.column or '*'}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "kind": self.kind.value}
 
 
 def _profile(
@@ -195,7 +194,9 @@ def scan_warehouse(spark: SparkSession, catalog: Catalog, warehouse_dir: str | P
                 continue
             reason = "column name" if name_looks_personal(c) else looks.get(c)
             if reason:
-                findings.append(Finding("undeclared_personal_column", t.name, path, c, reason, t.owner))
+                findings.append(
+                    Finding(DriftFinding.UNDECLARED_PERSONAL_COLUMN, t.name, path, c, reason, t.owner)
+                )
     for table in _delta_tables(Path(warehouse_dir)):
         if os.path.realpath(table) in known:
             continue
@@ -217,7 +218,7 @@ def scan_warehouse(spark: SparkSession, catalog: Catalog, warehouse_dir: str | P
         if reasons:
             findings.append(
                 Finding(
-                    "uncatalogued_table",
+                    DriftFinding.UNCATALOGUED_TABLE,
                     table.name,
                     str(table),
                     None,
@@ -239,7 +240,7 @@ def record_findings(dsn: str, catalog: Catalog, findings: Sequence[Finding]) -> 
             what = (
                 f"column '{f.column}' of {f.table} looks personal ({f.reason}) but the catalog does not "
                 "declare it: add it to personal_data and give it a field strategy, or drop it"
-                if f.kind == "undeclared_personal_column"
+                if f.kind == DriftFinding.UNDECLARED_PERSONAL_COLUMN
                 else f"Delta table {f.path} is in no catalog target but holds personal data ({f.reason})"
             )
             new += raise_team_alert(
@@ -249,7 +250,7 @@ def record_findings(dsn: str, catalog: Catalog, findings: Sequence[Finding]) -> 
                 dedupe_key=f.dedupe_key,
                 kind=AlertKind.PII_DRIFT,
                 message=f"PII drift: {what}",
-                target=f.table if f.kind == "undeclared_personal_column" else None,
+                target=f.table if f.kind == DriftFinding.UNDECLARED_PERSONAL_COLUMN else None,
                 details=f.to_dict(),
             )
     return new

@@ -234,3 +234,10 @@ class FieldStrategy(StrEnum):
     CONSTANT = "constant"  # the value becomes the rule's constant
     HASH = "hash"  # the value becomes its keyed pseudonym (erasure.pseudonym): joins still work
     MASK = "mask"  # the type's blank: '[erased]' for strings, NULL otherwise (``mask_columns``)
+
+
+class DriftFinding(StrEnum):
+    """What PII drift detection found (erasure.drift; the ``pii_drift`` report's ``kind``)."""
+
+    UNDECLARED_PERSONAL_COLUMN = "undeclared_personal_column"
+    UNCATALOGUED_TABLE = "uncatalogued_table"

@@ -48,8 +48,12 @@ off for that one VACUUM call and restores it afterwards. Do not use a retention 
 longest write to that table while other writers are active.
 
 Residue outside data files: ``_delta_log`` commit files keep per-file column statistics (min/max)
-until the log retention (``delta.logRetentionDuration``, 30 days by default) expires them; the demo
-tables (see :mod:`erasure_demo.warehouse_gen`) therefore collect statistics only on non-personal columns.
+until the log retention expires them. Before its first delete the job sets (:func:`harden_log`, one
+metadata commit, a no-op afterwards) ``delta.dataSkippingStatsColumns`` to the columns that are
+neither key columns, nor ``personal_data``, nor erased by a rule, and ``delta.logRetentionDuration``
+to the target's ``log_retention_days`` (default 7, at most 30): new commits carry no identifier
+statistics and older log files are removed at the next checkpoint after that many days. Verification
+(:func:`log_check`) fails a table whose properties say otherwise.
 
 Core module: no Airflow imports. Spark only through :func:`erasure.spark.get_spark` (callers pass
 the session in).
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -381,6 +386,81 @@ def delete_subjects(
     return StepResult(spec.mode, version, committed, metrics, round(seconds, 3), _now().isoformat())
 
 
+STATS_COLUMNS_PROP = "delta.dataSkippingStatsColumns"
+INDEXED_COLS_PROP = "delta.dataSkippingNumIndexedCols"
+LOG_RETENTION_PROP = "delta.logRetentionDuration"
+MAX_STATS_COLUMNS = 32  # Delta's own default number of indexed columns
+SAFE_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # other names get no statistics (and no quoting)
+
+
+def log_properties(target: Target, spec: WarehouseDeltaSpec, columns: Sequence[str]) -> dict[str, str]:
+    """Table properties that keep identifiers out of the ``_delta_log`` for long: file statistics
+    (min/max) only on columns that are neither key columns, nor personal data, nor erased by a rule;
+    log files kept ``log_retention_days``."""
+    personal = {*target.personal_data, *spec.key_columns, *spec.rules()}
+    stats = [c for c in columns if c not in personal and SAFE_COLUMN.match(c)][:MAX_STATS_COLUMNS]
+    props = {LOG_RETENTION_PROP: f"interval {spec.log_retention_days} days"}
+    if stats:
+        props[STATS_COLUMNS_PROP] = ",".join(stats)
+    else:
+        props[INDEXED_COLS_PROP] = "0"
+    return props
+
+
+def _table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    detail = spark.sql(f"DESCRIBE DETAIL {_quote_path(path)}").collect()[0]  # noqa: S608 (quoted path)
+    return {str(k): str(v) for k, v in (detail["properties"] or {}).items()}
+
+
+def harden_log(
+    spark: SparkSession, target: Target, spec: WarehouseDeltaSpec, warehouse_dir: str | None = None
+) -> dict[str, Any]:
+    """Set :func:`log_properties` on the table where they differ (one metadata commit, else none);
+    returns what the evidence keeps: the statistics columns, the log retention, what changed."""
+    path = spec.resolved_path(warehouse_dir)
+    detail = spark.sql(f"DESCRIBE DETAIL {_quote_path(path)}").collect()[0]  # noqa: S608 (quoted path)
+    partitions = set(detail["partitionColumns"] or [])  # statistics are never kept on them
+    columns = [c for c in _delta_table(spark, spec, warehouse_dir).toDF().columns if c not in partitions]
+    wanted = log_properties(target, spec, columns)
+    current = _table_properties(spark, path)
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if STATS_COLUMNS_PROP in current and STATS_COLUMNS_PROP not in wanted:
+        changed[STATS_COLUMNS_PROP] = ""  # every column is personal: no column statistics at all
+    if changed:
+        assignments = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items() if v)
+        if assignments:
+            spark.sql(f"ALTER TABLE {_quote_path(path)} SET TBLPROPERTIES ({assignments})")  # noqa: S608
+        if changed.get(STATS_COLUMNS_PROP) == "":
+            spark.sql(f"ALTER TABLE {_quote_path(path)} UNSET TBLPROPERTIES ('{STATS_COLUMNS_PROP}')")  # noqa: S608
+    return {
+        "log_stats_columns": wanted.get(STATS_COLUMNS_PROP, ""),
+        "log_retention_days": spec.log_retention_days,
+        "log_properties_changed": sorted(changed),
+    }
+
+
+def log_check(
+    spark: SparkSession, target: Target, spec: WarehouseDeltaSpec, warehouse_dir: str | None = None
+) -> str | None:
+    """None when the table's properties keep identifiers out of its log as :func:`log_properties`
+    says (verification), else what is wrong."""
+    path = spec.resolved_path(warehouse_dir)
+    props = _table_properties(spark, path)
+    personal = {*target.personal_data, *spec.key_columns, *spec.rules()}
+    stats = props.get(STATS_COLUMNS_PROP)
+    if stats is None and props.get(INDEXED_COLS_PROP) != "0":
+        return f"{spec.table}: file statistics are collected on every column (no {STATS_COLUMNS_PROP})"
+    leaking = sorted(personal & {c.strip() for c in (stats or "").split(",")})
+    if leaking:
+        return f"{spec.table}: file statistics in the Delta log cover personal columns {leaking}"
+    if props.get(LOG_RETENTION_PROP) != f"interval {spec.log_retention_days} days":
+        return (
+            f"{spec.table}: {LOG_RETENTION_PROP} is {props.get(LOG_RETENTION_PROP, 'the default (30 days)')}, "
+            f"not {spec.log_retention_days} days"
+        )
+    return None
+
+
 def deletion_vectors_enabled(
     spark: SparkSession, spec: WarehouseDeltaSpec, warehouse_dir: str | None = None
 ) -> bool:
@@ -482,8 +562,10 @@ def delete_evidence(res: StepResult, batch_subjects: int) -> dict[str, Any]:
 
 
 VERIFY_METHOD = "delta time travel: latest version and the version before the delete"
+# Only errors that say the version's files or log are physically gone; Delta's policy refusal
+# (DELTA_UNSUPPORTED_TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION_DURATION) proves nothing: "could not look".
 _GONE_MARKERS = ("FILE_NOT_EXIST", "FileNotFound", "does not exist", "VersionNotFound",
-                 "DELTA_VERSIONS_NOT_CONTIGUOUS", "cannot time travel", "Cannot time travel")  # fmt: skip
+                 "DELTA_VERSIONS_NOT_CONTIGUOUS")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -566,7 +648,11 @@ def verify_erased(
                 f"still readable with {old_n} {what} (not vacuumed yet)",
             )
         else:
-            out[k] = Verdict(True, f"{spec.table}: 0 {what} at v{latest_v}; {old_note}")
+            out[k] = Verdict(
+                True,
+                f"{spec.table}: 0 {what} at v{latest_v}; {old_note}; log statistics only on non-personal "
+                f"columns, log files kept {spec.log_retention_days} days",
+            )
     return out
 
 
@@ -709,6 +795,9 @@ def _verify_tasks(
     reason = adapter_for(target).cannot_verify(target)
     if reason is not None:
         return {(VerificationOutcome.NOT_VERIFIABLE, reason): list(tasks)}
+    log_problem = log_check(spark, target, spec, warehouse_dir)
+    if log_problem is not None:  # the log could keep identifiers past the SLA: not provably erased
+        return {(VerificationOutcome.FAILED, log_problem): list(tasks)}
     groups: dict[tuple[VerificationOutcome | None, str], list[WarehouseTask]] = {}
     by_version: dict[int | None, list[WarehouseTask]] = {}
     for t in tasks:
@@ -760,6 +849,8 @@ def erase_target(
     rep.tasks_picked = len(tasks)
     meta = {"run_id": run_id, "target": target.name}
     try:
+        # 0. keep identifiers out of the Delta log (statistics, log retention); a no-op once set
+        hardening = harden_log(spark, target, spec, warehouse_dir)
         # 1. one batched MERGE for every task not deleted yet
         to_delete = [t for t in tasks if t.stage is None]
         if to_delete:
@@ -780,7 +871,7 @@ def erase_target(
                 res.version,
                 res.metrics,
             )
-            ev = {**delete_evidence(res, rep.subjects_in_batch), "strategies": spec.strategies()}
+            ev = {**delete_evidence(res, rep.subjects_in_batch), "strategies": spec.strategies(), **hardening}
             rep.advanced["deleted"] = len(_advance(dsn, to_delete, None, WarehouseStage.DELETED, ev))
         # 2. purge deletion vectors
         to_purge = [t for t in tasks if t.stage == WarehouseStage.DELETED]

@@ -210,3 +210,39 @@ def test_missing_pseudonym_key_names_the_file(tmp_path):
     (tmp_path / "short.key").write_text("abcd")
     with pytest.raises(PseudonymKeyError, match="at least 32 bytes"):
         load_key(tmp_path / "short.key")
+
+
+def test_log_hardening_keeps_identifiers_out_of_delta_log_statistics(spark, tmp_path):
+    """The job sets statistics columns and log retention once; verification's log check fails a table
+    that collects statistics on personal columns or keeps its log longer."""
+    from erasure.targets.warehouse_delta import WarehouseDeltaSpec
+    from erasure.warehouse import _table_properties, harden_log, log_check
+
+    path = str(tmp_path / "customers")
+    _write_table(spark, path, False)
+    section = {
+        "table": "customers",
+        "path": path,
+        "key_column": "customer_id",
+        "log_retention_days": 9,
+    }
+    target = _target("warehouse_delta", section)
+    target = target.model_copy(update={"personal_data": ["email", "full_name", "birth_date", "notes"]})
+    spec = WarehouseDeltaSpec.model_validate(section)
+    assert "every column" in log_check(spark, target, spec)  # a fresh table: statistics on every column
+
+    first = harden_log(spark, target, spec)
+    assert first["log_stats_columns"] == "referrer_id,score" and first["log_retention_days"] == 9
+    assert set(first["log_properties_changed"]) == {
+        "delta.dataSkippingStatsColumns",
+        "delta.logRetentionDuration",
+    }
+    props = _table_properties(spark, path)
+    assert props["delta.logRetentionDuration"] == "interval 9 days"
+    assert log_check(spark, target, spec) is None
+    assert harden_log(spark, target, spec)["log_properties_changed"] == []  # idempotent: no new commit
+
+    spark.sql(
+        f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'email,score')"
+    )
+    assert "personal columns ['email']" in log_check(spark, target, spec)

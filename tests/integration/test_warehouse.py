@@ -128,6 +128,11 @@ def _unreferenced_files(spark, path: str) -> set[str]:
     return _data_files(path) - live
 
 
+def spec_key_not_in_stats(spec, stats_columns: str) -> bool:
+    cols = set(stats_columns.split(",")) if stats_columns else set()
+    return not cols & {*spec.key_columns, *spec.rules()}
+
+
 # ----------------------------------------------------------------------------------------- tests
 def test_erasure_deletes_masks_purges_and_vacuums_with_evidence(spark, catalog, warehouse, tracking_db):
     from erasure.warehouse import MASK_STRING, erase_warehouse
@@ -218,6 +223,9 @@ def test_erasure_deletes_masks_purges_and_vacuums_with_evidence(spark, catalog, 
         assert f"at v{ev['vacuum_version']}" in ver["answer"], ver
         assert f"v{ev['delete_version'] - 1} (before the delete) unreadable: files vacuumed" in ver["answer"]
         assert subj not in ver["answer"]
+        # the Delta log keeps no identifier statistics and expires within the SLA (checked by verification)
+        assert ev["log_retention_days"] == 7 and "log files kept 7 days" in ver["answer"]
+        assert spec_key_not_in_stats(_spec(catalog, t), ev["log_stats_columns"])
     conn = psycopg2.connect(tracking_db)
     with conn, conn.cursor() as cur:
         cur.execute(
@@ -345,7 +353,7 @@ def test_bad_catalog_table_fails_the_target_with_a_clear_error(
     data = catalog.model_dump()
     for t in data["targets"]:
         if t["name"] == "wh_orders":
-            t["warehouse_delta"]["key_column"] = "buyer_id"
+            t["warehouse_delta"].update(key_column="buyer_id", key_columns=["buyer_id"])
     cat2 = Catalog.model_validate(data)
     ids = _register(tracking_db, SUBJECTS[6:7], targets=("wh_orders",))
     rep = erase_warehouse(
@@ -373,11 +381,12 @@ def test_bad_catalog_table_fails_the_target_with_a_clear_error(
 def test_killed_job_leaves_tables_consistent_and_next_run_completes(spark, catalog, warehouse, tracking_db):
     """SIGKILL the spark job (python + JVM) while its first MERGE runs; Delta's commit protocol keeps
     the table at a committed version; the next run finishes the erasure and vacuums the debris."""
-    from erasure.warehouse import erase_warehouse
+    from erasure.warehouse import erase_warehouse, harden_log
 
     subjects = SUBJECTS[7:10]
     spec = _spec(catalog, "wh_orders")
     p = spec.resolved_path(warehouse)
+    harden_log(spark, catalog.target("wh_orders"), spec, warehouse)  # its one metadata commit, if due, first
     v0 = _version(spark, p)
     s0 = _state(spark, p, spec.key_column, subjects)
     ids = _register(tracking_db, subjects, targets=("wh_orders",))

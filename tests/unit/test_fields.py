@@ -89,3 +89,13 @@ def test_pseudonym_pads_are_rfc2104_hmac():
             assert keyed_hash(key, value) == PREFIX + hmac.new(key, value.encode(), "sha256").hexdigest()
     assert is_pseudonym(keyed_hash(b"k" * 32, "x"))
     assert not is_pseudonym(PREFIX + "z" * 64) and not is_pseudonym("cus_1") and not is_pseudonym(None)
+
+
+def test_warehouse_log_retention_is_between_7_and_30_days():
+    from erasure.targets.warehouse_delta import WarehouseDeltaSpec
+
+    base = {"table": "t", "path": "t", "key_column": "k"}
+    assert WarehouseDeltaSpec.model_validate(base).log_retention_days == 7
+    for bad in (5, 31):
+        with pytest.raises(ValidationError, match="log_retention_days"):
+            WarehouseDeltaSpec.model_validate({**base, "log_retention_days": bad})

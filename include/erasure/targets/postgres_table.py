@@ -222,7 +222,11 @@ class PostgresTableAdapter(TargetAdapter):
         what = "rows" if spec.mode == "delete" else "rows not erased"
         method = f"count of {what} in {spec.table} by {', '.join(spec.key_columns)}, after the erasure (same transaction)"
         try:
-            pads = hmac_pads(self._pseudonym_key(ctx)) if "hash" in spec.strategies().values() else None
+            pads = (
+                hmac_pads(self._pseudonym_key(ctx))
+                if FieldStrategy.HASH in spec.strategies().values()
+                else None
+            )
             conn = self._connect(target)
             try:
                 with conn, conn.cursor() as cur:

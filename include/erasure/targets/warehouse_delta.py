@@ -54,6 +54,11 @@ class WarehouseDeltaSpec(KeyedRowsSpec):
     deletion_vectors: bool = False
     retention_hours: Annotated[int, Field(ge=0)] = 168
     """VACUUM retention; 0 purges old files at once (time travel to pre-erasure versions ends)."""
+    log_retention_days: Annotated[int, Field(ge=7, le=30)] = 7
+    """``delta.logRetentionDuration`` the erasure job sets: older ``_delta_log`` files (whose file
+    statistics may name a subject) are removed at the next checkpoint, well within the legal SLA.
+    At least 7: Delta refuses a log retention shorter than ``delta.deletedFileRetentionDuration``
+    (7 days by default; the job leaves it alone, so time travel behaves as the table's owners expect)."""
 
     def resolved_path(self, warehouse_dir: str | os.PathLike[str] | None = None) -> str:
         """The table's location: ``path`` itself when absolute or a URI, else under ``warehouse_dir``
