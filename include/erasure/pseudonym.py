@@ -47,28 +47,8 @@ def is_pseudonym(value: object) -> bool:
     return all(c in "0123456789abcdef" for c in value[len(PREFIX) :])
 
 
-MIN_KEY_BYTES = 32
-
-
-class PseudonymKeyError(RuntimeError):
-    """The pseudonym key file is missing or unusable; names the file and the fix, never the content."""
-
-
 def load_key(path: Path) -> bytes:
-    """The pseudonym key from its secret file (hex, at least 32 bytes)."""
-    try:
-        text = Path(path).read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise PseudonymKeyError(
-            f"pseudonym key {path} is missing: run `python -m erasure.cli keys init` "
-            "(or set ERASURE_PSEUDONYM_KEY_FILE)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PseudonymKeyError(f"pseudonym key {path}: unreadable ({type(exc).__name__})") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise PseudonymKeyError(f"pseudonym key {path}: expected hex") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise PseudonymKeyError(f"pseudonym key {path}: at least {MIN_KEY_BYTES} bytes are required")
-    return key
+    """The pseudonym key from its secret file (hex, at least 32 bytes); ``KeyFileError`` otherwise."""
+    from erasure.evidence.keys import load_hex_key
+
+    return load_hex_key(path, what="pseudonym key", setting="ERASURE_PSEUDONYM_KEY_FILE")

@@ -203,12 +203,13 @@ def test_warehouse_delete_by_either_key_column(spark, tmp_path):
 
 
 def test_missing_pseudonym_key_names_the_file(tmp_path):
-    from erasure.pseudonym import PseudonymKeyError, load_key
+    from erasure.evidence.keys import KeyFileError
+    from erasure.pseudonym import load_key
 
-    with pytest.raises(PseudonymKeyError, match="keys init"):
+    with pytest.raises(KeyFileError, match="keys init"):
         load_key(tmp_path / "nope.key")
     (tmp_path / "short.key").write_text("abcd")
-    with pytest.raises(PseudonymKeyError, match="at least 32 bytes"):
+    with pytest.raises(KeyFileError, match="at least 32 bytes"):
         load_key(tmp_path / "short.key")
 
 

@@ -129,21 +129,28 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_hmac_key(path: Path) -> bytes:
+def load_hex_key(path: Path, *, what: str, setting: str, min_bytes: int = 32) -> bytes:
+    """A secret key kept as hex in a file (at least ``min_bytes``); errors name the file, ``what`` it
+    is and the fix (``setting`` names its ``ERASURE_*`` variable), never its content."""
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).read_text(encoding="ascii").strip()
     except FileNotFoundError:
         raise KeyFileError(
-            f"identifier HMAC key {path} is missing: run `python -m erasure.cli keys init` "
-            "(or set ERASURE_IDENTIFIER_HMAC_KEY_FILE)"
+            f"{what} {path} is missing: run `python -m erasure.cli keys init` (or set {setting})"
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{what} {path}: unreadable ({type(exc).__name__})") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:
-        raise KeyFileError(f"identifier HMAC key {path}: expected hex") from None
-    if len(key) < 32:
-        raise KeyFileError(f"identifier HMAC key {path}: at least 32 bytes are required")
+        raise KeyFileError(f"{what} {path}: expected hex") from None
+    if len(key) < min_bytes:
+        raise KeyFileError(f"{what} {path}: at least {min_bytes} bytes are required")
     return key
+
+
+def load_hmac_key(path: Path) -> bytes:
+    return load_hex_key(path, what="identifier HMAC key", setting="ERASURE_IDENTIFIER_HMAC_KEY_FILE")
 
 
 def load_jwks(path: Path) -> dict[str, Ed25519PublicKey]:
