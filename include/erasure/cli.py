@@ -78,7 +78,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from erasure.kafka_admin import TopicsError, ensure_topics
 
         try:
-            created = ensure_topics(settings.kafka_bootstrap, timeout=args.timeout)
+            created = ensure_topics(
+                settings.kafka_bootstrap,
+                timeout=args.timeout,
+                replication_factor=settings.kafka_replication_factor,
+                min_insync_replicas=settings.kafka_min_insync_replicas,
+            )
         except TopicsError as exc:
             print(exc, file=sys.stderr)
             return 1

@@ -1,5 +1,10 @@
 """Kafka topics the pipeline uses, created idempotently by the set-up.
 
+Replication: ``replication_factor`` and ``min.insync.replicas`` come from the settings
+(``ERASURE_KAFKA_REPLICATION_FACTOR``, ``ERASURE_KAFKA_MIN_INSYNC_REPLICAS``; 1/1 on the single local
+broker, 3/2 on the three-broker cluster topology). Client security (SASL/TLS) is librdkafka config
+passed as ``client_config`` (in Airflow: the ``erasure_kafka`` connection's extra, docs/kafka.md).
+
 Retention: erasure events carry subject identifiers (personal data). Kafka keeps them for
 ``retention.ms`` (7 days) after which the segments are deleted (segments roll daily: at most ~8 days);
 see docs/kafka.md "Kafka retention holds personal data".
@@ -8,6 +13,7 @@ see docs/kafka.md "Kafka retention holds personal data".
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +56,17 @@ def ensure_topics(
     bootstrap: str,
     topics: tuple[TopicSpec, ...] | list[TopicSpec] = TOPICS,
     timeout: float = 120.0,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+    client_config: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create missing topics; returns the names created. Existing topics are left as they are.
+
+    Each new topic gets ``replication_factor`` replicas and ``min.insync.replicas`` =
+    ``min_insync_replicas`` (callers pass the settings' values). ``client_config`` is extra librdkafka
+    configuration for the admin client (``security.protocol``, ``sasl.*``, ``ssl.*``);
+    ``bootstrap`` wins over a ``bootstrap.servers`` in it.
 
     A broker that has just opened its port may not have registered with its KRaft controller yet:
     creating a topic then fails with ``INVALID_REPLICATION_FACTOR`` ("only 0 broker(s) are
@@ -60,12 +75,17 @@ def ensure_topics(
     """
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise ValueError(
+            f"min.insync.replicas {min_insync_replicas} must be between 1 and the replication factor "
+            f"{replication_factor}"
+        )
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout
     created: list[str] = []
     delay = 0.5
     while True:
-        errors = _create_missing(admin, topics, created)
+        errors = _create_missing(admin, topics, created, replication_factor, min_insync_replicas)
         if not errors:
             return created
         permanent = any(f"code={code}," in err for err in errors.values() for code in PERMANENT_ERRORS)
@@ -78,7 +98,11 @@ def ensure_topics(
 
 
 def _create_missing(
-    admin: Any, topics: tuple[TopicSpec, ...] | list[TopicSpec], created: list[str]
+    admin: Any,
+    topics: tuple[TopicSpec, ...] | list[TopicSpec],
+    created: list[str],
+    replication_factor: int,
+    min_insync_replicas: int,
 ) -> dict[str, str]:
     """One attempt: create the topics that do not exist yet; returns {topic: error} for failures."""
     from confluent_kafka.admin import NewTopic
@@ -87,16 +111,19 @@ def _create_missing(
         md = admin.list_topics(timeout=10)
     except Exception as exc:  # noqa: BLE001 - broker not reachable yet: retried by the caller
         return {t.name: f"listing topics failed: {exc}" for t in topics}
-    if not md.brokers:
-        return {t.name: "no broker registered yet" for t in topics}
+    if len(md.brokers) < replication_factor:  # brokers still registering count as not ready yet
+        return {
+            t.name: f"{len(md.brokers)} broker(s) registered, replication factor {replication_factor}"
+            for t in topics
+        }
     new = [
         NewTopic(
             t.name,
             num_partitions=t.partitions,
-            replication_factor=1,
+            replication_factor=replication_factor,
             config={
                 "retention.ms": str(t.retention_ms),
-                "min.insync.replicas": "1",
+                "min.insync.replicas": str(min_insync_replicas),
                 # issue 5: Kafka deletes whole segments only; rolling daily bounds how long an event
                 # (personal data) outlives retention.ms to about a day (docs/kafka.md)
                 "segment.ms": str(min(t.retention_ms, SEGMENT_MS)),

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     tracking_dsn: str | None = None
     """PostgreSQL DSN of the tracking store (the Airflow glue prefers the ``erasure_tracking`` connection)."""
     kafka_bootstrap: str = "127.0.0.1:29092"
+    kafka_replication_factor: Annotated[int, Field(ge=1)] = 1
+    """Replicas of each pipeline topic (``kafka-topics``); 3 on a three-broker cluster."""
+    kafka_min_insync_replicas: Annotated[int, Field(ge=1)] = 1
+    """Topic ``min.insync.replicas``: with ``acks=all`` a write needs this many replicas (2 with RF 3);
+    at most ``kafka_replication_factor``."""
 
     # -- Spark -------------------------------------------------------------------------------------
     spark_master: str = "local[*]"
@@ -136,6 +141,15 @@ class Settings(BaseSettings):
     @property
     def jars_path(self) -> Path:
         return self.spark_jars_dir or self.local_dir / "jars"
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) exceeds "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no write could succeed"
+            )
+        return self
 
     def require_tracking_dsn(self) -> str:
         """The tracking store's DSN, or a :class:`SettingsError` naming ``ERASURE_TRACKING_DSN``."""
