@@ -18,19 +18,22 @@ when requests started, completed, failed or re-opened). Produces the assets
 Params: `full_refresh` re-reads the whole retention window (idempotent); `retention_days` overrides it.
 See docs/event-dataset.md for the schema, access rules and example queries.
 
-Code: `erasure.event_dataset` (no Airflow); Spark runs in the task's process, started only when there
-is something to write.
+Code: `erasure.event_dataset` (no Airflow), run by `spark_jobs/build_event_dataset.py` (`--no-retention`,
+then `--retention-only`), each submitted with `spark-submit` (`SparkSubmitOperator`,
+`erasure.airflow.spark`; master from the `spark_default` connection). Inside the job the Spark session
+starts only when there is something to write.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
 from erasure.airflow.assets import ERASED_SUBJECTS, ERASURE_EVENTS, TRACKING_STORE
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
+from erasure.airflow.spark import EventDatasetBuildOperator, EventDatasetRetentionOperator
 
 
 @dag(
@@ -56,68 +59,9 @@ from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
     ),
 )
 def erasure_event_dataset():
-    @task(outlets=[ERASURE_EVENTS, ERASED_SUBJECTS])
-    def build() -> dict:
-        import json
-        import logging
-        from functools import partial
-
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from erasure.airflow.conn import tracking_dsn
-        from erasure.catalog import load_catalog
-        from erasure.dq import DataQualityError
-        from erasure.event_dataset import build_event_dataset
-        from erasure.settings import get_settings
-        from erasure.spark import get_spark
-
-        ctx = get_current_context()
-        params = ctx["params"]
-        settings = get_settings()
-        try:
-            report = build_event_dataset(
-                # Spark starts only if there is something to write
-                partial(get_spark, "erasure-event-dataset", settings=settings),
-                tracking_dsn(),
-                load_catalog(settings.catalog_path),
-                settings.dataset_path,
-                retention_days=params.get("retention_days") or settings.dataset_retention_days,
-                full_refresh=bool(params.get("full_refresh")),
-                apply_retention=False,
-            )
-        except DataQualityError as exc:
-            logging.getLogger("erasure.dq").error(
-                "GX report: %s", json.dumps(exc.summary.report, default=str)
-            )
-            raise AirflowFailException(str(exc)) from exc
-        outlet_events = ctx["outlet_events"]
-        outlet_events[ERASURE_EVENTS].extra = {
-            "version": report.events_version,
-            "inserted": report.inserted,
-            "updated": report.updated,
-            "max_occurred_at": report.max_occurred_at,
-        }
-        outlet_events[ERASED_SUBJECTS].extra = {
-            "version": report.subjects_version,
-            "inserted": report.subjects_inserted,
-        }
-        return report.to_dict()
-
-    @task
-    def enforce_retention() -> dict:
-        from erasure.event_dataset import enforce_retention as apply
-        from erasure.settings import get_settings
-        from erasure.spark import get_spark
-
-        settings = get_settings()
-        return apply(
-            get_spark("erasure-event-dataset", settings=settings),
-            settings.dataset_path,
-            retention_days=get_current_context()["params"].get("retention_days")
-            or settings.dataset_retention_days,
-        )
-
-    build() >> enforce_retention()
+    build = EventDatasetBuildOperator(task_id="build", outlets=[ERASURE_EVENTS, ERASED_SUBJECTS])
+    enforce_retention = EventDatasetRetentionOperator(task_id="enforce_retention")
+    build >> enforce_retention
 
 
 erasure_event_dataset()

@@ -1,7 +1,7 @@
 """Daily PII drift check of the warehouse: personal data the catalog does not declare.
 
-**scan** runs `spark_jobs/pii_drift.py` in a subprocess (`erasure.airflow.spark`, like the warehouse
-erasure): every catalogued `warehouse_delta` table's schema and a sample of its values are compared
+**scan** submits `spark_jobs/pii_drift.py` with `spark-submit` (`SparkSubmitOperator`,
+`erasure.airflow.spark.PiiDriftOperator`, master from `spark_default`, like the warehouse erasure): every catalogued `warehouse_delta` table's schema and a sample of its values are compared
 with the target's declared `personal_data`, key columns and field rules, and every Delta table under
 the warehouse root that no target names is looked at too. Findings:
 
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
+from erasure.airflow.spark import PiiDriftOperator
 
 
 @dag(
@@ -41,20 +42,7 @@ from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
     ),
 )
 def erasure_pii_drift():
-    @task(execution_timeout=timedelta(hours=1))
-    def scan() -> dict:
-        from erasure.airflow.spark import run_spark_job
-
-        result = run_spark_job("pii_drift.py")
-        if result.returncode != 0:
-            raise RuntimeError(f"pii_drift job exited {result.returncode}")
-        report = result.report
-        kinds: dict[str, int] = {}
-        for f in report["findings"]:
-            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
-        return {"findings": kinds, "new_alerts": report["new_alerts"]}
-
-    scan()
+    PiiDriftOperator(task_id="scan", execution_timeout=timedelta(hours=1))
 
 
 erasure_pii_drift()

@@ -6,9 +6,10 @@ Erases the subjects of in-progress requests from every catalog target of kind `w
 1. **pending_work** (short-circuit) - counts workable `warehouse_delta` tasks in the tracking store
    (request `in_progress`; task `pending`, `in_progress`, or `failed` with attempts left). Nothing to
    do: the run ends here without starting Spark.
-2. **erase** - one mapped task instance per table with work (its name is the map index), each running
-   `spark_jobs/warehouse_erase.py --target <table>` in a subprocess (`erasure.airflow.spark`; master
-   from the `spark_default` connection), at most two at a time per run: a broken table fails (and
+2. **erase** - one mapped task instance per table with work (its name is the map index), each
+   submitting `spark_jobs/warehouse_erase.py --target <table>` with `spark-submit`
+   (`SparkSubmitOperator`, `erasure.airflow.spark.WarehouseEraseOperator`; master from the
+   `spark_default` connection: `local[*]` or a Spark cluster), at most two at a time per run: a broken table fails (and
    is retried) alone while the others complete. Per table ONE batched
    `MERGE ... USING broadcast(subjects) ... WHEN MATCHED THEN DELETE` (or masking of the catalog's
    `mask_columns`), then `REORG TABLE ... APPLY (PURGE)` where deletion vectors are on, then `VACUUM`
@@ -26,10 +27,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import DATA_PLATFORM, dag_kwargs
+from erasure.airflow.spark import WarehouseEraseOperator
 
 
 @dag(
@@ -56,18 +58,12 @@ def erasure_warehouse():
         print(f"workable warehouse tasks per target: {counts}")
         return sorted(k for k, v in counts.items() if v)
 
-    @task(
+    WarehouseEraseOperator.partial(
+        task_id="erase",
         execution_timeout=timedelta(hours=6),
         map_index_template="{{ table_label }}",
         max_active_tis_per_dagrun=2,
-    )
-    def erase(target: str) -> dict:
-        from erasure.airflow.spark import erase_warehouse
-
-        get_current_context()["table_label"] = target  # type: ignore[typeddict-unknown-key]
-        return erase_warehouse([target])
-
-    erase.expand(target=pending_work())
+    ).expand(target=pending_work())
 
 
 erasure_warehouse()

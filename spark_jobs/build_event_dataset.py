@@ -1,6 +1,7 @@
 """spark-submit entry point: build the erasure event dataset (Delta) from the tracking store.
 
     python spark_jobs/build_event_dataset.py [--full-refresh] [--retention-days N] [--no-retention] [--report F]
+    python spark_jobs/build_event_dataset.py --retention-only [--retention-days N] [--report F]
 
 or with spark-submit, which must be given the jars itself (``spark.jars`` set by the session builder
 comes too late for the driver's class path when spark-submit already started the JVM)::
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retention-days", type=int, help="default: ERASURE_DATASET_RETENTION_DAYS (90)")
     p.add_argument("--overlap-hours", type=float, default=6.0, help="incremental re-read window (default 6)")
     p.add_argument("--no-retention", action="store_true", help="skip the retention DELETE + VACUUM")
+    p.add_argument(
+        "--retention-only", action="store_true", help="only the retention DELETE + VACUUM (no build)"
+    )
     p.add_argument("--master", help="Spark master (default: ERASURE_SPARK_MASTER or local[*])")
     p.add_argument(
         "--report", help="also write the JSON build report (or the failed validation) to this file"
@@ -78,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
             sessions.append(get_spark("erasure-event-dataset", settings=settings, master=args.master))
         return sessions[0]
 
+    if args.retention_only:  # the erasure_event_dataset DAG's enforce_retention task
+        from erasure.event_dataset import enforce_retention
+
+        try:
+            done = enforce_retention(
+                spark, args.dataset_dir or settings.dataset_path, retention_days=retention_days
+            )
+        finally:
+            for s in sessions:
+                s.stop()
+        print(json.dumps(done, default=str, indent=2))
+        _write(args.report, {"status": "retention_applied", **done})
+        return 0
     try:
         report = build_event_dataset(
             spark,

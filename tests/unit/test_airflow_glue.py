@@ -1,5 +1,5 @@
 """The Airflow glue in ``erasure.airflow``: shared DAG defaults, the intake Params, a number from a Param
-or a Variable, and the Spark job runner (with a stand-in job, no Spark)."""
+or a Variable, and the Spark submission path (a stand-in spark-submit and job, no Spark)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_minutes_from_param_then_variable_then_default(monkeypatch: pytest.Monke
         minutes({"delay": -1}, "delay", variable="erasure_test_delay", default=60)
 
 
-# -- the Spark job runner ----------------------------------------------------------------------
+# -- the Spark submission path (SparkSubmitOperator) -------------------------------------------
 
 FAKE_JOB = """
 import json, os, sys, time
@@ -147,103 +147,207 @@ open(report, "w").write(json.dumps(out))
 sys.exit(1 if mode == "target_failed" else 0)
 """
 
+# Stands in for spark-submit (no JVM): records its options, then becomes the application's Python
+# process (exec: same PID, so killing "spark-submit" kills the job, as with the real one's driver).
+FAKE_SPARK_SUBMIT = """
+import json, os, sys
+argv = sys.argv[1:]
+app = next(i for i, a in enumerate(argv) if a.endswith(".py"))
+with open(os.environ["FAKE_SUBMIT_LOG"], "w") as f:
+    json.dump({"options": argv[:app], "env_dsn": os.environ.get("ERASURE_TRACKING_DSN")}, f)
+os.execv(sys.executable, [sys.executable, argv[app], *argv[app + 1 :]])
+"""
+
 
 @pytest.fixture
 def fake_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``ERASURE_ROOT`` with a ``spark_jobs/`` holding a stand-in for ``warehouse_erase.py``."""
+    """``ERASURE_ROOT`` with a ``spark_jobs/`` holding a stand-in for ``warehouse_erase.py``, a stand-in
+    ``spark-submit`` first on PATH and two jars in ``ERASURE_SPARK_JARS_DIR``."""
+    import sys
+
     jobs = tmp_path / "spark_jobs"
     jobs.mkdir()
     (jobs / "warehouse_erase.py").write_text(textwrap.dedent(FAKE_JOB), encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    submit = bin_dir / "spark-submit"
+    submit.write_text(f"#!{sys.executable}\n" + FAKE_SPARK_SUBMIT, encoding="utf-8")
+    submit.chmod(0o755)
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for name in ("delta-spark_4.2_2.13-4.4.0.jar", "postgresql-42.7.14.jar"):
+        (jars / name).write_bytes(b"")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SUBMIT_LOG", str(tmp_path / "submit.json"))
     monkeypatch.setenv("ERASURE_ROOT", str(tmp_path))
+    monkeypatch.setenv("ERASURE_SPARK_JARS_DIR", str(jars))
+    monkeypatch.delenv("ERASURE_TRACKING_DSN", raising=False)
     monkeypatch.setenv("AIRFLOW_CONN_ERASURE_TRACKING", DSN)
     monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", '{"conn_type": "spark", "host": "local[1]"}')
     return jobs
 
 
-def test_runner_passes_the_dsn_in_the_environment_and_the_master_from_the_connection(
-    fake_jobs: Path, caplog: pytest.LogCaptureFixture
+def _submitted(tmp_path: Path) -> dict:
+    import json
+
+    return json.loads((tmp_path / "submit.json").read_text())
+
+
+def _erase(target: str = "t1"):
+    from erasure.airflow.spark import WarehouseEraseOperator
+
+    return WarehouseEraseOperator(task_id=f"erase_{target}", target=target)
+
+
+def test_spark_submit_gets_master_jars_and_python_and_the_job_the_dsn_only_in_its_environment(
+    fake_jobs: Path, tmp_path: Path
 ) -> None:
-    from erasure.airflow.spark import run_spark_job
+    import sys
 
-    caplog.set_level("INFO", logger="erasure.airflow.spark")
-    result = run_spark_job("warehouse_erase.py", ["--target", "t1"])
-    assert result.returncode == 0
-    argv = result.report["argv"]
-    assert argv[argv.index("--master") + 1] == "local[1]"
-    assert argv[-2:] == ["--target", "t1"]
-    assert result.report["dsn_in_env"] == DSN
-    assert "s3cret-pw" not in " ".join(argv)
-    logged = [r.getMessage() for r in caplog.records if r.name == "erasure.airflow.spark"]
-    assert any("erasure.warehouse: table t1: 3 rows deleted" in m for m in logged), logged
-    assert not any("SparkContext" in m for m in logged), logged  # Spark's own noise is dropped
-    assert not any("s3cret-pw" in m for m in logged)
-
-
-def test_runner_without_spark_connection_leaves_the_master_to_the_job(
-    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from erasure.airflow.spark import run_spark_job
-
-    monkeypatch.delenv("AIRFLOW_CONN_SPARK_DEFAULT")
-    assert "--master" not in run_spark_job("warehouse_erase.py").report["argv"]
-
-
-def test_a_job_without_report_fails_with_the_tail_of_its_output(
-    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from erasure.airflow.spark import TAIL_LINES, run_spark_job
-
-    monkeypatch.setenv("FAKE_JOB_MODE", "no_report")
-    with pytest.raises(RuntimeError, match="exited 2 without a report") as ei:
-        run_spark_job("warehouse_erase.py")
-    msg = str(ei.value)
-    assert "error: the catalog is broken" in msg
-    assert "noise line 59" in msg and "noise line 0\n" not in msg
-    assert len(msg.splitlines()) == TAIL_LINES + 1
-
-
-def test_a_stopped_task_kills_the_job(
-    fake_jobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When Airflow interrupts the task (timeout, marked failed) while the job runs, the job is killed."""
-    from erasure.airflow.spark import job_log_line, run_spark_job
-
-    pid_file = tmp_path / "job.pid"
-    monkeypatch.setenv("FAKE_JOB_MODE", "hang")
-    monkeypatch.setenv("FAKE_JOB_PID", str(pid_file))
-
-    class Stopped(BaseException):
-        """Stands in for the exception Airflow raises in a stopped task (e.g. AirflowTaskTimeout)."""
-
-    def stop_when_waiting(line: str) -> bool:
-        if line.endswith("waiting"):
-            raise Stopped
-        return job_log_line(line)
-
-    started = time.monotonic()
-    with pytest.raises(Stopped):
-        run_spark_job("warehouse_erase.py", echo=stop_when_waiting)
-    assert time.monotonic() - started < 60
-    pid = int(pid_file.read_text())
-    with pytest.raises(ProcessLookupError):  # killed and reaped: no such process any more
-        os.kill(pid, 0)
-
-
-def test_erase_warehouse_summarises_the_report_and_fails_on_a_failed_target(
-    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from erasure.airflow.spark import erase_warehouse
-
-    out = erase_warehouse({"t1": 2})
+    context: dict = {"params": {}}
+    out = _erase().execute(context)
     assert out == {
         "run_id": "r1",
         "targets": {
             "t1": {"tasks": 2, "advanced": 2, "waiting_for_retention": 0, "delete_version": 4, "rows": 3}
         },
     }
+    assert context["table_label"] == "t1"  # the map index shown in the UI
+    submitted = _submitted(tmp_path)
+    opts = submitted["options"]
+    assert opts[opts.index("--master") + 1] == "local[1]"
+    jars = opts[opts.index("--jars") + 1].split(",")
+    assert [Path(j).name for j in jars] == ["delta-spark_4.2_2.13-4.4.0.jar", "postgresql-42.7.14.jar"]
+    assert f"spark.pyspark.python={sys.executable}" in opts
+    assert submitted["env_dsn"] == DSN
+    assert "s3cret-pw" not in " ".join(opts)
+
+
+def test_the_job_gets_the_same_master_and_its_arguments(fake_jobs: Path, tmp_path: Path) -> None:
+    from erasure.airflow.spark import SparkJobOperator
+
+    op = SparkJobOperator(task_id="j", job="warehouse_erase.py", job_args=["--run-id", "x"])
+    report = op.execute({"params": {}})
+    argv = report["argv"]
+    assert argv[argv.index("--master") + 1] == "local[1]"
+    assert argv[-2:] == ["--run-id", "x"]
+    assert report["dsn_in_env"] == DSN and "s3cret-pw" not in " ".join(argv)
+
+
+def test_without_a_spark_connection_the_task_fails_naming_it(
+    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_SPARK_DEFAULT")
+    with pytest.raises(RuntimeError, match="AIRFLOW_CONN_SPARK_DEFAULT"):
+        _erase().execute({"params": {}})
+
+
+def test_a_job_without_report_fails_with_the_tail_of_its_output(
+    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_JOB_MODE", "no_report")
+    with pytest.raises(RuntimeError, match="exited 2 without a report") as ei:
+        _erase().execute({"params": {}})
+    msg = str(ei.value)
+    assert "error: the catalog is broken" in msg
+    assert "s3cret-pw" not in msg
+
+
+def test_a_failed_target_fails_the_task_with_its_error(
+    fake_jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from erasure.airflow.spark import SparkJobFailed
+
     monkeypatch.setenv("FAKE_JOB_MODE", "target_failed")
-    with pytest.raises(RuntimeError, match=r"warehouse erasure failed \(exit 1\): t2: boom"):
-        erase_warehouse(["t1", "t2"])
+    with pytest.raises(SparkJobFailed, match=r"warehouse erasure failed \(exit 1\): t2: boom"):
+        _erase().execute({"params": {}})
+
+
+def _wait_for(path: Path, seconds: float = 30) -> int:
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def test_a_timed_out_task_kills_the_job(
+    fake_jobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's execution timeout raises in the task's main thread (SIGALRM) while spark-submit runs:
+    the job is killed, not left behind."""
+    import signal
+
+    class Stopped(BaseException):
+        """Stands in for AirflowTaskTimeout."""
+
+    def on_alarm(signum, frame):
+        raise Stopped
+
+    pid_file = tmp_path / "job.pid"
+    monkeypatch.setenv("FAKE_JOB_MODE", "hang")
+    monkeypatch.setenv("FAKE_JOB_PID", str(pid_file))
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    started = time.monotonic()
+    try:
+        signal.alarm(5)
+        with pytest.raises(Stopped):
+            _erase().execute({"params": {}})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 60
+    pid = _wait_for(pid_file)
+    with pytest.raises(ProcessLookupError):  # killed and reaped: no such process any more
+        os.kill(pid, 0)
+
+
+def test_a_task_marked_failed_kills_the_job(
+    fake_jobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marked failed in the UI: Airflow calls the operator's on_kill while execute runs."""
+    import threading
+
+    pid_file = tmp_path / "job.pid"
+    monkeypatch.setenv("FAKE_JOB_MODE", "hang")
+    monkeypatch.setenv("FAKE_JOB_PID", str(pid_file))
+    op = _erase()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute({"params": {}})
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    pid = _wait_for(pid_file)
+    op.on_kill()
+    t.join(60)
+    assert not t.is_alive()
+    assert errors and "without a report" in str(errors[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_event_dataset_jobs_take_the_run_params() -> None:
+    from erasure.airflow.spark import EventDatasetBuildOperator, EventDatasetRetentionOperator
+
+    build = EventDatasetBuildOperator(task_id="build")
+    assert build.extra_job_args({"params": {"full_refresh": True, "retention_days": 30}}) == [
+        "--no-retention",
+        "--full-refresh",
+        "--retention-days",
+        "30",
+    ]
+    assert build.extra_job_args({"params": {"full_refresh": False, "retention_days": None}}) == [
+        "--no-retention"
+    ]
+    retention = EventDatasetRetentionOperator(task_id="r")
+    assert retention.extra_job_args({"params": {}}) == ["--retention-only"]
+    assert build.job == retention.job == "build_event_dataset.py"
+    assert (ROOT / "spark_jobs" / build.job).is_file()
 
 
 def test_job_path_names_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,57 +1,46 @@
-"""Run a Spark entry point of ``spark_jobs/`` from an Airflow task, as a subprocess.
+"""Submit a Spark entry point of ``spark_jobs/`` from an Airflow task: the one submission path.
 
-:func:`run_spark_job` starts ``python spark_jobs/<job> --report <file> [--master M] <args>`` and:
+Every Spark job of the pipeline (the warehouse erasure, the PII drift scan, the event dataset's build
+and retention) is run by :class:`SparkJobOperator`, a ``SparkSubmitOperator`` (Apache Spark provider)
+that runs ``spark-submit`` with the master of the ``spark_default`` connection: ``local[*]``-style on
+the local topology, ``spark://host:7077`` on a Spark standalone cluster (``yarn``, ``k8s://...`` work
+the same for client deploy mode). The job's driver runs in client mode next to the Airflow worker;
+its executors run wherever the master puts them. On top of ``SparkSubmitOperator`` it
 
 * passes the tracking store's DSN (``erasure_tracking`` connection) in the job's environment as
-  ``ERASURE_TRACKING_DSN``, never on the command line (arguments are visible in the process list);
-* takes the master from the ``spark_default`` connection's host; without one the job uses its own
-  default (``ERASURE_SPARK_MASTER``);
-* streams the job's own log lines into the task log (lines of the ``erasure.*`` loggers, errors);
-  Spark's INFO/WARN noise is dropped, the last lines are kept for the error message;
-* kills the job when the task is stopped (execution timeout, marked failed): the ``finally`` runs
-  when Airflow interrupts the task;
-* reads the job's JSON report from a temporary file; a job that exits without one fails the task
-  with the tail of its output.
+  ``ERASURE_TRACKING_DSN``, set at execution time, so it is neither on the command line (arguments are
+  visible in the process list) nor among the task's rendered template fields (shown in the UI);
+* hands Spark the Delta and JDBC jars of ``ERASURE_SPARK_JARS_DIR`` (``--jars``: jars set by the session
+  builder arrive after the driver JVM has started), the driver memory of the settings and the Python
+  interpreter of the worker (driver and executors);
+* passes ``--master`` (the connection's) to the job too, so the job's own session builder asks for the
+  master spark-submit was given;
+* reads the job's JSON report from a temporary file (``--report``): the job writes its outcome
+  (per-table stages and evidence) to the tracking store itself; the report is what the task returns
+  to XCom. A job that exits without a report fails the task with the tail of its output. A report
+  with failures is judged by the subclass (:meth:`SparkJobOperator.summarize`);
+* kills ``spark-submit`` when the task is stopped (execution timeout, marked failed).
 
-Why a subprocess rather than ``SparkSubmitOperator`` or ``@task.pyspark``: both need the Apache Spark
-provider, which is not part of this project's pinned environment. A subprocess also keeps the Spark
-driver JVM (2 GB, ~10 s start) out of the Airflow worker process: its memory is returned when the job
-ends, a JVM crash or OOM fails the task instead of killing the worker, and a timeout or a killed task
-instance kills the job cleanly (Delta's commit protocol keeps the tables consistent; the next run
-finishes the work). It is the same entry point ``spark-submit`` runs on a cluster.
-
-:func:`erase_warehouse` is the ``erasure_warehouse`` DAG's use of it (``spark_jobs/warehouse_erase.py``).
+The subclasses are the DAGs' jobs: :class:`WarehouseEraseOperator` (one mapped task per table),
+:class:`PiiDriftOperator`, :class:`EventDatasetBuildOperator`, :class:`EventDatasetRetentionOperator`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+from erasure.airflow.conn import SPARK_CONN_ID
 
 TAIL_LINES = 40
 """Lines of the job's output kept for the error message of a job that left no report."""
-
-
-def job_log_line(line: str) -> bool:
-    """Whether a line of the job's output goes to the task log: the job's own loggers and errors."""
-    return "erasure." in line or "ERROR" in line or line.startswith("error:")
-
-
-@dataclass(frozen=True)
-class SparkJobResult:
-    returncode: int
-    report: dict[str, Any]
-    """The JSON report the job wrote to ``--report``."""
 
 
 def job_path(job: str) -> Path:
@@ -71,63 +60,130 @@ def job_path(job: str) -> Path:
     raise FileNotFoundError(f"Spark job {job!r} not found; looked at: {', '.join(map(str, candidates))}")
 
 
-def run_spark_job(
-    job: str,
-    args: Sequence[str] = (),
-    *,
-    echo: Callable[[str], bool] = job_log_line,
-) -> SparkJobResult:
-    """Run ``spark_jobs/<job>`` with ``args`` to its end and return its exit status and report.
+class SparkJobFailed(RuntimeError):
+    """The job's report says it failed (or it exited non-zero); its tasks are already marked in the
+    tracking store."""
 
-    Raises ``RuntimeError`` with the tail of the job's output when it wrote no report. A report with
-    failures is returned as it is: what counts as failed is the caller's business.
+
+class SparkJobOperator(SparkSubmitOperator):
+    """``spark-submit spark_jobs/<job> --report <tmp> --master <M> <job_args>``; returns
+    :meth:`summarize` of the job's report (to XCom).
+
+    :param job: file name under ``spark_jobs/``.
+    :param job_args: the job's own arguments (templated).
     """
-    from erasure.airflow.conn import spark_master, tracking_dsn
-    from erasure.settings import environ
 
-    path = job_path(job)
-    env = {**environ(), "ERASURE_TRACKING_DSN": tracking_dsn()}
-    master = spark_master()
-    with tempfile.TemporaryDirectory(prefix="erasure-spark-") as tmp:
-        report_file = Path(tmp) / "report.json"
-        cmd = [sys.executable, str(path), "--report", str(report_file)]
-        if master:
-            cmd += ["--master", master]
-        cmd += list(args)
-        log.info("running: %s", " ".join(cmd))
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                tail.append(line)
-                if echo(line):
-                    log.info("%s", line)
-            returncode = proc.wait()
-        finally:
-            if proc.poll() is None:  # the task was stopped (timeout, marked failed): stop the job too
-                proc.kill()
-                proc.wait()
-        if not report_file.exists():
-            raise RuntimeError(f"Spark job {job} exited {returncode} without a report:\n" + "\n".join(tail))
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-    return SparkJobResult(returncode=returncode, report=report)
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
+    job: str = ""
+
+    def __init__(self, *, job: str | None = None, job_args: Sequence[str] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("conn_id", SPARK_CONN_ID)
+        job = job or self.job
+        if not job:
+            raise ValueError("SparkJobOperator needs job= (a file of spark_jobs/)")
+        kwargs.setdefault("name", f"erasure-{job.removesuffix('.py').replace('_', '-')}")
+        super().__init__(application="", **kwargs)
+        self.job = job
+        self.job_args = list(job_args)
+        self.returncode: int | None = None
+        self.output_tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    # -- what a subclass decides --------------------------------------------------------------------
+    def extra_job_args(self, context: Any) -> list[str]:
+        """Arguments from the run (params, map index) appended to ``job_args``."""
+        return []
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        """What the task returns; raise to fail it. Default: the report, failing on a non-zero exit."""
+        if returncode != 0:
+            raise SparkJobFailed(f"Spark job {self.job} exited {returncode}")
+        return report
+
+    # -- the submission -----------------------------------------------------------------------------
+    def execute(self, context: Any) -> Any:
+        from erasure.airflow.conn import spark_master, tracking_dsn
+        from erasure.settings import get_settings
+
+        settings = get_settings()
+        master = spark_master(self._conn_id)
+        if not master:
+            raise RuntimeError(
+                f"no Spark master: set the '{self._conn_id}' connection's host "
+                f"(AIRFLOW_CONN_{self._conn_id.upper()}, e.g. local[2] or spark://host:7077)"
+            )
+        jars = sorted(str(p) for p in settings.jars_path.glob("*.jar"))
+        with tempfile.TemporaryDirectory(prefix="erasure-spark-") as tmp:
+            report_file = Path(tmp) / "report.json"
+            self.application = str(job_path(self.job))
+            self.application_args = [
+                "--report",
+                str(report_file),
+                "--master",
+                master,
+                *self.job_args,
+                *self.extra_job_args(context),
+            ]
+            # set here, after the template fields were rendered and stored: never shown in the UI
+            self.env_vars = {**(self.env_vars or {}), "ERASURE_TRACKING_DSN": tracking_dsn()}
+            self.jars = ",".join(jars) or None
+            self._driver_memory = self._driver_memory or settings.spark_driver_memory
+            self.conf = {
+                "spark.pyspark.python": sys.executable,
+                "spark.pyspark.driver.python": sys.executable,
+                "spark.ui.enabled": str(settings.spark_ui).lower(),
+                **(self.conf or {}),
+            }
+            self._hook = None  # built from the values above
+            self.returncode = 0
+            try:
+                super().execute(context)
+            except Exception as exc:  # noqa: BLE001 - spark-submit failed: the report (if any) says why
+                sp = getattr(self._hook, "_submit_sp", None)
+                self.returncode = sp.returncode if sp is not None and sp.returncode is not None else 1
+                self.output_tail.extend(str(exc).splitlines()[-TAIL_LINES:])
+            finally:
+                self._kill_if_running()
+            if not report_file.exists():
+                raise RuntimeError(
+                    f"Spark job {self.job} exited {self.returncode} without a report:\n"
+                    + "\n".join(self.output_tail)
+                )
+            report = json.loads(report_file.read_text(encoding="utf-8"))
+        return self.summarize(report, self.returncode, context)
+
+    def _kill_if_running(self) -> None:
+        """The task was stopped (timeout, marked failed) while spark-submit ran: stop it too."""
+        sp = getattr(self._hook, "_submit_sp", None)
+        if sp is not None and sp.poll() is None:
+            sp.kill()
+            sp.wait()
 
 
-def erase_warehouse(targets: Iterable[str]) -> dict[str, Any]:
-    """Run ``spark_jobs/warehouse_erase.py`` for ``targets`` and return a small summary for XCom
-    (per target: tasks picked, advanced, waiting for retention, delete version, rows deleted).
+class WarehouseEraseOperator(SparkJobOperator):
+    """``spark_jobs/warehouse_erase.py --target <target>``: one table's MERGE, purge and vacuum, stages
+    and evidence written to the tracking store by the job. Returns a small summary for XCom; fails when
+    the target failed (its tasks are already ``failed`` with the error, for ``erasure_reconcile``)."""
 
-    Raises ``RuntimeError`` when a target failed or the job exited non-zero; the failed targets'
-    tasks are already marked ``failed`` with the error, for ``erasure_reconcile`` to retry or escalate.
-    """
-    args = [arg for target in sorted(targets) for arg in ("--target", target)]
-    result = run_spark_job("warehouse_erase.py", args)
-    report = result.report
+    job = "warehouse_erase.py"
+
+    def __init__(self, *, target: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+
+    def extra_job_args(self, context: Any) -> list[str]:
+        context["table_label"] = self.target  # the map index shown in the UI
+        return ["--target", self.target]
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        return warehouse_summary(report, returncode)
+
+
+def warehouse_summary(report: dict[str, Any], returncode: int) -> dict[str, Any]:
+    """Per target: tasks picked, advanced, waiting for retention, delete version, rows deleted.
+    Raises :class:`SparkJobFailed` when a target failed or the job exited non-zero."""
     failed = [f"{t['target']}: {t['error']}" for t in report["targets"] if t.get("error")]
-    if failed or result.returncode != 0:
-        raise RuntimeError(f"warehouse erasure failed (exit {result.returncode}): " + "; ".join(failed))
+    if failed or returncode != 0:
+        raise SparkJobFailed(f"warehouse erasure failed (exit {returncode}): " + "; ".join(failed))
     return {
         "run_id": report["run_id"],
         "targets": {
@@ -141,3 +197,78 @@ def erase_warehouse(targets: Iterable[str]) -> dict[str, Any]:
             for t in report["targets"]
         },
     }
+
+
+class PiiDriftOperator(SparkJobOperator):
+    """``spark_jobs/pii_drift.py``: findings per kind and new alerts (findings do not fail the run)."""
+
+    job = "pii_drift.py"
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        if returncode != 0:
+            raise SparkJobFailed(f"pii_drift job exited {returncode}")
+        kinds: dict[str, int] = {}
+        for f in report["findings"]:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+        return {"findings": kinds, "new_alerts": report["new_alerts"]}
+
+
+def _retention_args(params: dict[str, Any]) -> list[str]:
+    days = params.get("retention_days")
+    return ["--retention-days", str(int(days))] if days else []
+
+
+class EventDatasetBuildOperator(SparkJobOperator):
+    """``spark_jobs/build_event_dataset.py --no-retention``: new events MERGEd into the Delta dataset
+    after the GX checks. A failed validation fails the task at once (no retry: the data must be fixed
+    first) with the report in the log; the assets' extras carry the new versions and counts."""
+
+    job = "build_event_dataset.py"
+
+    def extra_job_args(self, context: Any) -> list[str]:
+        params = context["params"]
+        return ["--no-retention", *(["--full-refresh"] if params.get("full_refresh") else [])] + (
+            _retention_args(params)
+        )
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        import logging
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if report.get("status") == "failed_validation":
+            logging.getLogger("erasure.dq").error(
+                "GX report: %s", json.dumps(report["validation"], default=str)
+            )
+            raise AirflowFailException(f"the event batch failed data quality (exit {returncode})")
+        if returncode != 0:
+            raise SparkJobFailed(f"build_event_dataset job exited {returncode}")
+        from erasure.airflow.assets import ERASED_SUBJECTS, ERASURE_EVENTS
+
+        outlet_events = context["outlet_events"]
+        outlet_events[ERASURE_EVENTS].extra = {
+            "version": report.get("events_version"),
+            "inserted": report.get("inserted"),
+            "updated": report.get("updated"),
+            "max_occurred_at": report.get("max_occurred_at"),
+        }
+        outlet_events[ERASED_SUBJECTS].extra = {
+            "version": report.get("subjects_version"),
+            "inserted": report.get("subjects_inserted"),
+        }
+        return {k: v for k, v in report.items() if k != "status"}
+
+
+class EventDatasetRetentionOperator(SparkJobOperator):
+    """``spark_jobs/build_event_dataset.py --retention-only``: rows older than the retention deleted
+    and both tables vacuumed, so identifiers do not outlive it."""
+
+    job = "build_event_dataset.py"
+
+    def extra_job_args(self, context: Any) -> list[str]:
+        return ["--retention-only", *_retention_args(context["params"])]
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        if returncode != 0:
+            raise SparkJobFailed(f"event dataset retention exited {returncode}")
+        return {k: v for k, v in report.items() if k != "status"}
