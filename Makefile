@@ -3,7 +3,7 @@ SHELL := /bin/bash
 STACK := scripts/stack.sh
 PY := .local/venv/bin/python
 
-.PHONY: demo test test-faults setup up down status lint fmt bench
+.PHONY: demo test test-faults setup up down status lint fmt bench cluster-up cluster-down cluster-status test-cluster bench-e2e
 
 ## Set up, start the stack and demo partners, run the whole pipeline end to end, print the report.
 demo:
@@ -37,3 +37,18 @@ bench: setup
 ## Slow fault tests (~7 min): Postgres restart, Kafka down for 3 minutes, each on a private stack.
 test-faults: setup
 	bash -c '. scripts/env.sh && $(PY) -m pytest -m faults tests/integration/test_stack_faults.py -p no:cacheprovider'
+
+## The cluster topology (issue 20, README "Scaling out"): CeleryExecutor + Redis and two workers, a Spark
+## standalone master and two workers, three KRaft Kafka brokers (RF 3, min.insync.replicas 2).
+cluster-up:
+	bash scripts/cluster.sh setup && bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down
+
+cluster-status:
+	bash scripts/cluster.sh status
+
+## End to end on the cluster topology with a Celery worker and a Kafka broker killed mid-run (~10 min).
+test-cluster: cluster-up
+	bash -c 'export ERASURE_TOPOLOGY=cluster && . scripts/env.sh && $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider'

@@ -3,6 +3,8 @@
 # shellcheck shell=bash
 ERASURE_ROOT="${ERASURE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 export ERASURE_ROOT
+# issue 20: the cluster topology (scripts/cluster.sh) brings its own defaults (ports, executor, masters)
+if [ "${ERASURE_TOPOLOGY:-local}" = cluster ]; then . "$ERASURE_ROOT/scripts/cluster-env.sh"; fi
 export ERASURE_LOCAL="${ERASURE_LOCAL:-$ERASURE_ROOT/.local}"
 export ERASURE_VENV="${ERASURE_VENV:-$ERASURE_LOCAL/venv}"
 
@@ -42,7 +44,7 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$ERASURE_LOCAL/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ERASURE_ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ERASURE_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
-export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}" # CeleryExecutor: scripts/cluster-env.sh
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/airflow"
@@ -65,6 +67,10 @@ export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$ERASURE_LOCAL/airflow/logs"
 # Connections, by URI/JSON through the environment (no secrets in code or in the metadata DB).
 export AIRFLOW_CONN_ERASURE_TRACKING="postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking"
 export AIRFLOW_CONN_ERASURE_KAFKA="{\"conn_type\": \"kafka\", \"extra\": {\"bootstrap.servers\": \"$ERASURE_KAFKA_BOOTSTRAP\"}}"
+# the Celery result backend (cluster topology) is the metadata database
+if [ "$AIRFLOW__CORE__EXECUTOR" = CeleryExecutor ]; then
+  export AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/airflow"
+fi
 export AIRFLOW_CONN_SPARK_DEFAULT="{\"conn_type\": \"spark\", \"host\": \"$ERASURE_SPARK_MASTER\"}"
 # Ack signing keys (ERASURE_ACK_KEY_<TARGET> from secrets.env): for the demo partners and the CLI, and as
 # Airflow connections erasure_ack_<target> (password = key) for the erasure_acks DAG.

@@ -24,6 +24,7 @@ mkdir -p "$L" "$RUN" "$LOGS" "$L/cache"
 KAFKA_VERSION=4.3.1        # kafka-tools 4.4.0 needs packages Maven Central does not serve here
 DELTA_VERSIONS="4.4.1 4.4.0"   # 4.4.1 is tried first; 4.4.0 is the newest served here (see README)
 PY=python3.11
+KLIBS="${ERASURE_KAFKA_LIBS:-$L/kafka/libs}" # the Kafka jars (the cluster topology shares the local stack's)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { # message; when it ends in "see <file>", the file's tail is printed too (CI keeps only stderr)
@@ -152,7 +153,7 @@ setup_ack_keys() {
 
 setup_venv() {
   need "$PY" "install Python 3.11"
-  local stamp="$L/venv/.installed" want
+  local stamp="$ERASURE_VENV/.installed" want
   want=$(cat "$ERASURE_ROOT/pyproject.toml" "$ERASURE_ROOT/constraints.txt" | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   log "installing the Python environment (pinned; ~2-4 min cold, cached in $L/cache/pip)"
@@ -173,10 +174,10 @@ mvn_fetch() { # pom outdir [extra args]
 setup_jars() {
   need java "install a Java 17 JDK (apt-get install openjdk-17-jdk-headless)"
   need mvn "install Maven (apt-get install maven)"
-  if [ ! -f "$L/kafka/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+  if [ ! -f "$KLIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
     log "fetching Apache Kafka $KAFKA_VERSION and its dependencies from Maven Central"
-    mkdir -p "$L/kafka/libs"
-    mvn_fetch "$ERASURE_ROOT/tools/maven/kafka-pom.xml" "$L/kafka/libs" || die "Kafka download failed; see $LOGS/mvn-kafka-pom.log"
+    mkdir -p "$KLIBS"
+    mvn_fetch "$ERASURE_ROOT/tools/maven/kafka-pom.xml" "$KLIBS" || die "Kafka download failed; see $LOGS/mvn-kafka-pom.log"
   fi
   if ! ls "$ERASURE_SPARK_JARS_DIR"/delta-spark_4.2_2.13-*.jar >/dev/null 2>&1; then
     mkdir -p "$ERASURE_SPARK_JARS_DIR"
@@ -299,7 +300,7 @@ down_postgres() {
 # ---------------------------------------------------------------- kafka
 KDIR="$L/kafka"
 up_kafka() {
-  [ -f "$KDIR/libs/kafka_2.13-$KAFKA_VERSION.jar" ] || die "Kafka jars missing: run scripts/stack.sh setup"
+  [ -f "$KLIBS/kafka_2.13-$KAFKA_VERSION.jar" ] || die "Kafka jars missing: run scripts/stack.sh setup"
   if pid_alive "$RUN/kafka.pid"; then
     log "kafka already running on $ERASURE_KAFKA_BOOTSTRAP"
   else
@@ -321,7 +322,7 @@ logger.kafka.level=WARN
 logger.apache.name=org.apache
 logger.apache.level=WARN
 EOF
-    local cp="$KDIR/libs/*"
+    local cp="$KLIBS/*"
     local jopts=(-Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile="$KDIR/log4j2.properties")
     if [ ! -f "$KDIR/data/meta.properties" ]; then
       local id
@@ -441,6 +442,8 @@ cmd_status() {
   supervised_line "$RUN/partners.pid" "partners  " ""
 }
 
+# sourced (scripts/cluster.sh uses its functions): define only
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 case "${1:-}" in
   setup) cmd_setup ;;
   up) shift; cmd_up "$@" ;;
