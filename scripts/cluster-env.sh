@@ -30,3 +30,10 @@ export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-CeleryExecutor}"
 export AIRFLOW__CELERY__BROKER_URL="${AIRFLOW__CELERY__BROKER_URL:-redis://127.0.0.1:$ERASURE_REDIS_PORT/0}"
 export ERASURE_CELERY_WORKERS="${ERASURE_CELERY_WORKERS:-2}"
 export AIRFLOW__CELERY__WORKER_CONCURRENCY="${AIRFLOW__CELERY__WORKER_CONCURRENCY:-4}"
+# a task instance whose Celery worker died is failed (and retried) after this many seconds without a
+# heartbeat (Airflow's default is 300)
+export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="${AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT:-90}"
+# a task queued to a Celery worker that died before starting it stays `queued` (its message is not
+# redelivered before Redis' visibility timeout, hours): the scheduler fails it (retried) after this long
+export AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="${AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT:-120}"
+export AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL="${AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL:-30}"
