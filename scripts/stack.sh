@@ -282,6 +282,40 @@ up_postgres() {
   PGOPTIONS="-c client_min_messages=warning" psql "$ERASURE_HR_DSN" -qc "CREATE SCHEMA IF NOT EXISTS hr; CREATE TABLE IF NOT EXISTS hr.directory (
       employee_id text PRIMARY KEY, name text NOT NULL, phone text, home_address text, is_test boolean NOT NULL DEFAULT false)" >/dev/null
   "$ERASURE_VENV/bin/python" -m erasure.cli db upgrade >>"$LOGS/migrate.log" 2>&1 || die "tracking migrations failed; see $LOGS/migrate.log"
+  up_hive_metastore
+}
+
+# The Hive metastore Spark keeps tables by name in (ERASURE_SPARK_METASTORE_DATABASE, see
+# erasure.spark.metastore_conf): its database and schema, created once. DataNucleus' SchemaTool creates
+# the schema from the package.jdo of Spark's own hive-metastore jar in one go (left to Spark, DataNucleus
+# creates tables lazily inside its transactions and the first CREATE TABLE waits on its own lock).
+HIVE_METASTORE_DB=hive_metastore
+up_hive_metastore() {
+  local db=$HIVE_METASTORE_DB q=(psql -h 127.0.0.1 -p "$ERASURE_PG_PORT" -U "$ERASURE_PG_USER" -tA)
+  if ! "${q[@]}" -d postgres -c "select 1 from pg_database where datname='$db'" | grep -q 1; then
+    "${q[@]}" -d postgres -qc "create database $db" >/dev/null
+    log "created database $db"
+  fi
+  "${q[@]}" -d "$db" -c "select 1 from information_schema.tables where table_name='TBLS'" | grep -q 1 && return 0
+  local jars dir="$L/hive-metastore"
+  jars=$("$ERASURE_VENV/bin/python" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')
+  mkdir -p "$dir"
+  (cd "$dir" && unzip -o -q "$jars"/hive-metastore-*.jar package.jdo) || die "package.jdo not found in $jars/hive-metastore-*.jar"
+  (
+    umask 077
+    printf '%s\n' "javax.jdo.option.ConnectionURL=jdbc:postgresql://127.0.0.1:$ERASURE_PG_PORT/$db" \
+      "javax.jdo.option.ConnectionDriverName=org.postgresql.Driver" \
+      "javax.jdo.option.ConnectionUserName=$ERASURE_PG_USER" \
+      "javax.jdo.option.ConnectionPassword=$ERASURE_PG_PASSWORD" \
+      "datanucleus.identifierFactory=datanucleus1" \
+      "datanucleus.rdbms.useLegacyNativeValueStrategy=true" \
+      "datanucleus.schema.autoCreateAll=true" >"$dir/datanucleus.properties"
+  )
+  java -cp "$jars/*:$(ls "$ERASURE_SPARK_JARS_DIR"/postgresql-*.jar | head -n 1)" org.datanucleus.store.schema.SchemaTool \
+    -create -api JDO -props "$dir/datanucleus.properties" "$dir/package.jdo" >>"$LOGS/hive-metastore.log" 2>&1 ||
+    { rm -f "$dir/datanucleus.properties"; die "Hive metastore schema creation failed; see $LOGS/hive-metastore.log"; }
+  rm -f "$dir/datanucleus.properties"
+  log "created the Hive metastore schema in database $db"
 }
 
 down_postgres() {

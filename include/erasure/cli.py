@@ -2,7 +2,8 @@
 
 db upgrade|downgrade     apply / roll back tracking-store migrations
 kafka-topics             create the pipeline's topics
-catalog validate [PATH]  validate a catalog file or directory
+catalog validate [PATH] [--check-tables]  validate a catalog file or directory (and, with Spark,
+                         each warehouse table and its key and personal-data columns)
 status --request ID|EXTERNAL_ID | --subject TYPE:ID [--json]
                          every target's state, attempts, last error, evidence
 reconcile                one reconcile pass (replay, retry/escalate, complete, SLA, alerts)
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     cat = sub.add_parser("catalog", help="catalog commands")
     cat.add_argument("action", choices=["validate"])
     cat.add_argument("path", nargs="?", default=None)
+    cat.add_argument(
+        "--check-tables",
+        action="store_true",
+        help="also check with Spark that each warehouse table exists with its key and personal-data columns",
+    )
     # -- status / reconcile (issue 6) --
     st = sub.add_parser("status", help="status of a request or of a subject's requests")
     which = st.add_mutually_exclusive_group(required=True)
@@ -104,8 +110,22 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except CatalogError as exc:
             print(exc, file=sys.stderr)
             return 1
+        if args.check_tables:
+            from erasure.spark import get_spark
+            from erasure.warehouse import check_tables
+
+            spark = get_spark("erasure-catalog-validate", settings=settings)
+            try:
+                problems = check_tables(spark, cat_, str(settings.warehouse_path))
+            finally:
+                spark.stop()
+            for p in problems:
+                print(f"error: {p}", file=sys.stderr)
+            if problems:
+                return 1
         print(
             f"catalog OK: {len(cat_.targets)} targets, {len(cat_.teams)} teams, {len(cat_.subject_types)} subject types"
+            + (" (warehouse tables checked)" if args.check_tables else "")
         )
     elif args.cmd == "status":
         from erasure import status

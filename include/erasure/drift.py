@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from erasure.catalog import Catalog
 from erasure.targets.warehouse_delta import WarehouseDeltaSpec
 from erasure.vocab import AlertKind, DriftFinding, TargetKind
+from erasure.warehouse import table_location
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -179,11 +180,11 @@ def scan_warehouse(spark: SparkSession, catalog: Catalog, warehouse_dir: str | P
     known: set[str] = set()
     for t in targets:
         spec = t.spec_as(WarehouseDeltaSpec)
-        path = spec.resolved_path(str(warehouse_dir))
-        known.add(os.path.realpath(path))
         identifier_columns.update(spec.key_columns)
         declared = {*t.personal_data, *spec.key_columns, *spec.rules()}
         try:
+            path = table_location(spark, spec, str(warehouse_dir))  # by path, or by name in the catalog
+            known.add(os.path.realpath(path.removeprefix("file://").removeprefix("file:")))
             columns = spark.read.format("delta").load(path).columns
             looks = _profile(spark, path, id_patterns)
         except Exception as exc:  # noqa: BLE001 - a missing table is the erasure job's error, not drift

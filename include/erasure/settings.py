@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: Annotated[int, Field(ge=1)] = 4
     spark_ui: bool = False
     spark_driver_memory: str = "2g"
+    spark_metastore_database: str | None = None
+    """Database on the tracking store's PostgreSQL server that holds a Hive metastore (schema created
+    by ``scripts/stack.sh up postgres``): Spark sessions then keep tables by name (``db.table``) there,
+    managed tables under ``warehouse_dir``. None: Spark's in-memory catalog (tables by path only)."""
     vacuum_listing_parallelism: Annotated[int, Field(ge=1)] | None = None
 
     # -- pipeline behaviour ------------------------------------------------------------------------

@@ -65,6 +65,44 @@ def get_spark(
         .config("spark.sql.warehouse.dir", os.path.join(local_dir, "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={os.path.join(local_dir, 'derby')}")
     )
+    for k, v in metastore_conf(settings, jars).items():
+        builder = builder.config(k, v)
     for k, v in (extra_conf or {}).items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
+
+
+def metastore_conf(settings: Settings, jars: list[str]) -> dict[str, str]:
+    """Spark settings of the Hive metastore kept in PostgreSQL (``spark_metastore_database`` on the
+    tracking store's server, same user), or none.
+
+    Spark's built-in Hive 2.3 client talks to it through DataNucleus. The schema is created beforehand
+    (``scripts/stack.sh up postgres`` runs DataNucleus' SchemaTool once over Hive's ``package.jdo``):
+    left to itself (``datanucleus.schema.autoCreateAll``) DataNucleus creates tables lazily inside the
+    metastore's own transactions and the first ``CREATE TABLE`` waits forever on its own lock
+    (``ALTER TABLE "TBL_PRIVS" ADD CONSTRAINT`` against the open insert into ``TBLS``). So: no
+    auto-creation and no schema-version check (the schema is DataNucleus', not Hive's SQL scripts').
+    The JDBC driver must be on the driver's class path before the JVM starts (``spark.jars`` comes too
+    late for DataNucleus' connection pool)."""
+    db = settings.spark_metastore_database
+    if not db:
+        return {}
+    from urllib.parse import unquote, urlsplit
+
+    dsn = urlsplit(settings.require_tracking_dsn())
+    driver = [j for j in jars if Path(j).name.startswith("postgresql-")]
+    conf = {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(settings.warehouse_path),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:postgresql://{dsn.hostname}:{dsn.port or 5432}/{db}",
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+        "spark.hadoop.javax.jdo.option.ConnectionUserName": unquote(dsn.username or ""),
+        "spark.hadoop.javax.jdo.option.ConnectionPassword": unquote(dsn.password or ""),
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        "spark.hadoop.datanucleus.fixedDatastore": "true",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+        "spark.hadoop.hive.metastore.warehouse.dir": str(settings.warehouse_path),
+    }
+    if driver:
+        conf["spark.driver.extraClassPath"] = driver[0]
+    return conf

@@ -55,6 +55,15 @@ class WarehouseStage(StrEnum):
     VACUUMED = "vacuumed"
 
 
+class WarehouseWrite(StrEnum):
+    """How the batched delete step wrote a Delta table (evidence ``delete_write``)."""
+
+    MERGE = "merge"  # MERGE ... WHEN MATCHED (one key column): finds the files, then rewrites them
+    PREDICATE = "predicate"  # DELETE / UPDATE by a predicate over several key columns
+    REWRITE = "one_pass_rewrite"  # copy-on-write, most files touched: the whole table rewritten in one pass
+    NONE = "none"  # nothing of the subjects left to change: no commit
+
+
 class TargetKind(StrEnum):
     """The built-in target kinds (one adapter module each in ``erasure.targets``)."""
 

@@ -58,7 +58,8 @@ SUBJECTS = int(os.environ.get("ERASURE_BENCH_WH_SUBJECTS", "10000"))
 SAMPLE = int(os.environ.get("ERASURE_BENCH_WH_SAMPLE", "3"))
 BATCH_RUNS = int(os.environ.get("ERASURE_BENCH_WH_BATCH_RUNS", "3"))
 TABLES = [t for t in os.environ.get("ERASURE_BENCH_WH_TABLES", "wh_page_views,wh_orders").split(",") if t]
-GOAL_SCAN_RATIO = 2.0
+GOAL_DV_SCAN_RATIO = 1.5  # deletion vectors: batched erasure <= 1.5x one full scan
+GOAL_COW_REWRITE_RATIO = 1.2  # copy-on-write: batched erasure <= 1.2x one plain full rewrite
 GOAL_SPEEDUP = 20.0
 
 
@@ -96,32 +97,38 @@ def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> di
     batch, sample = ids[:SUBJECTS], ids[SUBJECTS:]
 
     _full_scan_seconds(spark, path)  # warm-up: JIT, file system cache
-    scans = [_full_scan_seconds(spark, path) for _ in range(3)]
-    scan_s = statistics.median(scans)  # one full scan; the median of 3 damps a shared machine's noise
-    rewrite_s = _full_rewrite_seconds(spark, path, f"{warehouse_dir}/_rewrite_scratch")
-
+    # Rounds: a full scan, a plain full rewrite and the batched erasure of an identical copy of the
+    # table as it is now (own path: no cached Delta log), one after the other in each round, so a
+    # shared machine's load hits all three alike; medians over the rounds.
+    scans, rewrites, runs = [], [], []
+    for i in range(BATCH_RUNS):
+        scans.append(_full_scan_seconds(spark, path))
+        rewrites.append(_full_rewrite_seconds(spark, path, f"{warehouse_dir}/_rewrite_scratch"))
+        run_dir = f"{warehouse_dir}/_batched_{spec.table}_{i}"
+        shutil.copytree(path, spec.resolved_path(run_dir))
+        runs.append((run_dir, delete_subjects(spark, spec, batch, warehouse_dir=run_dir)))
+    scan_s = statistics.median(scans)
+    rewrite_s = statistics.median(rewrites)
+    batched_runs = [r.seconds for _, r in runs]
+    batched_s = statistics.median(batched_runs)
+    run_dir, batched = runs[-1]
+    # the erasure is idempotent: the same batch again writes no new version
+    again = delete_subjects(spark, spec, batch, warehouse_dir=run_dir)
+    purge = purge_deleted_rows(spark, spec, warehouse_dir=run_dir)
+    vacuum = vacuum_table(spark, spec, warehouse_dir=run_dir)
+    for d, _ in runs:
+        shutil.rmtree(d, ignore_errors=True)
+    # per-subject deletes last: a table with deletion vectors cannot be read by the noop full scan
+    # ("non-pinned table snapshot": Delta does not prepare scans under a DataSource V2 write)
     per_subject = []
     for s in sample:
         r = delete_subjects(spark, spec, [s], warehouse_dir=warehouse_dir)
         per_subject.append(r.seconds)
     per_subject_mean = statistics.mean(per_subject) if per_subject else float("nan")
-
-    # the batched MERGE on identical copies of the table as it is now (own paths: no cached Delta log)
-    runs = []
-    for i in range(BATCH_RUNS):
-        run_dir = f"{warehouse_dir}/_batched_{spec.table}_{i}"
-        shutil.copytree(path, spec.resolved_path(run_dir))
-        runs.append((run_dir, delete_subjects(spark, spec, batch, warehouse_dir=run_dir)))
-    batched_runs = [r.seconds for _, r in runs]
-    batched_s = statistics.median(batched_runs)
-    run_dir, batched = runs[-1]
-    purge = purge_deleted_rows(spark, spec, warehouse_dir=run_dir)
-    vacuum = vacuum_table(spark, spec, warehouse_dir=run_dir)
-    for d, _ in runs:
-        shutil.rmtree(d, ignore_errors=True)
     deleted = batched.metrics.get("numTargetRowsDeleted", batched.metrics.get("numTargetRowsUpdated", 0))
 
     per_subject_total = per_subject_mean * SUBJECTS
+    cow = not gen.deletion_vectors
     return {
         "target": target,
         "table": spec.table,
@@ -131,15 +138,27 @@ def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> di
         "deletion_vectors": gen.deletion_vectors,
         "subjects": SUBJECTS,
         "rows_deleted": deleted,
+        "write": str(batched.write),
+        "writes": sorted({str(r.write) for _, r in runs}),
+        "rerun_write": str(again.write),
+        "rerun_committed": again.committed,
         "generate_s": round(gen_s, 2),
         "full_scan_s": round(scan_s, 2),
         "full_scan_samples_s": [round(x, 2) for x in scans],
         "full_rewrite_s": round(rewrite_s, 2),
+        "full_rewrite_samples_s": [round(x, 2) for x in rewrites],
         "batched_merge_s": round(batched_s, 3),
         "batched_merge_runs_s": batched_runs,
         "batched_merge_metrics": {
             k: batched.metrics.get(k)
-            for k in ("scanTimeMs", "rewriteTimeMs", "numTargetFilesAdded", "numTargetFilesRemoved")
+            for k in (
+                "scanTimeMs",
+                "rewriteTimeMs",
+                "numTargetFilesAdded",
+                "numTargetFilesRemoved",
+                "numTargetFilesTouched",
+                "numFilesInTable",
+            )
         },
         "purge_s": purge.seconds,
         "vacuum_s": vacuum.seconds,
@@ -150,7 +169,15 @@ def bench_table(spark: Any, catalog: Any, target: str, warehouse_dir: str) -> di
         "ratio_batched_to_full_scan": round(batched_s / scan_s, 2),
         "ratio_batched_to_full_rewrite": round(batched_s / rewrite_s, 2),
         "ratio_per_subject_to_batched": round(per_subject_total / batched_s, 1),
-        "goal_batched_le_2x_scan": batched_s <= GOAL_SCAN_RATIO * scan_s,
+        "round_ratios": [
+            round(b / (w if cow else s), 2) for b, w, s in zip(batched_runs, rewrites, scans, strict=True)
+        ],
+        "goal": f"batched <= {GOAL_COW_REWRITE_RATIO}x full rewrite"
+        if cow
+        else f"batched <= {GOAL_DV_SCAN_RATIO}x full scan",
+        "goal_met": batched_s <= GOAL_COW_REWRITE_RATIO * rewrite_s
+        if cow
+        else batched_s <= GOAL_DV_SCAN_RATIO * scan_s,
         "goal_20x_faster_than_per_subject": per_subject_total >= GOAL_SPEEDUP * batched_s,
     }
 
@@ -172,7 +199,12 @@ def run(spark: Any, catalog: Any) -> dict[str, Any]:
         "rows_per_table": ROWS,
         "subjects": SUBJECTS,
         "per_subject_sample": SAMPLE,
-        "goals": {"batched_le_x_full_scan": GOAL_SCAN_RATIO, "per_subject_slower_by_at_least": GOAL_SPEEDUP},
+        "rounds": BATCH_RUNS,
+        "goals": {
+            "deletion_vectors_batched_le_x_full_scan": GOAL_DV_SCAN_RATIO,
+            "copy_on_write_batched_le_x_full_rewrite": GOAL_COW_REWRITE_RATIO,
+            "per_subject_slower_by_at_least": GOAL_SPEEDUP,
+        },
         "tables": results,
     }
     (local / "bench").mkdir(parents=True, exist_ok=True)
@@ -180,20 +212,22 @@ def run(spark: Any, catalog: Any) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.timeout(7200)  # 10M rows x 2 tables x 3 rounds on a shared 2-core machine: well over 15 min
 def test_batched_erasure_vs_full_scan_vs_per_subject(spark, catalog):
     out = run(spark, catalog)
     print(json.dumps(out, indent=2))
     for t in out["tables"]:
         print(
-            f"{t['target']}: batched {t['batched_merge_s']} s = {t['ratio_batched_to_full_scan']}x full scan "
+            f"{t['target']} ({t['write']}): batched {t['batched_merge_s']} s = {t['ratio_batched_to_full_scan']}x "
+            f"full scan "
             f"({t['full_scan_s']} s), {t['ratio_batched_to_full_rewrite']}x full rewrite; per-subject "
             f"extrapolated {t['per_subject_extrapolated_s']} s = {t['ratio_per_subject_to_batched']}x batched"
         )
         assert t["rows_deleted"] >= SUBJECTS, t  # every subject has rows (about rows / customers each)
         assert t["goal_20x_faster_than_per_subject"], t
-    # The 2x-full-scan goal is recorded, not asserted: with deletion vectors it holds at 10M rows
-    # (~2x, close to the line on a loaded 2-core machine); copy-on-write must rewrite every file
-    # that holds one of 10,000 scattered subjects (all of them), so it compares with a full rewrite.
+        assert t["rerun_committed"] is False, t  # idempotent: nothing left to erase, no new version
+    # The ratio goals are recorded (goal_met), not asserted: at the 1M-row default fixed per-commit
+    # costs dominate, and a shared 2-core machine's load moves them; README reports the 10M-row run.
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from erasure.targets.base import (
     CheckResult,
@@ -43,13 +43,19 @@ if TYPE_CHECKING:
     from erasure.catalog import Target
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
+TABLE_RE = r"^[a-z][a-z0-9_]{0,62}(\.[a-z][a-z0-9_]{0,62})?$"
 
 
 class WarehouseDeltaSpec(KeyedRowsSpec):
-    """The table, its key columns and how its rows/fields are erased (:class:`KeyedRowsSpec`)."""
+    """The table, its key columns and how its rows/fields are erased (:class:`KeyedRowsSpec`).
 
-    table: Annotated[str, Field(pattern=NAME_RE)]
-    path: str
+    A table is addressed by ``path`` (a Delta table's directory), or, without ``path``, by its name in
+    the Spark catalog: ``table: <database>.<name>`` (the Hive metastore the ``spark_metastore_database``
+    setting names; :func:`erasure.warehouse.table_location` looks its location up at run time)."""
+
+    table: Annotated[str, Field(pattern=TABLE_RE)]
+    """The table's name in reports; with no ``path`` its ``<database>.<name>`` in the Spark catalog."""
+    path: str | None = None
     """Table location; relative paths resolve against the ``warehouse_dir`` setting."""
     deletion_vectors: bool = False
     retention_hours: Annotated[int, Field(ge=0)] = 168
@@ -60,9 +66,28 @@ class WarehouseDeltaSpec(KeyedRowsSpec):
     At least 7: Delta refuses a log retention shorter than ``delta.deletedFileRetentionDuration``
     (7 days by default; the job leaves it alone, so time travel behaves as the table's owners expect)."""
 
+    @model_validator(mode="after")
+    def _addressed(self) -> WarehouseDeltaSpec:
+        if self.path is None and "." not in self.table:
+            raise ValueError(
+                f"table '{self.table}': give path (a Delta table's directory), or table as "
+                "<database>.<name> (a table in the Spark catalog)"
+            )
+        return self
+
+    @property
+    def catalog_name(self) -> str | None:
+        """``<database>.<name>`` when the table is addressed through the Spark catalog, else None."""
+        return self.table if self.path is None else None
+
     def resolved_path(self, warehouse_dir: str | os.PathLike[str] | None = None) -> str:
         """The table's location: ``path`` itself when absolute or a URI, else under ``warehouse_dir``
-        (default: the ``warehouse_dir`` setting)."""
+        (default: the ``warehouse_dir`` setting). A table by name has no path here: use
+        :func:`erasure.warehouse.table_location` (it asks the Spark catalog)."""
+        if self.path is None:
+            raise ValueError(
+                f"table '{self.table}' is addressed by name: its location is in the Spark catalog"
+            )
         if "://" in self.path or os.path.isabs(self.path):
             return self.path
         if warehouse_dir is None:
@@ -106,7 +131,9 @@ class WarehouseDeltaAdapter(TargetAdapter):
         return target.spec_as(WarehouseDeltaSpec)
 
     def _path(self, ctx: Context, target: Target) -> str:
-        return self.spec(target).resolved_path(ctx.settings.warehouse_path)
+        from erasure.warehouse import table_location
+
+        return table_location(ctx.require_spark(target), self.spec(target), str(ctx.settings.warehouse_path))
 
     def erase_batch(
         self, ctx: Context, target: Target, items: Sequence[Claimed], sink: OutcomeSink
