@@ -182,8 +182,12 @@ def test_celery_profile(compose):
 def test_demo_partners_serve_the_catalog_urls(compose):
     svc = compose["services"]["partners"]
     assert svc["entrypoint"][:3] == ["python", "-m", "erasure_demo.partners.run"]
-    mounts = {m.split(":")[0]: m.split(":")[1] for m in svc["volumes"] if m.startswith("./")}
-    assert mounts["./include/erasure_demo"] == svc["environment"]["PYTHONPATH"] + "/erasure_demo"
+    # the demo package comes from the demo image (never mounted: test_package_boundaries)
+    assert svc["build"]["dockerfile"] == "docker/Dockerfile.demo"
+    demo_dockerfile = (ROOT / "docker" / "Dockerfile.demo").read_text()
+    assert "FROM " + compose["services"]["airflow-scheduler"]["image"] in demo_dockerfile
+    assert "COPY --chown=airflow include/erasure_demo /opt/erasure/demo/erasure_demo" in demo_dockerfile
+    assert "ENV PYTHONPATH=/opt/erasure/demo" in demo_dockerfile
     env = svc["environment"]
     for var in ("CRM", "BILLING", "SUPPORT", "MARKETING", "RECOMMENDATIONS"):
         assert _default(env[f"ERASURE_PARTNER_{var}_URL"]).startswith("http://partners:"), var
