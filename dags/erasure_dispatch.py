@@ -3,6 +3,10 @@ Postgres tables, and the Kafka outbox (enqueue, publish).
 
 Every 5 minutes (no catch-up, one run at a time):
 
+0. **resolve_identities** (catalogs with `resolvers`) – expands the identifiers of requests that are
+   `resolving` through the catalog's resolvers (batched lookups, to a fixed point) and releases the
+   settled ones, so their tasks are due in this same run (docs/identity.md). Identifiers stay sealed in
+   the tracking store; only counts reach XCom.
 1. **plan_&lt;target&gt;** – reads due tasks from the tracking store (request `in_progress`; task `pending`, or
    `failed` with its backoff elapsed, or `in_progress` with an expired lease after a killed worker)
    and cuts them into batches per target (`sync_api.batch_size`, at most `max_map_length` batches per
@@ -42,6 +46,7 @@ from airflow.sdk import dag, get_current_context, task
 from erasure.airflow.callbacks import batch_failed, claim_key
 from erasure.airflow.deadlines import run_deadline
 from erasure.airflow.defaults import dag_kwargs
+from erasure.airflow.identity import resolve_identities
 from erasure.airflow.kafka_tasks import enqueue_kafka_events, publish_kafka_events
 from erasure.catalog import load_catalog
 from erasure.dispatch import dispatch_targets
@@ -91,27 +96,36 @@ def erasure_dispatch():
     def delete_batch(target: str, batch: int, of: int, task_ids: list[int]) -> dict:
         """Erase one batch of subjects from one target; returns outcome counts."""
         from erasure.airflow.conn import tracking_dsn
+        from erasure.airflow.identity import identity_codec
         from erasure.dispatch import run_batch
 
         ctx = get_current_context()
         ctx["batch_label"] = f"{target} batch {batch + 1}/{of} ({len(task_ids)} subjects)"  # type: ignore[typeddict-unknown-key]
         settings = get_settings()
+        catalog = load_catalog(settings.catalog_path)
         return run_batch(
             tracking_dsn(),
-            load_catalog(settings.catalog_path),
+            catalog,
             target,
             task_ids,
             claim_key=claim_key(ctx["run_id"], target, batch),
             settings=settings,
             lease_minutes=settings.dispatch_lease_minutes,
+            codec=identity_codec() if catalog.has_identity else None,
         ).as_dict()
 
+    resolved = resolve_identities() if CATALOG.resolvers else None
     for t in DISPATCH_TARGETS:
         batches = plan.override(task_id=f"plan_{t.name}")(target=t.name)
+        if resolved is not None:
+            resolved >> batches
         delete_batch.override(task_id=f"delete_{t.name}", pool=t.pool).expand_kwargs(batches)
 
     if HAS_OUTBOX_TARGETS:
-        enqueue_kafka_events() >> publish_kafka_events()
+        enqueue = enqueue_kafka_events()
+        if resolved is not None:
+            resolved >> enqueue
+        enqueue >> publish_kafka_events()
 
 
 erasure_dispatch()

@@ -166,8 +166,37 @@ def tracking_db(pg_dsn: str) -> str:
     return pg_dsn
 
 
+def _without_identity(cat):
+    """``cat`` as a catalog without ``identifier_types`` (and so without resolvers): every target is
+    erased by the request's ``subject_id`` and a request goes straight to its targets."""
+    return cat.model_copy(update={"resolvers": [], "identifier_types": []})
+
+
 @pytest.fixture(scope="session")
 def catalog():
+    """The demo catalog without its identity declarations (see :func:`_without_identity`): the tests of
+    intake, dispatch, reconcile... run the pipeline as a catalog without resolvers does. Identity
+    resolution has its own tests (test_identity.py) and runs in the demo."""
+    from erasure.catalog import load_catalog
+
+    return _without_identity(load_catalog(ROOT / "include" / "catalog"))
+
+
+@pytest.fixture
+def catalog_env(catalog, tmp_path, monkeypatch):
+    """``ERASURE_CATALOG`` pointing at :func:`catalog` written out (for DAGs and the CLI, which read
+    the setting); returns its path."""
+    import yaml
+
+    path = tmp_path / "catalog-without-identity.yaml"
+    path.write_text(yaml.safe_dump(catalog.model_dump(mode="json", by_alias=True), sort_keys=False))
+    monkeypatch.setenv("ERASURE_CATALOG", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def identity_catalog():
+    """The demo catalog as shipped, resolvers included (docs/identity.md)."""
     from erasure.catalog import load_catalog
 
     return load_catalog(ROOT / "include" / "catalog")

@@ -100,7 +100,11 @@ def new_subject_id(catalog: Catalog, subject_type: str = "customer") -> str:
 
 
 def canary_targets(catalog: Catalog, subject_type: str) -> list[Target]:
-    return catalog.targets_for(subject_type)
+    """The targets a synthetic subject is seeded into and checked at: those erased by the subject's own
+    id (a catalog with ``identifier_types``: targets whose ``identity_key`` includes the subject type's
+    ``id_type``; a target keyed by e-mail or device id never holds a canary id)."""
+    id_type = catalog.id_type_of(subject_type)
+    return [t for t in catalog.targets_for(subject_type) if id_type is None or id_type in t.identity_keys]
 
 
 def spark_seeded(target: Target) -> bool:

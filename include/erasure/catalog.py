@@ -51,6 +51,12 @@ class SubjectType(_Model):
     name: Annotated[str, Field(pattern=NAME_RE)]
     id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
     description: str = ""
+    id_type: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    """The identifier type a request's ``subject_id`` is (catalogs with ``identifier_types``; default:
+    ``<name>_id`` if declared, else the subject type's first identifier type)."""
+    request_identifiers: list[str] | None = None
+    """Identifier types a request may carry (default: every identifier type of the subject type); the
+    catalog is checked so that every target is reachable from each of them."""
 
     @field_validator("id_pattern")
     @classmethod
@@ -64,6 +70,55 @@ class SubjectType(_Model):
     @cached_property
     def id_regex(self) -> re.Pattern[str]:
         return re.compile(self.id_pattern)
+
+
+class IdentifierType(_Model):
+    """One kind of identifier a person may be known by (``customer_id``, ``email``, ``phone``, ...):
+    how a value is normalised before it is compared or stored (:func:`erasure.identity.normalise`) and
+    the pattern the normalised value must match."""
+
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$"
+    normalize: Literal["trim", "lower", "email", "e164"] = "trim"
+    """``trim``: surrounding blanks removed; ``lower``: and lower-cased; ``email``: trimmed and
+    lower-cased; ``e164``: spaces, dashes, dots and brackets removed, a leading ``00`` becomes ``+``."""
+    subject_types: list[str] = Field(default_factory=list)
+    """Subject types that may have it (empty: every subject type)."""
+    description: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+    def applies_to(self, subject_type: str) -> bool:
+        return not self.subject_types or subject_type in self.subject_types
+
+
+class Resolver(_Model):
+    """A lookup that maps identifiers of one type to others (``email`` -> ``customer_id``, ``phone``),
+    answered by a catalog target's system through its adapter's ``resolve`` (erasure.resolution)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    target: str
+    """The catalog target whose system is asked (its owner is alerted when it is down)."""
+    from_type: Annotated[str, Field(alias="from")]
+    to: list[str] = Field(min_length=1)
+    optional: bool = False
+    """``true``: a request may go on without this resolver's answer once it escalated."""
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    options: dict[str, str] = Field(default_factory=dict)
+    """Kind-specific settings, checked by the target's adapter (``path`` of a ``sync_api`` lookup;
+    ``table`` and ``columns.<type>`` of a ``postgres_table`` lookup)."""
 
 
 class Team(_Model):
@@ -83,6 +138,9 @@ class Target(_Model):
     description: str = ""
     subject_types: list[str] = Field(min_length=1)
     identity_key: Annotated[str, Field(pattern=NAME_RE)]
+    """The (first) identifier type the target is erased by; a YAML list gives several (``identity_keys``)."""
+    identity_keys: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=list)
+    """Every identifier type the target is erased by (catalogs with ``identifier_types`` check them)."""
     personal_data: list[str] = Field(default_factory=list)
     sla_days: Annotated[int, Field(ge=1, le=365)] | None = None
     """The target's own deadline, counted from the request's receipt; past it while the target's task
@@ -108,6 +166,13 @@ class Target(_Model):
 
         if not isinstance(data, dict) or "spec" in data:
             return data
+        keys = data.get("identity_key")
+        if isinstance(keys, list):  # identity_key: [customer_id, device_id]
+            if not keys:
+                raise ValueError("identity_key: an empty list; name at least one identifier type")
+            data = {**data, "identity_key": keys[0], "identity_keys": keys}
+        elif isinstance(keys, str) and not data.get("identity_keys"):
+            data = {**data, "identity_keys": [keys]}
         kind = data.get("kind")
         known = kinds()
         if not isinstance(kind, str) or kind not in known:
@@ -138,6 +203,8 @@ class Target(_Model):
         data = handler(self)
         if isinstance(data, dict) and "spec" in data:
             data[self.kind] = data.pop("spec")
+        if isinstance(data, dict) and data.get("identity_keys") == [data.get("identity_key")]:
+            data.pop("identity_keys")
         return data
 
     @model_validator(mode="after")
@@ -193,6 +260,11 @@ class Catalog(_Model):
     teams: list[Team] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=list)
     review: Review = Field(default_factory=Review)
+    identifier_types: list[IdentifierType] = Field(default_factory=list)
+    """Declared: requests may carry any of them, targets are erased by their own (``identity_key``), and
+    ``resolvers`` map one to others (docs/identity.md). Empty: every target is erased by the request's
+    ``subject_id`` (the catalog's ``identity_key`` is then documentation)."""
+    resolvers: list[Resolver] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -218,7 +290,58 @@ class Catalog(_Model):
                     raise ValueError(
                         f"targets.{i} ({t.name}).subject_types: unknown subject type '{st}' (known: {sorted(stypes)})"
                     )
+        if self.resolvers and not self.identifier_types:
+            raise ValueError("resolvers: need identifier_types (the types they map between)")
+        if self.identifier_types:
+            from erasure.identity import check_graph
+
+            check_graph(self)
         return self
+
+    # -- identity (docs/identity.md) -----------------------------------------------------------
+    @property
+    def has_identity(self) -> bool:
+        """Whether the catalog declares identifier types (else every target gets the ``subject_id``)."""
+        return bool(self.identifier_types)
+
+    def identifier_type(self, name: str) -> IdentifierType | None:
+        return next((t for t in self.identifier_types if t.name == name), None)
+
+    def identifier_types_of(self, subject_type: str) -> list[IdentifierType]:
+        return [t for t in self.identifier_types if t.applies_to(subject_type)]
+
+    def id_type_of(self, subject_type: str) -> str | None:
+        """The identifier type of a request's ``subject_id`` for ``subject_type`` (None without
+        identifier types)."""
+        st = self.subject_type(subject_type)
+        if st is None or not self.identifier_types:
+            return None
+        if st.id_type:
+            return st.id_type
+        own = [t.name for t in self.identifier_types_of(subject_type)]
+        return f"{subject_type}_id" if f"{subject_type}_id" in own else (own[0] if own else None)
+
+    def request_identifier_types(self, subject_type: str) -> list[str]:
+        st = self.subject_type(subject_type)
+        if st is not None and st.request_identifiers is not None:
+            return list(st.request_identifiers)
+        return [t.name for t in self.identifier_types_of(subject_type)]
+
+    def resolvers_for(self, subject_type: str) -> list[Resolver]:
+        """Enabled resolvers that may expand the identity of a ``subject_type`` request (their target
+        holds that subject type)."""
+        out = []
+        for r in self.resolvers:
+            t = next((x for x in self.targets if x.name == r.target), None)
+            if t is not None and t.enabled and subject_type in t.subject_types:
+                out.append(r)
+        return out
+
+    def resolver(self, name: str) -> Resolver:
+        for r in self.resolvers:
+            if r.name == name:
+                return r
+        raise KeyError(f"unknown resolver '{name}'")
 
     # -- lookups -----------------------------------------------------------------------------
     def target(self, name: str) -> Target:
@@ -290,12 +413,19 @@ def _expand_env(value: Any, env: Mapping[str, str]) -> Any:
 
 def _loc_name(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
     """Render a pydantic error location as 'target <name>, field <a.b>'."""
-    if len(loc) >= 2 and loc[0] in ("targets", "teams", "subject_types") and isinstance(loc[1], int):
+    kinds = {
+        "targets": "target",
+        "teams": "team",
+        "subject_types": "subject type",
+        "identifier_types": "identifier type",
+        "resolvers": "resolver",
+    }
+    if len(loc) >= 2 and loc[0] in kinds and isinstance(loc[1], int):
         try:
             name = data[loc[0]][loc[1]].get("name", f"#{loc[1]}")
         except (KeyError, IndexError, TypeError, AttributeError):
             name = f"#{loc[1]}"
-        kind = {"targets": "target", "teams": "team", "subject_types": "subject type"}[loc[0]]
+        kind = kinds[loc[0]]
         parts = [str(p) for p in loc[2:]]
         if loc[0] == "targets" and parts[:1] == ["spec"]:  # the kind's section, named as in the YAML
             try:

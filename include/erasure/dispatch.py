@@ -58,8 +58,10 @@ from typing import Any
 
 import psycopg2.extras
 
+from erasure import fanout
 from erasure.catalog import Catalog, Target
 from erasure.db import connect, transaction
+from erasure.identity import IdentityCodec
 from erasure.settings import Settings
 from erasure.targets import Claimed, Context, Outcome, TargetError, adapter_for
 from erasure.tracking import task as task_sql
@@ -290,9 +292,14 @@ def run_batch(
     lease_minutes: float = DEFAULT_LEASE_MINUTES,
     flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
     flush_max: int = DEFAULT_FLUSH_MAX,
+    codec: IdentityCodec | None = None,
 ) -> BatchSummary:
     """Claim ``task_ids`` of ``target`` and erase their subjects there through the target's adapter,
-    recording the outcomes in chunks (``flush_every_s`` / ``flush_max``, see the module doc)."""
+    recording the outcomes in chunks (``flush_every_s`` / ``flush_max``, see the module doc).
+
+    With a catalog that declares ``identifier_types``, each task is erased by every identifier of the
+    types the target is erased by (:mod:`erasure.fanout`; ``codec`` unseals them, default: the key
+    files of ``settings``)."""
     t = _dispatch_target(catalog, target)
     t0 = time.monotonic()
     summary = BatchSummary(target=t.name, requested=len(task_ids))
@@ -301,16 +308,26 @@ def run_batch(
     if not items:
         summary.elapsed_s = round(time.monotonic() - t0, 3)
         return summary
+    if codec is None and catalog.has_identity:
+        codec = IdentityCodec.from_settings(settings)
+    with transaction(dsn) as cur:
+        work, not_found = fanout.expand(cur, codec, t, items)
     writer = OutcomeWriter(dsn, t, flush_every_s=flush_every_s, flush_max=flush_max)
     outcomes: list[Outcome] = []
     config_error: TargetError | None = None
 
-    def sink(o: Outcome) -> None:
+    def record(o: Outcome) -> None:
         outcomes.append(o)
         writer.add(o)
 
+    combiner = fanout.Combiner(work, record)
     try:
-        adapter_for(t).erase_batch(Context(settings=settings, dsn=dsn, catalog=catalog), t, items, sink)
+        for o in not_found:
+            record(o)
+        if work:
+            adapter_for(t).erase_batch(
+                Context(settings=settings, dsn=dsn, catalog=catalog), t, work, combiner
+            )
     except TargetError as exc:  # the outcomes are recorded (retryable); the batch still fails visibly
         config_error = exc
     finally:

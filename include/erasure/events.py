@@ -16,6 +16,17 @@ Event (schema_version 1)::
      "issued_at": "2025-01-01T12:00:00+00:00",
      "attempt": 1}                      # task attempt that produced this event (1-based)
 
+Event (schema_version 2) — the same, plus the identifiers the consuming target is erased by, when the
+pipeline resolved the person's identity (docs/identity.md) and the target gets more than its one key::
+
+     "identifiers": {"device_id": ["dev_01", "dev_02"], "email": ["ann@example.com"]}
+
+``subject.id`` is then the first of them (an identifier of the target's first ``identity_key`` type),
+so a consumer that erases by ``subject.id`` alone still erases by the target's key. A request with one
+identifier for the target is still sent as version 1: consumers that know only version 1 keep working
+for them; a version-1-only consumer rejects version 2 events (it must not act on half of a person), and
+the pipeline replays, then escalates to the target's owner.
+
 Kafka record: key = ``<subject type>:<subject id>`` (all events of a subject land in one partition,
 in order); value = the JSON above (UTF-8); headers ``event_id``, ``type``, ``schema_version``.
 
@@ -40,12 +51,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from erasure.vocab import AckOutcome
 
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+"""The version of an event without ``identifiers`` (and of acks)."""
+IDENTIFIERS_SCHEMA_VERSION = 2
+"""The version of an event that carries ``identifiers``."""
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 EVENT_TYPE = "erasure.requested"
 
 _TARGET_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -81,6 +95,21 @@ class ErasureEvent(_Model):
     request_id: Annotated[int, Field(ge=1)]
     issued_at: AwareDatetime
     attempt: Annotated[int, Field(ge=1)]
+    identifiers: (
+        dict[
+            Annotated[str, Field(pattern=_TARGET_RE)],
+            Annotated[
+                list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=20)
+            ],
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _identifiers_need_v2(self) -> ErasureEvent:
+        if self.identifiers is not None and self.schema_version < IDENTIFIERS_SCHEMA_VERSION:
+            raise ValueError(f"identifiers: needs schema_version {IDENTIFIERS_SCHEMA_VERSION}")
+        return self
 
     @property
     def key(self) -> str:
@@ -88,10 +117,17 @@ class ErasureEvent(_Model):
         return message_key(self.subject.type, self.subject.id)
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_none=self.identifiers is None)
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode("utf-8")
+        return self.to_json().encode("utf-8")
+
+    def values(self) -> list[str]:
+        """Every identifier the event asks to erase (``subject.id`` first)."""
+        out = [self.subject.id]
+        for vs in (self.identifiers or {}).values():
+            out.extend(v for v in vs if v not in out)
+        return out
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -199,13 +235,17 @@ def new_event(
     attempt: int = 1,
     event_id: uuid.UUID | None = None,
     issued_at: datetime | None = None,
+    identifiers: dict[str, list[str]] | None = None,
 ) -> ErasureEvent:
-    """Build (and validate) a new event; raises SchemaError on bad input."""
+    """Build (and validate) a new event; raises SchemaError on bad input. With ``identifiers`` the
+    event is version 2 (see the module docstring)."""
+    extra: dict[str, Any] = {"identifiers": identifiers} if identifiers else {}
     return parse_event(
         {
+            **extra,
             "event_id": str(event_id or uuid.uuid4()),
             "type": EVENT_TYPE,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": IDENTIFIERS_SCHEMA_VERSION if identifiers else SCHEMA_VERSION,
             "subject": {"type": subject_type, "id": subject_id},
             "target": target,
             "request_id": request_id,

@@ -18,6 +18,7 @@ from typing import Any
 
 from erasure.catalog import Catalog
 from erasure.db import transaction
+from erasure.identity import IdentityCodec, IdentityError, normalise
 from erasure.intake import MAX_LEN, REQUESTED_BY_PATTERN, lock_subject, text_problem
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,44 @@ def place_hold(
     reason: str,
     placed_by: str,
     catalog: Catalog | None = None,
+    *,
+    id_type: str | None = None,
+    codec: IdentityCodec | None = None,
 ) -> HoldResult:
-    """Place a legal hold on a subject (idempotent: an existing active hold is returned)."""
-    st, sid = _check_subject(catalog, subject_type, subject_id)
+    """Place a legal hold on a subject (idempotent: an existing active hold is returned).
+
+    With a catalog that declares ``identifier_types`` (and ``codec``), the hold may name any identifier
+    of the person (``id_type``, e.g. ``email``): it is kept as its keyed digest only (``subject_id``
+    and ``digest``), and it holds every request whose resolved identity contains it
+    (erasure.resolution checks holds when it releases a request)."""
+    digest = None
+    if id_type is not None:
+        if catalog is None or codec is None or catalog.identifier_type(id_type) is None:
+            raise HoldError(
+                f"id_type: unknown identifier type {id_type!r} (needs a catalog with identifier_types)"
+            )
+        st = _check_text("subject_type", subject_type, MAX_LEN["subject_type"])
+        raw = _check_text("subject_id", subject_id, MAX_LEN["subject_id"])
+        it = catalog.identifier_type(id_type)
+        assert it is not None
+        try:
+            value = normalise(it, raw)
+        except IdentityError as exc:
+            raise HoldError(f"subject_id: {exc}") from None
+        digest = codec.digest(id_type, value)
+        sid = digest
+    else:
+        st, sid = _check_subject(catalog, subject_type, subject_id)
+        if catalog is not None and codec is not None and (own := catalog.id_type_of(st)):
+            digest = codec.digest(own, sid)
     reason = _check_text("reason", reason, MAX_REASON)
     placed_by = _check_actor("placed_by", placed_by)
     with transaction(dsn) as cur:
         lock_subject(cur, st, sid)
         cur.execute(
-            """INSERT INTO erasure.legal_hold (subject_type, subject_id, reason, placed_by)
-               VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id, reason""",
-            (st, sid, reason, placed_by),
+            """INSERT INTO erasure.legal_hold (subject_type, subject_id, reason, placed_by, digest)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id, reason""",
+            (st, sid, reason, placed_by, digest),
         )
         row = cur.fetchone()
         created = row is not None
@@ -123,10 +151,12 @@ def place_hold(
         if row is None:  # cannot happen: the insert conflicted with this very row, under the subject lock
             raise RuntimeError(f"legal hold on {st}/{sid}: neither inserted nor found")
         cur.execute(
-            """UPDATE erasure.request SET status = 'held', status_reason = %s, updated_at = now()
-                WHERE subject_type = %s AND subject_id = %s AND status IN ('received', 'in_progress')
+            """UPDATE erasure.request r SET status = 'held', status_reason = %s, updated_at = now()
+                WHERE r.status IN ('received', 'in_progress')
+                  AND ((r.subject_type = %s AND r.subject_id = %s)
+                       OR EXISTS (SELECT 1 FROM erasure.identity i WHERE i.request_id = r.id AND i.digest = %s))
                 RETURNING id""",
-            (f"legal hold {row['id']}: {row['reason']}"[:1000], st, sid),
+            (f"legal hold {row['id']}: {row['reason']}"[:1000], st, sid, digest),
         )
         held = [r["id"] for r in cur.fetchall()]
     log.info(
@@ -191,6 +221,8 @@ UPDATE erasure.request r
    AND NOT EXISTS (SELECT 1 FROM erasure.legal_hold h
                     WHERE h.subject_type = r.subject_type AND h.subject_id = r.subject_id
                       AND h.released_at IS NULL)
+   AND NOT EXISTS (SELECT 1 FROM erasure.legal_hold h JOIN erasure.identity i ON i.digest = h.digest
+                    WHERE i.request_id = r.id AND h.released_at IS NULL)
 RETURNING r.id
 """
 
@@ -200,8 +232,11 @@ def _release_unheld(cur: Any, subject_type: str | None = None, subject_id: str |
         cur.execute(_RELEASE_SQL.format(subject=""))
     else:
         cur.execute(
-            _RELEASE_SQL.format(subject="AND r.subject_type = %s AND r.subject_id = %s"),
-            (subject_type, subject_id),
+            _RELEASE_SQL.format(
+                subject="""AND ((r.subject_type = %s AND r.subject_id = %s) OR EXISTS (
+                    SELECT 1 FROM erasure.identity i WHERE i.request_id = r.id AND i.digest = %s))"""
+            ),
+            (subject_type, subject_id, subject_id),
         )
     return sorted(r["id"] for r in cur.fetchall())
 
@@ -221,8 +256,9 @@ def recheck_held_requests(dsn: str) -> RecheckResult:
                   SET status = 'held', status_reason = left('legal hold ' || h.id || ': ' || h.reason, 1000),
                       updated_at = now()
                  FROM erasure.legal_hold h
-                WHERE h.subject_type = r.subject_type AND h.subject_id = r.subject_id
-                  AND h.released_at IS NULL AND r.status IN ('received', 'in_progress')
+                WHERE h.released_at IS NULL AND r.status IN ('received', 'in_progress')
+                  AND ((h.subject_type = r.subject_type AND h.subject_id = r.subject_id)
+                       OR EXISTS (SELECT 1 FROM erasure.identity i WHERE i.request_id = r.id AND i.digest = h.digest))
                 RETURNING r.id"""
         )
         result.held = sorted(r["id"] for r in cur.fetchall())

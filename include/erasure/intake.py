@@ -32,12 +32,25 @@ import psycopg2.extras
 
 from erasure.catalog import Catalog
 from erasure.db import connect
+from erasure.identity import Identifiers, IdentityCodec, IdentityError, normalise
 from erasure.vocab import IntakeStatus, RequestSource, RequestStatus
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("external_id", "subject_type", "subject_id", "requested_by", "reason", "jurisdiction")
-REQUIRED = ("subject_type", "subject_id", "requested_by")
+FIELDS = (
+    "external_id",
+    "subject_type",
+    "subject_id",
+    "requested_by",
+    "reason",
+    "jurisdiction",
+    "identifiers",
+)
+REQUIRED = ("subject_type", "requested_by")
+"""Also required: ``subject_id`` or ``identifiers`` (a catalog with ``identifier_types`` takes either)."""
+TEXT_FIELDS = ("external_id", "subject_type", "subject_id", "requested_by", "reason", "jurisdiction")
+MAX_IDENTIFIERS = 20
+"""Most identifier values one request may carry (all types together)."""
 DEFAULT_JURISDICTION = "GDPR"
 
 MAX_BATCH = 1000
@@ -88,6 +101,8 @@ class ValidRequest:
     reason: str | None
     jurisdiction: str
     external_id_generated: bool = False
+    identifiers: Identifiers = field(default_factory=dict)
+    """Normalised identifiers by type (catalogs with ``identifier_types``; includes the ``subject_id``)."""
 
 
 @dataclass
@@ -184,8 +199,65 @@ def text_problem(name: str, value: str) -> str | None:
     return None
 
 
-def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | None, list[FieldError]]:
-    """Validate one request; returns the normalised request or the list of field errors (never both)."""
+def _identifiers(
+    catalog: Catalog, subject_type: str | None, value: Any, errors: list[FieldError]
+) -> Identifiers:
+    """The ``identifiers`` object, normalised (``{"email": "A@x.org"}`` or ``{"device_id": [..]}``)."""
+    if value is None:
+        return {}
+    if not catalog.has_identity:
+        errors.append(FieldError("identifiers", "this catalog declares no identifier_types: give subject_id"))
+        return {}
+    if not isinstance(value, dict) or not value:
+        errors.append(FieldError("identifiers", f"must be a non-empty object, got {_type_name(value)}"))
+        return {}
+    allowed = catalog.request_identifier_types(subject_type) if subject_type else []
+    out: Identifiers = {}
+    count = 0
+    for key, raw in value.items():
+        name = f"identifiers.{_safe_key(key)}"
+        it = catalog.identifier_type(key) if isinstance(key, str) else None
+        if it is None or (subject_type and key not in allowed):
+            errors.append(
+                FieldError(name, f"unknown identifier type for this subject type (known: {allowed})")
+            )
+            continue
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            errors.append(FieldError(name, "must not be an empty list"))
+        for i, v in enumerate(values):
+            where = name if not isinstance(raw, list) else f"{name}[{i}]"
+            if not isinstance(v, str):
+                errors.append(FieldError(where, f"must be a string, got {_type_name(v)}"))
+                continue
+            problem = text_problem("subject_id", v)
+            if problem:
+                errors.append(FieldError(where, problem))
+                continue
+            try:
+                norm = normalise(it, v)
+            except IdentityError as exc:
+                errors.append(FieldError(where, str(exc).split(": ", 1)[-1]))
+                continue
+            if norm not in out.setdefault(key, []):
+                out[key].append(norm)
+                count += 1
+    if count > MAX_IDENTIFIERS:
+        errors.append(
+            FieldError("identifiers", f"{count} values, more than the maximum of {MAX_IDENTIFIERS}")
+        )
+    return out
+
+
+def validate_request(
+    catalog: Catalog, payload: Any, codec: IdentityCodec | None = None
+) -> tuple[ValidRequest | None, list[FieldError]]:
+    """Validate one request; returns the normalised request or the list of field errors (never both).
+
+    With a catalog that declares ``identifier_types`` a request gives ``subject_id`` (an identifier of
+    the subject type's ``id_type``), ``identifiers`` or both; a request without ``subject_id`` gets the
+    keyed digest of its first identifier as its ``subject_id`` (``codec`` needed), so no identifier is
+    kept in clear in the request row."""
     if not isinstance(payload, dict):
         return None, [FieldError("(request)", f"must be a JSON object, got {_type_name(payload)}")]
     errors: list[FieldError] = []
@@ -207,10 +279,12 @@ def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | Non
         )
 
     values: dict[str, str | None] = {}
-    for name in FIELDS:
+    for name in TEXT_FIELDS:
         value = payload.get(name)
         if value is None:
-            if name in REQUIRED:
+            if name in REQUIRED or (
+                name == "subject_id" and payload.get("identifiers") is None and "subject_id" not in payload
+            ):
                 errors.append(FieldError(name, "is required" if name not in payload else "must not be null"))
             values[name] = None
             continue
@@ -257,6 +331,21 @@ def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | Non
         values["requested_by"] or ""
     ):
         errors.append(FieldError("requested_by", f"must match {REQUESTED_BY_PATTERN}"))
+    identifiers = _identifiers(
+        catalog, st_name if catalog.subject_type(st_name or "") else None, payload.get("identifiers"), errors
+    )
+    subject_id = values.get("subject_id")
+    if catalog.has_identity and st_name and catalog.subject_type(st_name) and not errors:
+        id_type = catalog.id_type_of(st_name)
+        if subject_id is not None and id_type:
+            identifiers = {id_type: [subject_id], **identifiers}
+            if subject_id not in identifiers[id_type]:
+                identifiers[id_type] = [subject_id, *identifiers[id_type]]
+        elif subject_id is None and identifiers:
+            if codec is None:
+                raise IntakeError("a request by identifiers needs the identity codec (keys)")
+            first = next(iter(identifiers))
+            subject_id = codec.digest(first, identifiers[first][0])
     jur = values.get("jurisdiction")
     allowed = allowed_jurisdictions(catalog)
     if jur is not None and jur not in allowed:
@@ -271,11 +360,12 @@ def validate_request(catalog: Catalog, payload: Any) -> tuple[ValidRequest | Non
         ValidRequest(
             external_id=ext or str(uuid.uuid4()),
             subject_type=values["subject_type"] or "",
-            subject_id=values["subject_id"] or "",
+            subject_id=subject_id or "",
             requested_by=values["requested_by"] or "",
             reason=values["reason"],
             jurisdiction=jur or (DEFAULT_JURISDICTION if DEFAULT_JURISDICTION in allowed else allowed[0]),
             external_id_generated=ext is None,
+            identifiers=identifiers,
         ),
         [],
     )
@@ -400,6 +490,23 @@ def field_schemas(catalog: Catalog) -> dict[str, dict[str, Any]]:
             "pattern": r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$",
         },
         "jurisdiction": {"type": "string", "enum": allowed_jurisdictions(catalog)},
+        "identifiers": {
+            "type": "object",
+            "description": "identifier type -> value or list of values (catalogs with identifier_types)",
+            "propertyNames": {"enum": [t.name for t in catalog.identifier_types]},
+            "minProperties": 1,
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_LEN["subject_id"]},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_IDENTIFIERS,
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_LEN["subject_id"]},
+                    },
+                ]
+            },
+        },
     }
 
 
@@ -418,6 +525,7 @@ def request_item_schema(catalog: Catalog) -> dict[str, Any]:
         "additionalProperties": False,
         "required": list(REQUIRED),
         "properties": {k: fields[k] for k in FIELDS},
+        "anyOf": [{"required": ["subject_id"]}, {"required": ["identifiers"]}],
     }
     if per_type:
         schema["allOf"] = per_type
@@ -455,20 +563,58 @@ def lock_subject(cur: Any, subject_type: str, subject_id: str) -> None:
     )
 
 
-def active_hold(cur: Any, subject_type: str, subject_id: str) -> dict[str, Any] | None:
+def active_hold(
+    cur: Any, subject_type: str, subject_id: str, digests: list[str] | None = None
+) -> dict[str, Any] | None:
+    """The subject's first active hold: on its ``subject_id``, or on any of ``digests`` (its identifiers)."""
     cur.execute(
         """SELECT id, reason FROM erasure.legal_hold
-            WHERE subject_type = %s AND subject_id = %s AND released_at IS NULL ORDER BY id LIMIT 1""",
-        (subject_type, subject_id),
+            WHERE released_at IS NULL
+              AND ((subject_type = %s AND subject_id = %s) OR digest = ANY(%s))
+            ORDER BY id LIMIT 1""",
+        (subject_type, subject_id, digests or []),
     )
     return cur.fetchone()
+
+
+def _digests(codec: IdentityCodec | None, req: ValidRequest) -> list[str]:
+    if codec is None:
+        return []
+    return [codec.digest(t, v) for t, vs in req.identifiers.items() for v in vs]
+
+
+def write_identities(
+    cur: Any, codec: IdentityCodec | None, rows: list[tuple[int, Identifiers]], source: str = "request"
+) -> int:
+    """Store the identifiers the requests came with (sealed, digested; depth 0). Returns rows written."""
+    values = [
+        (request_id, t, codec.digest(t, v), psycopg2.Binary(codec.seal(t, v)), source)
+        for request_id, identifiers in rows
+        for t, vs in identifiers.items()
+        for v in vs
+        if codec is not None
+    ]
+    if not values:
+        return 0
+    psycopg2.extras.execute_values(
+        cur,
+        """INSERT INTO erasure.identity (request_id, id_type, digest, sealed, source) VALUES %s
+           ON CONFLICT (request_id, id_type, digest) DO NOTHING""",
+        values,
+        page_size=max(len(values), 1),
+    )
+    return len(values)
 
 
 def initial_status(
     catalog: Catalog, req: ValidRequest, hold: dict[str, Any] | None
 ) -> tuple[str, str | None]:
-    """A new request's status and reason: ``held`` under a legal hold, ``in_review`` when the catalog's
-    ``review`` rules match (a person approves it first), else ``in_progress``."""
+    """A new request's status and reason: ``resolving`` when the catalog has resolvers for its subject
+    type (the rest is decided after resolution), ``held`` under a legal hold, ``in_review`` when the
+    catalog's ``review`` rules match (a person approves it first), else ``in_progress``."""
+    if catalog.has_identity and catalog.resolvers_for(req.subject_type):
+        # holds, review and duplicates are decided once the identity is resolved (erasure.resolution)
+        return RequestStatus.RESOLVING, "resolving identity"
     if hold:
         return RequestStatus.HELD, f"legal hold {hold['id']}: {hold['reason']}"[:1000]
     rule = catalog.review.rule_for(req.subject_type, req.jurisdiction)
@@ -485,10 +631,11 @@ def _register_one(
     is_canary: bool,
     run_id: str | None,
     index: int,
+    codec: IdentityCodec | None = None,
 ) -> Outcome:
     """Register one validated request inside the caller's transaction (which commits or rolls back)."""
     lock_subject(cur, req.subject_type, req.subject_id)
-    hold = active_hold(cur, req.subject_type, req.subject_id)
+    hold = active_hold(cur, req.subject_type, req.subject_id, _digests(codec, req))
     status, status_reason = initial_status(catalog, req, hold)
     params = {
         **asdict(req),
@@ -514,6 +661,7 @@ def _register_one(
                 )
             else:
                 log.warning("no enabled catalog target applies to subject type %s", req.subject_type)
+            write_identities(cur, codec, [(request_id, req.identifiers)])
             return Outcome(
                 index=index,
                 status=IntakeStatus.REGISTERED,
@@ -597,13 +745,14 @@ def _process(
     run_id: str | None,
     index: int,
     intake_id: int | None = None,
+    codec: IdentityCodec | None = None,
 ) -> Outcome:
     """Validate + register (or reject) one payload; the caller commits."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        req, errs = validate_request(catalog, payload)
+        req, errs = validate_request(catalog, payload, codec)
         if req is not None:
             cur.execute("SAVEPOINT intake_item")
-            outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index)
+            outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index, codec)
             if outcome.status == IntakeStatus.REJECTED:
                 cur.execute("ROLLBACK TO SAVEPOINT intake_item")
             else:
@@ -660,10 +809,11 @@ def _register_item(
     is_canary: bool,
     run_id: str | None,
     index: int,
+    codec: IdentityCodec | None = None,
 ) -> Outcome:
     """One request the bulk statement could not insert (a duplicate, a conflict), in its own savepoint."""
     cur.execute("SAVEPOINT intake_item")
-    outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index)
+    outcome = _register_one(cur, catalog, req, source, is_canary, run_id, index, codec)
     if outcome.status == IntakeStatus.REJECTED:
         cur.execute("ROLLBACK TO SAVEPOINT intake_item")
     else:
@@ -678,6 +828,7 @@ def _register_chunk(
     source: RequestSource,
     is_canary: bool,
     run_id: str | None,
+    codec: IdentityCodec | None = None,
 ) -> list[Outcome]:
     """Validate and register ``(index, payload)`` items in the caller's transaction, in bulk: the
     subjects' locks in one statement (sorted: a stable order), their active holds in one query, every new
@@ -690,7 +841,7 @@ def _register_chunk(
     payloads = dict(items)
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         for index, payload in items:
-            req, errs = validate_request(catalog, payload)
+            req, errs = validate_request(catalog, payload, codec)
             if req is not None:
                 valid.append((index, req))
                 continue
@@ -732,6 +883,18 @@ def _register_chunk(
                 ([r.subject_type for _, r in first], [r.subject_id for _, r in first]),
             )
             holds = {(h["subject_type"], h["subject_id"]): h for h in cur.fetchall()}
+            if codec is not None:  # a hold may name any identifier of the person
+                by_digest: dict[str, tuple[str, str]] = {
+                    d: (r.subject_type, r.subject_id) for _, r in first for d in _digests(codec, r)
+                }
+                if by_digest:
+                    cur.execute(
+                        """SELECT digest, id, reason FROM erasure.legal_hold
+                            WHERE released_at IS NULL AND digest = ANY(%s) ORDER BY id""",
+                        (list(by_digest),),
+                    )
+                    for h in cur.fetchall():
+                        holds.setdefault(by_digest[h["digest"]], h)
         rows = []
         reasons: dict[int, str | None] = {}
         for index, req in first:
@@ -782,8 +945,17 @@ def _register_chunk(
                 task_rows,
                 page_size=len(task_rows),
             )
+        write_identities(
+            cur,
+            codec,
+            [
+                (inserted[(r.subject_type, r.subject_id)], r.identifiers)
+                for _, r in first
+                if (r.subject_type, r.subject_id) in inserted
+            ],
+        )
         for index, req in sorted(later, key=lambda x: x[0]):
-            o = _register_item(cur, catalog, req, source, is_canary, run_id, index)
+            o = _register_item(cur, catalog, req, source, is_canary, run_id, index, codec)
             if o.status == IntakeStatus.REJECTED:
                 o.message = _message(o.errors)
                 _record_rejection(cur, source, payloads[index], o.errors, run_id)
@@ -800,6 +972,7 @@ def register_requests(
     run_id: str | None = None,
     *,
     is_canary: bool = False,
+    codec: IdentityCodec | None = None,
 ) -> IntakeResult:
     """Validate and register ``requests`` (dicts with the fields in :data:`FIELDS`).
 
@@ -811,6 +984,7 @@ def register_requests(
     the field ``requests``; every item counts as rejected) and nothing else is written.
     """
     source = _check_source(source)
+    codec = identity_codec(catalog, codec)
     if not isinstance(requests, list | tuple):
         raise IntakeError(f"requests must be a list, got {_type_name(requests)}")
     result = IntakeResult()
@@ -836,7 +1010,7 @@ def register_requests(
             chunk = items[start : start + REGISTER_CHUNK]
             try:
                 with conn:  # one transaction per chunk: its requests and tasks, or nothing
-                    outcomes = _register_chunk(conn, catalog, chunk, source, is_canary, run_id)
+                    outcomes = _register_chunk(conn, catalog, chunk, source, is_canary, run_id, codec)
             except psycopg2.Error as exc:
                 # the chunk left nothing behind; each request again in its own transaction, so the
                 # ones before a failing request are registered and the failure names its request
@@ -845,7 +1019,9 @@ def register_requests(
                 )
                 for i, payload in chunk:
                     with conn:
-                        result.add(_process(conn, catalog, payload, source, is_canary, run_id, i))
+                        result.add(
+                            _process(conn, catalog, payload, source, is_canary, run_id, i, None, codec)
+                        )
                 continue
             for o in outcomes:
                 result.add(o)
@@ -862,6 +1038,7 @@ def ingest_pending(
     *,
     limit: int = 5000,
     chunk: int = 500,
+    codec: IdentityCodec | None = None,
 ) -> IntakeResult:
     """Register up to ``limit`` ``pending`` rows of ``erasure.intake`` (oldest first).
 
@@ -870,6 +1047,7 @@ def ingest_pending(
     (``error`` = the reason). Concurrent runs never process a row twice.
     """
     result = IntakeResult()
+    codec = identity_codec(catalog, codec)
     last_id = 0
     conn = connect(dsn)
     try:
@@ -905,6 +1083,7 @@ def ingest_pending(
                             run_id,
                             result.received,
                             intake_id,
+                            codec,
                         )
                     )
             if len(ids) < chunk:
@@ -913,6 +1092,16 @@ def ingest_pending(
         conn.close()
     log.info("intake table: %s", result.summary())
     return result
+
+
+def identity_codec(catalog: Catalog, codec: IdentityCodec | None = None) -> IdentityCodec | None:
+    """``codec``, or for a catalog with ``identifier_types`` the one of the default settings' key files
+    (None for a catalog without: identifiers are then only the ``subject_id``)."""
+    if codec is not None or not catalog.has_identity:
+        return codec
+    from erasure.settings import get_settings
+
+    return IdentityCodec.from_settings(get_settings())
 
 
 # -- helpers for the DAGs (plain data in, plain data out) ----------------------------------------

@@ -51,6 +51,10 @@ from erasure.ack_auth import AckKeys, authenticate, normalise_keys
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.events import SchemaError, new_event, parse_ack, parse_event
+from erasure.identity import IdentityCodec
+from erasure.intake import identity_codec
+from erasure.resolution import identity_of
+from erasure.targets.base import verification
 from erasure.targets.kafka import KafkaSpec
 from erasure.tracking.store import Transition, transition_tasks
 from erasure.vocab import AckOutcome, AckStatus, EventType, TargetKind, TaskStatus, VerificationOutcome
@@ -139,8 +143,14 @@ def enqueue_due(
     task_ids: Iterable[int] | None = None,
     limit: int = 10000,
     now: datetime | None = None,
+    codec: IdentityCodec | None = None,
 ) -> EnqueueResult:
     """Write an outbox row for each due pending Kafka task and move it to awaiting_ack, atomically.
+
+    A request with a resolved identity (docs/identity.md) is sent with the identifiers of the types the
+    target is erased by: one of them as ``subject.id`` (version 1), several as ``identifiers``
+    (version 2, :mod:`erasure.events`); none found: the task succeeds as ``not_found``. ``codec``
+    unseals them (default: the default settings' key files).
 
     Due: task status ``pending``, ``next_attempt_at <= now``, its request open (received or
     in_progress; a held request is never dispatched). Rows are locked with SKIP LOCKED, so
@@ -178,15 +188,50 @@ def enqueue_due(
         rows = cur.fetchall()
         changes: list[Transition] = []
         built: list[tuple[dict[str, Any], Any, KafkaSpec]] = []
+        codec = identity_codec(catalog, codec)
+        identities = (
+            identity_of(cur, codec, sorted({r["request_id"] for r in rows}))
+            if codec is not None and rows
+            else {}
+        )
         for row in rows:
-            spec = ts[row["target"]].spec_as(KafkaSpec)
+            target = ts[row["target"]]
+            spec = target.spec_as(KafkaSpec)
+            subject_id, identifiers = row["subject_id"], None
+            ids = identities.get(row["request_id"])
+            if ids:
+                typed = {t: ids[t] for t in target.identity_keys if ids.get(t)}
+                if not typed:
+                    note = (
+                        f"no identifier of type {' or '.join(target.identity_keys)} in the request's identity"
+                    )
+                    changes.append(
+                        Transition(
+                            row["task_id"],
+                            TaskStatus.SUCCEEDED,
+                            (TaskStatus.PENDING,),
+                            evidence={
+                                "kind": target.kind,
+                                "outcome": "not_found",
+                                "identity_keys": target.identity_keys,
+                                "verification": verification(
+                                    VerificationOutcome.NOT_VERIFIABLE, "identity resolution", note
+                                ),
+                            },
+                        )
+                    )
+                    continue
+                subject_id = next(iter(typed.values()))[0]
+                if sum(len(v) for v in typed.values()) > 1 or next(iter(typed)) != target.identity_key:
+                    identifiers = typed
             try:
                 ev = new_event(
                     subject_type=row["subject_type"],
-                    subject_id=row["subject_id"],
+                    subject_id=subject_id,
                     target=row["target"],
                     request_id=row["request_id"],
                     attempt=row["attempts"] + 1,
+                    identifiers=identifiers,
                 )
             except SchemaError as exc:
                 changes.append(
@@ -638,7 +683,7 @@ class _AckMsg:
 
 _SELECT_ACKED_EVENTS = """
     SELECT o.event_id::text AS event_id, o.task_id, o.acked_at, o.attempt, t.target, t.status, t.attempts,
-           r.subject_id
+           r.subject_id, o.payload
       FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id
       JOIN erasure.request r ON r.id = t.request_id
      WHERE o.event_id = ANY(%s::uuid[])
@@ -802,7 +847,7 @@ def _close_acked_tasks(
         backoff = target.retry_backoff_minutes if target else 5.0
         nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
         verified = (
-            _verify_after_ack(target, row["subject_id"], ack.outcome)
+            _verify_after_ack(target, _event_values(row), ack.outcome)
             if ack.outcome in AckOutcome.successes()
             else None
         )
@@ -864,10 +909,22 @@ def _close_acked_tasks(
         )
 
 
-def _verify_after_ack(target: Target | None, subject_id: str, outcome: str) -> dict[str, Any]:
-    """``evidence.verification`` after a partner's success ack: its lookup (``kafka.lookup_url``) when
-    it can be asked, else ``not_verifiable`` with the reason (the ack is the only confirmation). A
-    lookup that could not be made comes back with outcome ``error`` (the task is retried)."""
+def _event_values(row: dict[str, Any]) -> list[str]:
+    """The identifiers the acked event asked to erase (its payload), else the request's subject id."""
+    payload = row.get("payload")
+    if isinstance(payload, dict) and isinstance(payload.get("subject"), dict):
+        out = [str(payload["subject"].get("id"))]
+        for vs in (payload.get("identifiers") or {}).values():
+            out.extend(str(v) for v in vs if str(v) not in out)
+        return out
+    return [str(row["subject_id"])]
+
+
+def _verify_after_ack(target: Target | None, subject_ids: list[str], outcome: str) -> dict[str, Any]:
+    """``evidence.verification`` after a partner's success ack: its lookup (``kafka.lookup_url``) of
+    every identifier the event carried when it can be asked, else ``not_verifiable`` with the reason
+    (the ack is the only confirmation). A lookup that could not be made comes back with outcome
+    ``error`` (the task is retried); one identifier still there fails the verification."""
     from erasure.targets import Context, adapter_for
     from erasure.targets.base import verification, verification_of
 
@@ -883,10 +940,20 @@ def _verify_after_ack(target: Target | None, subject_id: str, outcome: str) -> d
 
     from erasure.settings import get_settings
 
+    method = f"GET {target.name} lookup after ack '{outcome}' (404 = gone)"
+    answers = []
     with httpx.Client(timeout=10.0) as client:
-        check = adapter.verify(Context(settings=get_settings(), http=client), target, subject_id)
-    v = verification_of(check, f"GET {target.name} lookup after ack '{outcome}' (404 = gone)")
-    return v if v is not None else {"outcome": "error", "answer": check.detail}
+        for subject_id in subject_ids:
+            check = adapter.verify(Context(settings=get_settings(), http=client), target, subject_id)
+            v = verification_of(check, method)
+            if v is None:
+                return {"outcome": "error", "answer": check.detail}
+            if v["outcome"] != VerificationOutcome.VERIFIED or len(subject_ids) == 1:
+                return v
+            answers.append(check.detail)
+    return verification(
+        VerificationOutcome.VERIFIED, method, f"{len(subject_ids)} identifiers gone: " + "; ".join(answers)
+    )
 
 
 def _raw_text(raw: bytes | str | None) -> str | None:

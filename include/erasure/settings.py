@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     """Where receipts are exported as files; defaults to ``<local>/receipts``."""
     pseudonym_key_file: Path | None = None
     """Key (hex) of the keyed pseudonyms of the ``hash`` field strategy (erasure.pseudonym); defaults to ``<local>/secrets/pseudonym-hmac.key``."""
+    identity_key_file: Path | None = None
+    """Key (hex, 32 bytes) that seals identifiers at rest in the tracking store (erasure.identity,
+    AES-256-GCM); defaults to ``<local>/secrets/identity-encryption.key``. In Airflow the
+    ``erasure_identity`` connection's password takes precedence."""
+    resolution_max_depth: Annotated[int, Field(ge=1, le=10)] = 4
+    """Most resolver hops from a request's own identifiers (erasure.resolution)."""
 
     # -- alert delivery by e-mail (else Airflow's email backend) -----------------------------------
     smtp_host: str | None = None
@@ -137,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def pseudonym_key_path(self) -> Path:
         return self.pseudonym_key_file or self.secrets_dir / "pseudonym-hmac.key"
+
+    @property
+    def identity_key_path(self) -> Path:
+        return self.identity_key_file or self.secrets_dir / "identity-encryption.key"
 
     @property
     def receipts_path(self) -> Path:

@@ -23,11 +23,14 @@ class RequestStatus(StrEnum):
     IN_REVIEW = "in_review"
     """The catalog says a person approves it first (``review``): it waits in the ``erasure_review`` DAG's
     human-in-the-loop task; nothing is dispatched meanwhile, its SLA clock runs."""
+    RESOLVING = "resolving"
+    """Its identity is being expanded by the catalog's resolvers (erasure.resolution); nothing is
+    dispatched meanwhile, its SLA clock runs."""
 
     @classmethod
     def open(cls) -> tuple[RequestStatus, ...]:
         """Statuses of a request that is not finished (at most one per subject)."""
-        return (cls.RECEIVED, cls.HELD, cls.IN_PROGRESS, cls.IN_REVIEW)
+        return (cls.RECEIVED, cls.HELD, cls.IN_PROGRESS, cls.IN_REVIEW, cls.RESOLVING)
 
     @classmethod
     def finished(cls) -> tuple[RequestStatus, ...]:
@@ -146,6 +149,20 @@ class EventType(StrEnum):
     EVENT_REPLAYED = "event_replayed"
     OPERATOR_ACTION = "operator_action"
     """A person's action from the Erasure view (details: action, actor, reason); see ``OperatorAction``."""
+    IDENTITY_RESOLVED = "identity_resolved"
+    """The request's identity set reached a fixed point (details: counts per type and per resolver)."""
+
+
+class ResolutionStatus(StrEnum):
+    """``erasure.resolution.status``: one resolver's work for one request."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    """The last lookup failed; retried after ``next_attempt_at``."""
+    ESCALATED = "escalated"
+    """Failed ``max_attempts`` times: its owner is alerted; the request waits (or goes on without it
+    when the resolver is ``optional``)."""
 
 
 class OperatorAction(StrEnum):
@@ -214,6 +231,8 @@ class AlertKind(StrEnum):
     DAG_RUN_FAILED = "dag_run_failed"
     BATCH_FAILED = "batch_failed"
     LEASE_EXPIRED = "lease_expired"
+    RESOLVER_ESCALATED = "resolver_escalated"
+    """A resolver failed its target's ``max_attempts`` times for a request (erasure.resolution)."""
     PII_DRIFT = "pii_drift"
     """A warehouse table holds personal data the catalog does not declare (erasure.drift)."""
 

@@ -78,8 +78,10 @@ from typing import TYPE_CHECKING, Any
 
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
+from erasure.identity import IdentityCodec, keys_for
 from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.pseudonym import load_key as load_pseudonym_key
+from erasure.resolution import identity_of
 from erasure.settings import Settings
 from erasure.targets.base import verification
 from erasure.targets.fields import MASK_STRING, FieldRule
@@ -876,16 +878,24 @@ class WarehouseTask:
     stage: str | None
     attempts: int
     evidence: dict[str, Any]
+    keys: list[str] = field(default_factory=list)
+    """The values the table is erased by: the identifiers of the target's types from the request's
+    resolved identity (docs/identity.md), else the request's ``subject_id``."""
 
 
-def pick_tasks(dsn: str, target: Target) -> list[WarehouseTask]:
+def pick_tasks(dsn: str, target: Target, codec: IdentityCodec | None = None) -> list[WarehouseTask]:
     """Tasks of this target to work on: request ``in_progress``; task ``pending``, ``in_progress`` or
-    ``failed`` with attempts left (exhausted ones are left to the reconcile stage to escalate)."""
+    ``failed`` with attempts left (exhausted ones are left to the reconcile stage to escalate).
+    ``codec``: unseal the requests' identities (a catalog with ``identifier_types``)."""
     with transaction(dsn) as cur:
-        return [
+        tasks = [
             WarehouseTask(**r)
             for r in task_sql.warehouse_workable(cur, KIND, target.name, target.max_attempts)
         ]
+        identities = identity_of(cur, codec, sorted({t.request_id for t in tasks})) if codec and tasks else {}
+    for t in tasks:
+        t.keys = keys_for(identities.get(t.request_id, {}), target.identity_keys) or [t.subject_id]
+    return tasks
 
 
 def pending_counts(dsn: str, catalog: Catalog) -> dict[str, int]:
@@ -994,10 +1004,13 @@ def _verify_tasks(
         by_version.setdefault(int(v) - 1 if isinstance(v, int) else None, []).append(t)
     for before, group in by_version.items():
         verdicts = verify_erased(
-            spark, spec, [t.subject_id for t in group], before_version=before, warehouse_dir=warehouse_dir
-        )
+            spark, spec, [k for t in group for k in t.keys or [t.subject_id]], before_version=before,
+            warehouse_dir=warehouse_dir,
+        )  # fmt: skip
         for t in group:
-            v = verdicts[str(t.subject_id)]
+            # a task erased by several identifiers: verified only when every one is
+            per = [verdicts[str(k)] for k in t.keys or [t.subject_id]]
+            v = next((x for x in per if x.ok is None), None) or next((x for x in per if not x.ok), per[0])
             # could not look (None): a failure to retry without a verification, never a pass
             outcome = (
                 None if v.ok is None else VerificationOutcome.VERIFIED if v.ok else VerificationOutcome.FAILED
@@ -1025,16 +1038,18 @@ def erase_target(
     warehouse_dir: str | None = None,
     listing_parallelism: int | None = None,
     pseudonym_key: bytes | None = None,
+    codec: IdentityCodec | None = None,
 ) -> TargetReport:
     """Advance every workable task of one warehouse target as far as it can go in this run
-    (``pseudonym_key``: for the ``hash`` field strategy)."""
+    (``pseudonym_key``: for the ``hash`` field strategy; ``codec``: each task is erased by the
+    identifiers of the target's types in its request's identity)."""
     spec = target.spec_as(WarehouseDeltaSpec)
     try:
         path = table_location(spark, spec, warehouse_dir)
     except Exception:  # noqa: BLE001 - raised again by the first step below and recorded on the tasks
         path = spec.catalog_name or str(spec.path)
     rep = TargetReport(target=target.name, table=spec.table, path=path, mode=spec.mode)
-    picked = pick_tasks(dsn, target)
+    picked = pick_tasks(dsn, target, codec)
     if not picked:
         return rep
     tasks = _claim(dsn, picked, {"run_id": run_id, "table": spec.table, "path": path, "mode": spec.mode})
@@ -1046,12 +1061,12 @@ def erase_target(
         # 1. one batched MERGE for every task not deleted yet
         to_delete = [t for t in tasks if t.stage is None]
         if to_delete:
-            rep.subjects_in_batch = len({t.subject_id for t in to_delete})
+            rep.subjects_in_batch = len({k for t in to_delete for k in t.keys or [t.subject_id]})
             log.info("target=%s step=merge status=start subjects=%d", target.name, rep.subjects_in_batch)
             res = delete_subjects(
                 spark,
                 spec,
-                [t.subject_id for t in to_delete],
+                [k for t in to_delete for k in t.keys or [t.subject_id]],
                 warehouse_dir=warehouse_dir,
                 user_metadata=meta,
                 pseudonym_key=pseudonym_key,
@@ -1162,6 +1177,7 @@ def erase_warehouse(
     """
     warehouse_dir = str(warehouse_dir or settings.warehouse_path)
     wanted = catalog.of_kind(KIND, targets or None)
+    codec = IdentityCodec.from_settings(settings) if catalog.has_identity else None
     report = WarehouseReport(run_id=run_id or uuid.uuid4().hex, started_at=_now().isoformat())
     for target in wanted:
         report.targets.append(
@@ -1173,6 +1189,7 @@ def erase_warehouse(
                 warehouse_dir=warehouse_dir,
                 listing_parallelism=settings.vacuum_listing_parallelism,
                 pseudonym_key=pseudonym_key_for(target.spec_as(WarehouseDeltaSpec), settings),
+                codec=codec,
             )
         )
     report.finished_at = _now().isoformat()

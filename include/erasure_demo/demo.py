@@ -38,6 +38,7 @@ import httpx
 
 from erasure.catalog import Catalog, Target, load_catalog
 from erasure.db import transaction
+from erasure.identity import IdentityCodec
 from erasure.settings import get_settings, secret_from_env
 from erasure.targets import Context, adapter, adapter_for
 from erasure.targets.base import generic_summary
@@ -163,6 +164,19 @@ class Person:
     role: str  # erase | held | duplicate-of | employee ...
     jurisdiction: str = "GDPR"
     external_id: str = ""
+    devices: list[str] = field(default_factory=list)
+    by_email: bool = False
+    """Asks by e-mail address only: found through the catalog's resolvers (docs/identity.md)."""
+
+    def value(self, id_type: str) -> list[str]:
+        """The person's identifiers of ``id_type`` as the systems store them (normalised)."""
+        return {
+            "customer_id": [self.subject_id] if self.subject_type == "customer" else [],
+            "employee_id": [self.subject_id] if self.subject_type == "employee" else [],
+            "email": [self.email.lower()],
+            "phone": ["+" + "".join(ch for ch in self.phone if ch.isdigit())],
+            "device_id": list(self.devices),
+        }.get(id_type, [self.subject_id])
 
 
 @dataclass
@@ -213,8 +227,12 @@ def make_people(cfg: DemoConfig, catalog: Catalog) -> list[Person]:
     ]
     people.append(_person(rng, "customer", f"cus_demo{cfg.tag}held", "held", "GDPR"))
     people.append(_person(rng, "employee", f"emp_{int(cfg.tag, 16) % 10**8:08d}", "erase", "GDPR"))
-    for p in people:
+    for i, p in enumerate(people):
         p.external_id = f"demo-{cfg.tag}-{p.subject_id}"
+        if p.subject_type == "customer":
+            p.devices = [f"dev_{cfg.tag}{i:02d}phone", f"dev_{cfg.tag}{i:02d}laptop"]
+    if catalog.has_identity:  # the last customer to erase asks by e-mail only
+        [p for p in people if p.role == "erase" and p.subject_type == "customer"][-1].by_email = True
     return people
 
 
@@ -293,6 +311,7 @@ class Demo:
         self.api = AirflowApi.from_env()
         self.http = httpx.Client(timeout=15)
         self.people = make_people(cfg, self.catalog)
+        self.codec = IdentityCodec.from_settings(self.settings) if self.catalog.has_identity else None
         self.submissions: list[Submission] = []
         self.expect: list[Expectation] = []
         self.partner_before: dict[str, dict[str, Any]] = {}
@@ -322,6 +341,13 @@ class Demo:
             self._spark = get_spark("erasure-demo", settings=self.settings)
             self._spark.sparkContext.setLogLevel("ERROR")
         return self._spark
+
+    def key_of(self, p: Person) -> str:
+        """The ``subject_id`` of the person's request: the keyed digest of the e-mail address for a
+        person who asked by e-mail (the request row never holds it in clear), else the id."""
+        if p.by_email and self.codec is not None:
+            return self.codec.digest("email", p.email.lower())
+        return p.subject_id
 
     def person(self, role: str) -> list[Person]:
         return [p for p in self.people if p.role == role]
@@ -475,21 +501,33 @@ class Demo:
                     ).format(sql.Identifier(*(spec.table.split("."))))
                 )
             for p in people:
-                row = {
-                    spec.key_column: p.subject_id,
+                base = {
+                    "customer_id": p.subject_id,
+                    "employee_id": p.subject_id,
+                    "email": p.email.lower(),
                     "name": p.name,
                     "phone": p.phone,
                     "home_address": p.address,
                 }
-                row = {k: v for k, v in row.items() if k in cols}
-                cur.execute(
-                    sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-                        sql.Identifier(*(spec.table.split("."))),
-                        sql.SQL(", ").join(sql.Identifier(k) for k in row),
-                        sql.SQL(", ").join(sql.Placeholder() for _ in row),
-                    ),
-                    list(row.values()),
+                # a table keyed by another identifier holds the person under that one (docs/identity.md)
+                rows = (
+                    [
+                        {**base, "device_id": d, "model": m}
+                        for d, m in zip(p.devices, ("phone", "laptop"), strict=False)
+                    ]
+                    if "device_id" in cols
+                    else [base]
                 )
+                for row in rows:
+                    row = {k: v for k, v in row.items() if k in cols}
+                    cur.execute(
+                        sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+                            sql.Identifier(*(spec.table.split("."))),
+                            sql.SQL(", ").join(sql.Identifier(k) for k in row),
+                            sql.SQL(", ").join(sql.Placeholder() for _ in row),
+                        ),
+                        list(row.values()),
+                    )
 
     def _seed_warehouse(self) -> None:
         rng = random.Random(self.cfg.tag + "wh")
@@ -502,10 +540,11 @@ class Demo:
             per = 1 if spec.mode == "mask" else (4 if "order" in spec.table else 25)
             rows = []
             for p in people:
+                keys = p.value(t.identity_key) or [p.subject_id]  # e.g. a click-stream keyed by device id
                 for i in range(per):
                     rows.append(
                         {
-                            f.name: p.subject_id
+                            f.name: keys[i % len(keys)]
                             if f.name == spec.key_column
                             else _spark_value(f.name, f.dataType, p, rng, i)
                             for f in schema.fields
@@ -545,7 +584,10 @@ class Demo:
         for t in self.catalog.of_kind("warehouse_delta"):
             spec = t.spec_as(WarehouseDeltaSpec)
             df = self.spark.read.format("delta").load(spec.resolved_path())
-            ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
+            people = [p for p in self.people if p.subject_type in t.subject_types]
+            # a table keyed by another identifier (device ids) is counted per person all the same
+            owner = {v: p.subject_id for p in people for v in p.value(t.identity_key)}
+            ids = list(owner)
             unmasked = F.lit(False)
             if spec.mode == "mask":
                 for c in spec.mask_columns:
@@ -558,14 +600,17 @@ class Demo:
                 .agg(F.count("*").alias("n"), F.sum(F.when(unmasked, 1).otherwise(0)).alias("u"))
                 .collect()
             )
-            got = {r[spec.key_column]: (int(r["n"]), int(r["u"])) for r in per}
+            got: dict[str, tuple[int, int]] = {}
+            for r in per:
+                n, u = got.get(owner[r[spec.key_column]], (0, 0))
+                got[owner[r[spec.key_column]]] = (n + int(r["n"]), u + int(r["u"]))
             row = {"total": df.count(), "demo_rows": sum(n for n, _ in got.values())}
-            for sid in ids:
-                row[sid] = got.get(sid, (0, 0))[0]
+            for p in people:
+                row[p.subject_id] = got.get(p.subject_id, (0, 0))[0]
             if spec.mode == "mask":
                 row["demo_unmasked"] = sum(u for _, u in got.values())
-                for sid in ids:
-                    row["unmasked:" + sid] = got.get(sid, (0, 0))[1]
+                for p in people:
+                    row["unmasked:" + p.subject_id] = got.get(p.subject_id, (0, 0))[1]
             out[t.name] = row
         return out
 
@@ -575,7 +620,9 @@ class Demo:
         out = {}
         for t in self.catalog.of_kind("postgres_table"):
             spec = t.spec_as(PostgresTableSpec)
-            ids = [p.subject_id for p in self.people if p.subject_type in t.subject_types]
+            mine = [p for p in self.people if p.subject_type in t.subject_types]
+            ids = [v for p in mine if p.role != "held" for v in p.value(t.identity_key)]
+            held = [v for p in mine if p.role == "held" for v in p.value(t.identity_key)]
             with transaction(
                 secret_from_env(spec.dsn_env, f"target '{t.name}': postgres_table.dsn_env")
             ) as cur:
@@ -590,6 +637,13 @@ class Demo:
                 )
                 out[t.name] = total
                 out[t.name + ":demo"] = int(cur.fetchone()["n"])
+                cur.execute(
+                    sql.SQL("SELECT count(*) AS n FROM {} WHERE {} = ANY(%s)").format(
+                        tbl, sql.Identifier(spec.key_column)
+                    ),
+                    (held,),
+                )
+                out[t.name + ":held"] = int(cur.fetchone()["n"])
         return out
 
     # ---------------------------------------------------------------- 3. requests
@@ -603,6 +657,9 @@ class Demo:
                 "reason": "Art. 17 request via the privacy portal",
                 "jurisdiction": p.jurisdiction,
             }
+            if p.by_email:  # "please erase me", from the address the person knows, as typed
+                del d["subject_id"]
+                d["identifiers"] = {"email": " " + p.email[:1].upper() + p.email[1:]}
             d.update(over)
             return d
 
@@ -687,7 +744,7 @@ class Demo:
 
     # ---------------------------------------------------------------- 4. drive the pipeline
     def demo_requests(self, with_canaries: bool = False) -> list[dict[str, Any]]:
-        ids = [p.subject_id for p in self.people] + (self.canary_subjects if with_canaries else [])
+        ids = [self.key_of(p) for p in self.people] + (self.canary_subjects if with_canaries else [])
         with transaction(self.dsn) as cur:
             cur.execute(
                 """SELECT r.id, r.external_id, r.subject_type, r.subject_id, r.jurisdiction, r.status, r.status_reason,
@@ -790,7 +847,7 @@ class Demo:
                 for r in everything
                 if r["status"] != "rejected" and r["subject_id"] not in self.canary_subjects
             ]
-            open_ = [r for r in everything if r["status"] in ("received", "in_progress")]
+            open_ = [r for r in everything if r["status"] in ("received", "in_progress", "resolving")]
             done = [r for r in reqs if r["status"] in ("completed", "failed")]
             waiting_c = Counter(
                 f"{t['target']} {t['status']}" + (f"/{t['stage']}" if t["stage"] else "")
@@ -939,6 +996,7 @@ class Demo:
                 ],
             )
         self._check_requests(reqs, now)
+        self._identity(reqs)
 
         o.heading(
             f"Partner outage: {self.outage.get('target')} down for {self.outage.get('recovered_after_s', '?')}s"
@@ -971,12 +1029,19 @@ class Demo:
                 present == (had & held) and bool(had - held),
                 f"present after: {sorted(present)}",
             )
-        for name in [k for k in self.hr_before if not k.endswith(":demo")]:
+        for name in [k for k in self.hr_before if ":" not in k]:
+            key = self.catalog.target(name).identity_key
             o.line(
-                f"  {name} (Postgres): {self.hr_before[name]:,} rows -> {self.hr_after.get(name, 0):,}; demo employees "
-                f"{self.hr_before[name + ':demo']} -> {self.hr_after.get(name + ':demo')}"
+                f"  {name} (Postgres, keyed by {key}): {self.hr_before[name]:,} rows -> {self.hr_after.get(name, 0):,}; "
+                f"rows of erased demo people {self.hr_before[name + ':demo']} -> {self.hr_after.get(name + ':demo')}; "
+                f"of the held one {self.hr_before[name + ':held']} -> {self.hr_after.get(name + ':held')}"
             )
-            self.check(f"postgres {name}: demo employee row gone", self.hr_after.get(name + ":demo") == 0)
+            self.check(
+                f"postgres {name}: erased people's rows gone, held person's kept",
+                self.hr_before[name + ":demo"] > 0
+                and self.hr_after.get(name + ":demo") == 0
+                and self.hr_after.get(name + ":held") == self.hr_before[name + ":held"],
+            )
 
         o.heading("Warehouse Delta tables: rows before -> after")
         rows = []
@@ -1095,11 +1160,11 @@ class Demo:
                     s.run_state == "success" and statuses == ["duplicate"] and not oc.get("registered"),
                     f"run {s.run_state}, outcomes {statuses}",
                 )
-            elif s.expect == "held":
+            elif s.expect == "held":  # held at once, or once its identity is resolved (checked below)
                 regs = oc.get("registered", [])
                 self.check(
-                    f"{s.label}: registered as held",
-                    s.run_state == "success" and [r["status"] for r in regs] == ["held"],
+                    f"{s.label}: registered (held, or resolving its identity first)",
+                    s.run_state == "success" and [r["status"] for r in regs] in (["held"], ["resolving"]),
                     str(regs),
                 )
             else:
@@ -1113,7 +1178,7 @@ class Demo:
 
     def _check_requests(self, reqs: list[dict[str, Any]], now: datetime) -> None:
         for p in self.people:
-            rs = [r for r in reqs if r["subject_id"] == p.subject_id]
+            rs = [r for r in reqs if r["subject_id"] == self.key_of(p)]
             self.check(f"{p.subject_id}: exactly one request", len(rs) == 1, f"{len(rs)} requests")
             if not rs:
                 continue
@@ -1135,6 +1200,63 @@ class Demo:
                 f"request {r['external_id']}: SLA met",
                 r["completed_at"] is not None and r["completed_at"] <= r["due_at"],
             )
+
+    def _identity(self, reqs: list[dict[str, Any]]) -> None:
+        """The resolved identity of the person who asked by e-mail only: every identifier (masked),
+        which resolver found it and from what (docs/identity.md)."""
+        from erasure.identifiers import mask
+
+        p = next((x for x in self.people if x.by_email), None)
+        if p is None or self.codec is None:
+            return
+        r = next((x for x in reqs if x["subject_id"] == self.key_of(p)), None)
+        self.out.heading("Identity: a request that gave only an e-mail address")
+        if r is None:
+            self.check("e-mail-only request: registered", False)
+            return
+        with transaction(self.dsn) as cur:
+            cur.execute(
+                """SELECT i.id, i.id_type, i.sealed, i.source, i.depth, p.id_type AS from_type, p.sealed AS from_sealed
+                     FROM erasure.identity i LEFT JOIN erasure.identity p ON p.id = i.parent_id
+                    WHERE i.request_id = %s ORDER BY i.id""",
+                (r["id"],),
+            )
+            rows = [dict(x) for x in cur.fetchall()]
+        found: dict[str, list[str]] = {}
+        table = []
+        for x in rows:
+            value = self.codec.unseal(x["id_type"], x["sealed"])
+            found.setdefault(x["id_type"], []).append(value)
+            source = "the request" if x["source"] == "request" else f"resolver {x['source']}"
+            origin = (
+                f"{x['from_type']} {mask(self.codec.unseal(x['from_type'], x['from_sealed']))}"
+                if x["from_type"]
+                else "-"
+            )
+            table.append([x["id_type"], mask(value), source, origin, x["depth"]])
+        self.out.line(
+            f"  request {r['id']} ({r['external_id']}): subject_id is the keyed digest {r['subject_id'][:24]}..."
+        )
+        self.out.table(["identifier type", "identifier (masked)", "found by", "from", "hops"], table)
+        self.check(
+            "e-mail-only request: the customer id found by the CRM lookup",
+            found.get("customer_id") == [p.subject_id],
+            str({k: len(v) for k, v in found.items()}),
+        )
+        self.check(
+            "e-mail-only request: both device ids found through the customer id (2 hops)",
+            sorted(found.get("device_id", [])) == sorted(p.devices),
+        )
+        keyed = {
+            t["target"]: self.catalog.target(t["target"]).identity_key
+            for t in r["tasks"]
+            if t["target"] in ("crm_contacts", "device_registry", "newsletter_subscribers")
+        }
+        self.check(
+            "e-mail-only request: erased where keyed by customer id, by device (registry) and by e-mail",
+            r["status"] == "completed" and len(keyed) == 3,
+            ", ".join(f"{k} by {v}" for k, v in keyed.items()),
+        )
 
     def _check_outage(self, reqs: list[dict[str, Any]]) -> None:
         name = self.outage.get("target")

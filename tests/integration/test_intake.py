@@ -20,7 +20,7 @@ from tests.unit.test_intake import BAD_INPUTS
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CUSTOMER_TARGETS = 8  # enabled targets of subject type "customer" in include/catalog
+CUSTOMER_TARGETS = 10  # enabled targets of subject type "customer" in include/catalog
 EMPLOYEE_TARGETS = 2
 
 
@@ -383,7 +383,7 @@ def _dag(name: str):
     return bag.dags[name]
 
 
-def test_scheduled_dag_ingests_and_rechecks_holds(tracking_db, catalog):
+def test_scheduled_dag_ingests_and_rechecks_holds(tracking_db, catalog, catalog_env):
     place_hold(tracking_db, "customer", "cus_tabheld", "litigation", "legal", catalog)
     _insert_intake(tracking_db)
     dag = _dag("erasure_intake_scheduled")
@@ -414,7 +414,7 @@ def test_scheduled_dag_ingests_and_rechecks_holds(tracking_db, catalog):
     assert q(tracking_db, "SELECT count(*) AS n FROM erasure.request")[0]["n"] == 3  # nothing re-processed
 
 
-def test_triggered_dag_under_dag_test_single_and_batch(tracking_db, catalog):
+def test_triggered_dag_under_dag_test_single_and_batch(tracking_db, catalog, catalog_env):
     dag = _dag("erasure_intake")
     run = dag.test(
         run_conf={"subject_type": "customer", "subject_id": "cus_dagt01", "requested_by": "ui-user"}
@@ -440,7 +440,7 @@ def test_triggered_dag_under_dag_test_single_and_batch(tracking_db, catalog):
     )
 
 
-def test_cli_submit_and_holds(tracking_db, tmp_path, capsys):
+def test_cli_submit_and_holds(tracking_db, tmp_path, capsys, catalog_env):
     from erasure.cli import main
 
     assert (

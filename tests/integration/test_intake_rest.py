@@ -13,6 +13,9 @@ import uuid
 import pytest
 
 from erasure.holds import place_hold, release_hold
+from erasure.identity import IdentityCodec
+from erasure.resolution import resolve_pending
+from erasure.settings import get_settings
 from tests.conftest import MAIN_TRACKING_DSN
 from tests.helpers.db import query
 
@@ -54,7 +57,7 @@ def invariant(result: dict) -> None:
     assert len(result["outcomes"]) == result["received"]
 
 
-def test_rest_single_request(api):
+def test_rest_single_request(api, identity_catalog):
     sid = f"cus_rest{uid()}"
     run, result = run_intake(
         api,
@@ -72,14 +75,15 @@ def test_rest_single_request(api):
         "SELECT id, status, source, airflow_run_id, due_at - received_at AS sla FROM erasure.request WHERE subject_id = %s",
         sid,
     )
-    assert len(rows) == 1 and rows[0]["status"] == "in_progress" and rows[0]["source"] == "api"
+    # the stack's catalog has resolvers for customers: the request resolves its identity first
+    assert len(rows) == 1 and rows[0]["status"] == "resolving" and rows[0]["source"] == "api"
     assert rows[0]["airflow_run_id"] == run["dag_run_id"] and rows[0]["sla"].days == 45
     assert rows[0]["id"] == result["outcomes"][0]["request_id"]
     n = q("SELECT count(*) AS n FROM erasure.task WHERE request_id = %s", rows[0]["id"])[0]["n"]
-    assert n == 8
+    assert n == len(identity_catalog.targets_for("customer"))
 
 
-def test_rest_batch_with_duplicates_and_a_held_subject(api, catalog):
+def test_rest_batch_with_duplicates_and_a_held_subject(api, catalog, identity_catalog):
     u = uid()
     held_sid = f"cus_held{u}"
     hold = place_hold(MAIN_TRACKING_DSN, "customer", held_sid, "litigation (test)", "it-legal", catalog)
@@ -129,6 +133,11 @@ def test_rest_batch_with_duplicates_and_a_held_subject(api, catalog):
         o = result["outcomes"]
         assert [x["status"] for x in o] == ["registered"] * 3 + ["duplicate"] * 2 + ["registered"]
         assert o[3]["request_id"] == o[0]["request_id"] and o[4]["request_id"] == o[1]["request_id"]
+        held = q("SELECT id, status, status_reason FROM erasure.request WHERE subject_id = %s", held_sid)[0]
+        assert held["status"] == "resolving"  # holds are applied once the identity is resolved
+        resolve_pending(
+            MAIN_TRACKING_DSN, identity_catalog, get_settings(), IdentityCodec.from_settings(get_settings())
+        )
         held = q("SELECT id, status, status_reason FROM erasure.request WHERE subject_id = %s", held_sid)[0]
         assert held["status"] == "held" and "litigation (test)" in held["status_reason"]
         # re-submitting the same batch registers nothing new

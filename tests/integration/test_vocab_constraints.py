@@ -19,6 +19,7 @@ from erasure.vocab import (
     OperatorAction,
     RequestSource,
     RequestStatus,
+    ResolutionStatus,
     ReviewDecision,
     TaskStatus,
     WarehouseStage,
@@ -38,6 +39,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("canary_subject", "result"): CanaryResult,
     ("operator_action", "action"): OperatorAction,
     ("review", "decision"): ReviewDecision,
+    ("resolution", "status"): ResolutionStatus,
 }
 
 # CHECKs of one column over a fixed value list: Postgres shows ``col IN (...)`` as ``= ANY (ARRAY[...])``

@@ -75,6 +75,26 @@ def test_event_errors_name_the_field(change, field):
     assert f"field '{field}'" in str(ei.value)
 
 
+def test_version_2_carries_identifiers_and_version_1_cannot():
+    from erasure.events import new_event
+
+    ev = new_event(
+        subject_type="customer",
+        subject_id="dev_aaaa1",
+        target="marketing_events",
+        request_id=3,
+        identifiers={"device_id": ["dev_aaaa1", "dev_bbbb2"]},
+    )
+    assert ev.schema_version == 2 and ev.values() == ["dev_aaaa1", "dev_bbbb2"]
+    assert parse_event(ev.to_bytes()) == ev
+    plain = new_event(subject_type="customer", subject_id="cus_1", target="marketing_events", request_id=3)
+    assert plain.schema_version == 1 and "identifiers" not in json.loads(plain.to_bytes())
+    d = json.loads(ev.to_bytes())
+    d["schema_version"] = 1
+    with pytest.raises(SchemaError, match="identifiers: needs schema_version 2"):
+        parse_event(json.dumps(d))
+
+
 def test_event_missing_field_is_named():
     d = _event_dict()
     del d["attempt"]
@@ -82,7 +102,7 @@ def test_event_missing_field_is_named():
         parse_event(json.dumps(d))
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+@pytest.mark.parametrize("version", [3, 0, "1", True, None])
 def test_event_unsupported_schema_version(version):
     d = _event_dict(schema_version=version)
     if version is None:

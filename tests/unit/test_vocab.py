@@ -22,6 +22,7 @@ from erasure.vocab import (
     OperatorAction,
     RequestSource,
     RequestStatus,
+    ResolutionStatus,
     ReviewDecision,
     TaskStatus,
     WarehouseStage,
@@ -40,6 +41,7 @@ EXPECTED: dict[tuple[str, str], type[StrEnum]] = {
     ("canary_subject", "result"): CanaryResult,
     ("operator_action", "action"): OperatorAction,
     ("review", "decision"): ReviewDecision,
+    ("resolution", "status"): ResolutionStatus,
 }
 
 _CHECK_IN = re.compile(r"CHECK\s*\(\s*(\w+)\s+IN\s*\(([^)]*)\)\s*\)", re.IGNORECASE)

@@ -24,6 +24,10 @@ _INTAKE_FIELDS: dict[str, tuple[str, str]] = {
     "external_id": ("External request id", "Your ticket id / idempotency key; generated when empty."),
     "reason": ("Reason", "Free text (optional)."),
     "jurisdiction": ("Jurisdiction", "Sets the SLA; default GDPR (30 days)."),
+    "identifiers": (
+        "Identifiers",
+        'Instead of (or with) the subject id: {"email": "ann@example.com"}; types from the catalog.',
+    ),
 }
 
 
@@ -52,7 +56,7 @@ def conf_without_form_defaults(conf: dict[str, Any], defaults: dict[str, str]) -
     """A batch submitted through the trigger form also carries the selects' defaults (and empty single
     fields): drop those when no single request is given (no ``subject_id``), so the batch is not taken
     for a mix of batch and single request. Any other conf is returned as it is."""
-    if not conf.get("requests") or conf.get("subject_id"):
+    if not conf.get("requests") or conf.get("subject_id") or conf.get("identifiers"):
         return conf
     return {
         k: v
@@ -71,6 +75,7 @@ def intake_params(catalog: Catalog) -> dict[str, Param]:
     params = {
         name: Param(defaults.get(name), **_nullable(fields[name], title=title, description=description))
         for name, (title, description) in _INTAKE_FIELDS.items()
+        if name != "identifiers" or catalog.has_identity
     }
     params["requests"] = Param(
         None,

@@ -25,6 +25,7 @@ SIGNING_KEY_FILE = "receipt-signing-key.pem"
 HMAC_KEY_FILE = "identifier-hmac.key"
 JWKS_FILE = "receipt-keys.jwks.json"
 PSEUDONYM_KEY_FILE = "pseudonym-hmac.key"
+IDENTITY_KEY_FILE = "identity-encryption.key"
 """The ``hash`` field strategy's key (erasure.pseudonym): created here too, kept apart from receipts'."""
 
 
@@ -89,7 +90,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def init_keys(directory: Path) -> dict[str, Any]:
-    """Create the signing key, the identifier HMAC key and the pseudonym key in ``directory`` if missing
+    """Create the signing key, the identifier HMAC key, the pseudonym key and the identity encryption
+    key in ``directory`` if missing
     (never overwritten), and
     (re)write the public JWKS next to them. Returns the paths and the key id."""
     directory = Path(directory)
@@ -105,7 +107,7 @@ def init_keys(directory: Path) -> dict[str, Any]:
         )
         _write_private(sk_path, pem)
         created.append(str(sk_path))
-    for path in (hk_path, directory / PSEUDONYM_KEY_FILE):
+    for path in (hk_path, directory / PSEUDONYM_KEY_FILE, directory / IDENTITY_KEY_FILE):
         if not path.exists():
             _write_private(path, secrets.token_hex(32).encode() + b"\n")
             created.append(str(path))

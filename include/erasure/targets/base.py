@@ -20,6 +20,8 @@ Operations
 ``evidence_summary``   one line of a task's evidence for reports
 ``ack_timeout``        how long an asynchronous erasure may wait for its acknowledgement (``None``: not acked)
 ``cannot_verify``      why the target cannot be asked after an erasure (``None``: it can, through ``verify``)
+``resolve``            (kinds with ``can_resolve``) map identifiers of one type to others: the catalog's
+                       ``resolvers`` (erasure.resolution); ``check_resolver`` validates one at load time
 
 Verification (proof of erasure): after a target reports success, the stage that erased it looks the
 subject up through ``verify`` and keeps the answer as the task's ``evidence.verification``
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     import httpx
     from pyspark.sql import SparkSession
 
-    from erasure.catalog import Catalog, Target
+    from erasure.catalog import Catalog, Resolver, Target
     from erasure.settings import Settings
 
 
@@ -69,7 +71,12 @@ class Claimed:
     task_id: int
     request_id: int
     subject_id: str
+    """The value to erase: the request's ``subject_id``, or one of the identifiers the target is erased
+    by (a task with several is claimed once per identifier, ``key_index`` 0, 1, ...)."""
     attempts: int
+    key_index: int = 0
+    id_type: str | None = None
+    """The identifier type of ``subject_id`` (None: the request's own ``subject_id``)."""
 
     @property
     def attempt(self) -> int:
@@ -78,8 +85,9 @@ class Claimed:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable per erasure task: every retry and replay of this erasure carries the same key."""
-        return f"erasure-{self.request_id}-{self.task_id}"
+        """Stable per erasure task (and identifier): every retry and replay carries the same key."""
+        base = f"erasure-{self.request_id}-{self.task_id}"
+        return base if self.key_index == 0 else f"{base}-{self.key_index}"
 
 
 @dataclass
@@ -192,6 +200,8 @@ class TargetAdapter(ABC):
     needs_spark: ClassVar[bool] = False
     """Whether seeding and checking test subjects needs a Spark session (done by a Spark task)."""
     default_batch_size: ClassVar[int] = 1000
+    can_resolve: ClassVar[bool] = False
+    """Whether targets of this kind can answer identity lookups (the catalog's ``resolvers``)."""
 
     # -- catalog --------------------------------------------------------------------------------
     def batch_size(self, target: Target) -> int:
@@ -250,6 +260,20 @@ class TargetAdapter(ABC):
             return None
         return verification(VerificationOutcome.NOT_VERIFIABLE, "none", reason)
 
+    # -- identity resolution (docs/identity.md) ---------------------------------------------------
+    def check_resolver(self, target: Target, resolver: Resolver) -> None:
+        """Validate a resolver answered by ``target`` (``ValueError`` naming the problem)."""
+        if not self.can_resolve:
+            raise ValueError(f"kind '{self.kind}' cannot resolve identifiers")
+
+    def resolve(
+        self, ctx: Context, target: Target, resolver: Resolver, values: Sequence[str]
+    ) -> dict[str, dict[str, list[str]]]:
+        """Look ``values`` (of type ``resolver.from_type``) up: ``{value: {type: [found, ...]}}`` for the
+        types in ``resolver.to``; a value the system does not know is absent or maps to nothing. Raise
+        (any exception) when the system cannot be asked: the resolution is retried."""
+        raise TargetError(f"target '{target.name}': kind '{self.kind}' cannot resolve identifiers")
+
     # -- reports --------------------------------------------------------------------------------
     @abstractmethod
     def evidence_summary(self, evidence: dict[str, Any]) -> str:
@@ -270,5 +294,7 @@ OPERATIONS: tuple[str, ...] = (
     "cannot_verify",
     "batch_size",
     "pool_slots",
+    "check_resolver",
+    "resolve",
 )
 """Every operation a kind must provide (checked by ``tests/unit/test_targets.py``)."""

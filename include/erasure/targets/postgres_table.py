@@ -18,6 +18,7 @@ connection URI exported to the workers), never from the catalog itself.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -55,7 +56,7 @@ from erasure.vocab import (
 )
 
 if TYPE_CHECKING:
-    from erasure.catalog import Target
+    from erasure.catalog import Resolver, Target
 
 TABLE_RE = r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$"
 
@@ -190,9 +191,54 @@ class PostgresTableAdapter(TargetAdapter):
     spec_model = PostgresTableSpec
     runner = Runner.DISPATCH
     default_batch_size = 1000
+    can_resolve = True
 
     def _spec(self, target: Target) -> PostgresTableSpec:
         return target.spec_as(PostgresTableSpec)
+
+    # -- identity resolution: a table that maps identifiers (docs/identity.md) --------------------
+    @staticmethod
+    def _resolver_columns(resolver: Resolver) -> dict[str, str]:
+        """Identifier type -> column (``options.column.<type>``; default: the type's name)."""
+        return {t: resolver.options.get(f"column.{t}", t) for t in (resolver.from_type, *resolver.to)}
+
+    def check_resolver(self, target: Target, resolver: Resolver) -> None:
+        allowed = {"table"} | {f"column.{t}" for t in (resolver.from_type, *resolver.to)}
+        unknown = sorted(set(resolver.options) - allowed)
+        if unknown:
+            raise ValueError(f"options {unknown} are not known (allowed: {sorted(allowed)})")
+        if not re.fullmatch(TABLE_RE, resolver.options.get("table", self._spec(target).table)):
+            raise ValueError(f"options.table must match {TABLE_RE}")
+        for col in self._resolver_columns(resolver).values():
+            if not re.fullmatch(r"^[a-z_][a-z0-9_]{0,62}$", col):
+                raise ValueError(f"column '{col}' is not a plain column name")
+
+    def resolve(
+        self, ctx: Context, target: Target, resolver: Resolver, values: Sequence[str]
+    ) -> dict[str, dict[str, list[str]]]:
+        """``SELECT from, to... FROM table WHERE from = ANY(values)``, one query per ``batch_size``."""
+        table = resolver.options.get("table", self._spec(target).table)
+        schema, _, name = table.rpartition(".")
+        cols = self._resolver_columns(resolver)
+        query = sql.SQL("SELECT {src}::text, {dst} FROM {tbl} WHERE {src}::text = ANY(%s)").format(
+            src=sql.Identifier(cols[resolver.from_type]),
+            dst=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(cols[t])) for t in resolver.to),
+            tbl=sql.Identifier(schema or "public", name),
+        )
+        out: dict[str, dict[str, list[str]]] = {}
+        conn = self._connect(target)
+        try:
+            with conn, conn.cursor() as cur:
+                for start in range(0, len(values), resolver.batch_size):
+                    cur.execute(query, (list(values[start : start + resolver.batch_size]),))
+                    for row in cur.fetchall():
+                        found = out.setdefault(str(row[0]), {})
+                        for t, v in zip(resolver.to, row[1:], strict=True):
+                            if v is not None and v not in found.setdefault(t, []):
+                                found[t].append(v)
+        finally:
+            conn.close()
+        return out
 
     def dsn(self, target: Target) -> str:
         spec = self._spec(target)

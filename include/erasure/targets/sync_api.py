@@ -6,6 +6,10 @@
   as done (2xx, 404, 409) or accepted (202) is followed, in the same batch and at the same concurrency,
   by this lookup; its answer is the task's ``evidence.verification`` (see ``SyncApiAdapter._outcome``).
 * test subjects: ``POST <base_url><create_path>`` (the partner's test-data endpoint).
+* resolve (a catalog ``resolvers`` entry on this target): ``POST <base_url><options.path>`` (default
+  ``/identities/lookup``) with ``{"type": "<from>", "values": [...], "want": [<to>...]}``; the answer
+  is ``{"results": {"<value>": {"<type>": ["<found>", ...]}}}`` (unknown values absent). One call per
+  ``batch_size`` values, the target's token, timeout and retries on 5xx/timeouts.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from erasure.targets.registry import register
 from erasure.vocab import CheckOutcome, DeleteOutcome, Runner, TargetKind, VerificationOutcome
 
 if TYPE_CHECKING:
-    from erasure.catalog import Target
+    from erasure.catalog import Resolver, Target
     from erasure.sync_delete import DeleteResult, LookupResult
 
 
@@ -61,6 +65,29 @@ class SyncApiSpec(Spec):
         if info.field_name != "create_path" and "{subject_id}" not in v:
             raise ValueError("must contain the placeholder {subject_id}")
         return v
+
+
+def _post_with_retries(
+    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], retries: int
+) -> httpx.Response:
+    """POST, retrying 5xx, 429 and transport errors with a short exponential backoff."""
+    import time
+
+    last = ""
+    for attempt in range(retries + 1):
+        try:
+            r = client.post(url, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            last = f"{type(exc).__name__}"
+        else:
+            if r.status_code < 300:
+                return r
+            if r.status_code < 500 and r.status_code != 429:
+                raise TargetError(f"POST {url}: HTTP {r.status_code}")
+            last = f"HTTP {r.status_code}"
+        if attempt < retries:
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+    raise TargetError(f"POST {url}: {last} after {retries + 1} attempt(s)")
 
 
 def bearer_headers(target_name: str, token_env: str | None) -> dict[str, str]:
@@ -137,6 +164,8 @@ class SyncApiAdapter(TargetAdapter):
     kind: ClassVar[str] = TargetKind.SYNC_API
     spec_model = SyncApiSpec
     runner = Runner.DISPATCH
+    can_resolve = True
+    resolve_path = "/identities/lookup"
 
     def _spec(self, target: Target) -> SyncApiSpec:
         return target.spec_as(SyncApiSpec)
@@ -158,7 +187,7 @@ class SyncApiAdapter(TargetAdapter):
         token = None
         if spec.token_env:
             token = secret_from_env(spec.token_env, f"target '{target.name}': sync_api.token_env")
-        by_task = {c.task_id: c for c in items}
+        by_key = dict(enumerate(items))  # a task erased by several identifiers is several items
         outcomes: list[Outcome] = []
         not_verifiable = self.not_verifiable(target)
 
@@ -166,7 +195,7 @@ class SyncApiAdapter(TargetAdapter):
             async with SyncDeleteClient.for_target(target, token=token) as client:
 
                 async def record(r: DeleteResult) -> None:
-                    c = by_task[r.key]
+                    c = by_key[r.key]
                     ev = {"kind": self.kind, "attempt": c.attempt, **r.evidence()}
                     lookup: LookupResult | None = None
                     if not_verifiable is None and (r.ok or r.outcome == DeleteOutcome.ACCEPTED):
@@ -176,7 +205,7 @@ class SyncApiAdapter(TargetAdapter):
                     sink(o)
 
                 await client.delete_many(
-                    ((c.task_id, c.subject_id, c.idempotency_key) for c in items), record
+                    ((i, c.subject_id, c.idempotency_key) for i, c in by_key.items()), record
                 )
 
         asyncio.run(run())
@@ -254,6 +283,43 @@ class SyncApiAdapter(TargetAdapter):
         return Outcome(
             c, False, ev, error=f"HTTP 202 accepted, not yet confirmed gone: {answer}", pending=True
         )
+
+    def check_resolver(self, target: Target, resolver: Resolver) -> None:
+        unknown = sorted(set(resolver.options) - {"path"})
+        if unknown:
+            raise ValueError(f"options {unknown} are not known to kind '{self.kind}' (known: ['path'])")
+        path = resolver.options.get("path", self.resolve_path)
+        if not path.startswith("/"):
+            raise ValueError("options.path must start with '/'")
+
+    def resolve(
+        self, ctx: Context, target: Target, resolver: Resolver, values: Sequence[str]
+    ) -> dict[str, dict[str, list[str]]]:
+        s = self._spec(target)
+        url = s.base_url.rstrip("/") + resolver.options.get("path", self.resolve_path)
+        headers = bearer_headers(target.name, s.token_env)
+        client = ctx.http or httpx.Client(timeout=s.timeout_s)
+        out: dict[str, dict[str, list[str]]] = {}
+        try:
+            for start in range(0, len(values), resolver.batch_size):
+                chunk = list(values[start : start + resolver.batch_size])
+                body = {"type": resolver.from_type, "values": chunk, "want": list(resolver.to)}
+                r = _post_with_retries(client, url, body, headers, s.max_retries)
+                results = r.json().get("results")
+                if not isinstance(results, dict):
+                    raise TargetError(f"target '{target.name}': lookup answer has no 'results' object")
+                for value, found in results.items():
+                    if value not in chunk or not isinstance(found, dict):
+                        continue
+                    out[value] = {
+                        t: [str(v) for v in vs if isinstance(v, str | int)]
+                        for t, vs in found.items()
+                        if t in resolver.to and isinstance(vs, list)
+                    }
+        finally:
+            if ctx.http is None:
+                client.close()
+        return out
 
     def _urls(self, target: Target) -> tuple[str, str]:
         s = self._spec(target)

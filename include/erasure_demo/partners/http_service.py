@@ -133,8 +133,11 @@ class PartnerService:
         create_path: str = "/test-subjects",
         token: str | None = None,
         idempotency_cache: int = 100_000,
+        key_type: str = "customer_id",
     ) -> None:
         self.name = name
+        self.key_type = key_type
+        """The identifier type the partner keys its subjects by (the identity lookup answers it)."""
         self.store = store
         self.paths = {"delete": delete_path, "lookup": lookup_path, "create": create_path}
         self.token = token
@@ -150,6 +153,7 @@ class PartnerService:
         app.router.add_route("DELETE", self.paths["delete"], self.handle_delete)
         app.router.add_route("GET", self.paths["lookup"], self.handle_lookup)
         app.router.add_route("POST", self.paths["create"], self.handle_create)
+        app.router.add_post("/identities/lookup", self.handle_identity_lookup)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get(f"{ADMIN_PREFIX}/faults", self.admin_get_faults)
         app.router.add_put(f"{ADMIN_PREFIX}/faults", self.admin_set_faults)
@@ -255,6 +259,34 @@ class PartnerService:
         if row is None:
             return self._json({"error": "not_found", "subject_id": subject_id}, 404)
         return self._json({"subject_id": subject_id, "data": row}, 200)
+
+    async def handle_identity_lookup(self, request: web.Request) -> web.Response:
+        """``POST /identities/lookup {"type", "values", "want"}`` -> ``{"results": {value: {type: [...]}}}``
+        (the ``sync_api`` resolver of docs/identity.md)."""
+        fault = await self._apply_faults(request, None)
+        if fault is not None:
+            return fault
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._json({"error": "body must be JSON"}, 400)
+        if not isinstance(body, dict):
+            return self._json({"error": "body must be an object"}, 400)
+        id_type, values, want = body.get("type"), body.get("values"), body.get("want")
+        if not isinstance(id_type, str) or not id_type.replace("_", "").isalnum():
+            return self._json({"error": "field 'type' must be an identifier type name"}, 400)
+        if (
+            not isinstance(values, list)
+            or not all(isinstance(v, str) for v in values)
+            or len(values) > 10_000
+        ):
+            return self._json({"error": "field 'values' must be a list of strings (<= 10000)"}, 400)
+        if not isinstance(want, list) or not all(
+            isinstance(w, str) and w.replace("_", "").isalnum() for w in want
+        ):
+            return self._json({"error": "field 'want' must be a list of identifier type names"}, 400)
+        self.counters["identity_lookups"] += 1
+        return self._json({"results": self.store.lookup(self.key_type, id_type, values, want)}, 200)
 
     async def handle_create(self, request: web.Request) -> web.Response:
         fault = await self._apply_faults(request, None)

@@ -4,6 +4,7 @@
   and port of its ``base_url``, storing under ``$ERASURE_LOCAL/partners/<target>.db``;
 * for each ``kafka`` target, ``erasure_demo.partners.kafka_partner.run(target, catalog)`` when that module
   exists (imported lazily, each in its own thread; the HTTP partners keep running without it);
+* the demo's own Postgres tables in ``$ERASURE_HR_DSN`` (:mod:`erasure_demo.partners.pg_tables`);
 * a small index on ``$ERASURE_PARTNER_PORT_BASE`` (``GET /`` lists the partners, ``GET /healthz``),
   which ``scripts/stack.sh`` waits for.
 
@@ -88,7 +89,7 @@ async def serve(catalog: Catalog, data_dir: Path, index_port: int | None, stop: 
             stores.append(store)
             service = PartnerService(
                 t.name, store, delete_path=spec.delete_path, lookup_path=spec.lookup_path,
-                create_path=spec.create_path, token=token,
+                create_path=spec.create_path, token=token, key_type=t.identity_key,
             )  # fmt: skip
             runner, bound = await start_site(service, host, port)
             runners.append(runner)
@@ -131,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     data_dir = Path(args.data_dir or get_settings().local_dir / "partners")
+    hr_dsn = os.environ.get("ERASURE_HR_DSN")
+    if hr_dsn:
+        from erasure_demo.partners.pg_tables import ensure_tables
+
+        ensure_tables(hr_dsn)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -89,6 +89,33 @@ class PartnerStore:
             return None
         return dict(zip(("subject_id", "existed", "deletion_id", "deleted_at"), row, strict=True))
 
+    def lookup(
+        self, key_type: str, id_type: str, values: list[str], want: list[str]
+    ) -> dict[str, dict[str, list[str]]]:
+        """Identity lookup: subjects whose ``data[id_type]`` (or id, for the partner's own ``key_type``)
+        is one of ``values``, mapped to the ``want`` types found in their data."""
+        if not values:
+            return {}
+        marks = ",".join("?" * len(values))
+        if id_type == key_type:
+            q = f"SELECT subject_id, subject_id, data FROM subject WHERE subject_id IN ({marks})"  # noqa: S608
+        else:
+            q = (
+                f"SELECT json_extract(data, '$.{id_type}'), subject_id, data FROM subject "  # noqa: S608
+                f"WHERE lower(json_extract(data, '$.{id_type}')) IN ({marks})"
+            )
+        with self._lock:
+            rows = self._db.execute(q, [v.lower() if id_type != key_type else v for v in values]).fetchall()
+        out: dict[str, dict[str, list[str]]] = {}
+        for value, sid, data in rows:
+            d = json.loads(data)
+            found = out.setdefault(str(value).lower() if id_type != key_type else str(value), {})
+            for t in want:
+                v = sid if t == key_type else d.get(t)
+                if isinstance(v, str) and v and v not in found.setdefault(t, []):
+                    found[t].append(v)
+        return out
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM subject").fetchone()[0])
