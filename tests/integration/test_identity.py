@@ -339,3 +339,59 @@ def test_hold_on_an_email_holds_a_request_by_customer_id_and_duplicates_match_an
     assert statuses == {first: "in_progress", second: "rejected"}
     reason = q(tracking_db, "SELECT status_reason FROM erasure.request WHERE id = %s", second)[0][0]
     assert reason.startswith(f"duplicate of request {first}: the same person")
+
+
+def test_kafka_events_carry_the_targets_identifiers(tracking_db, world, codec):
+    """A consumer keyed by device id gets a version-2 event with both device ids; one keyed by customer
+    id a version-1 event with the customer id as subject (old consumers keep working); one keyed by a
+    type not found succeeds as not_found."""
+    from erasure import outbox
+    from erasure.catalog import Catalog
+
+    data = world["catalog"].model_dump()
+
+    def kafka(name: str, key: str) -> dict:
+        return {
+            "name": name,
+            "kind": "kafka",
+            "owner": "privacy",
+            "subject_types": ["customer"],
+            "identity_key": key,
+            "kafka": {"topic": "test.identity.events", "ack_topic": "test.identity.acks"},
+        }
+
+    data["targets"] += [kafka("ev_devices", "device_id"), kafka("ev_customer", "customer_id")]
+    catalog = Catalog.model_validate(data)
+    rid = register(tracking_db, catalog, codec, identifiers={"email": ANN_EMAIL})
+    resolve_pending(tracking_db, catalog, get_settings(), codec)
+    res = outbox.enqueue_due(tracking_db, catalog, codec=codec)
+    assert res.enqueued == 2
+    events = {
+        t: p
+        for t, p in q(
+            tracking_db,
+            "SELECT t.target, o.payload FROM erasure.outbox o JOIN erasure.task t ON t.id = o.task_id"
+            " WHERE t.request_id = %s",
+            rid,
+        )
+    }
+    dev = events["ev_devices"]
+    assert dev["schema_version"] == 2 and sorted(dev["identifiers"]["device_id"]) == sorted(ANN_DEVICES)
+    assert dev["subject"]["id"] in ANN_DEVICES
+    cus = events["ev_customer"]
+    assert cus["schema_version"] == 1 and cus["subject"]["id"] == ANN_CUS and "identifiers" not in cus
+    assert outbox._event_values({"payload": dev, "subject_id": "x"}) == [dev["subject"]["id"], *[
+        d for d in dev["identifiers"]["device_id"] if d != dev["subject"]["id"]
+    ]]  # fmt: skip
+
+    # nobody@...: the device-keyed consumer has nothing to erase: not_found at release, no event
+    rid2 = register(tracking_db, catalog, codec, identifiers={"email": "nobody@example.org"})
+    resolve_pending(tracking_db, catalog, get_settings(), codec)
+    assert outbox.enqueue_due(tracking_db, catalog, codec=codec).enqueued == 0
+    rows = q(
+        tracking_db,
+        "SELECT target, status, evidence->>'outcome' FROM erasure.task WHERE request_id = %s AND kind = 'kafka'"
+        " ORDER BY target",
+        rid2,
+    )
+    assert rows == [("ev_customer", "succeeded", "not_found"), ("ev_devices", "succeeded", "not_found")]
