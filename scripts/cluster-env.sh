@@ -23,8 +23,11 @@ export ERASURE_KAFKA_MIN_INSYNC_REPLICAS="${ERASURE_KAFKA_MIN_INSYNC_REPLICAS:-2
 # Spark standalone: master (web UI on port + 1) and two workers (web UIs on port + 4, + 5)
 export ERASURE_SPARK_MASTER_PORT="${ERASURE_SPARK_MASTER_PORT:-24077}"
 export ERASURE_SPARK_MASTER="${ERASURE_SPARK_MASTER:-spark://127.0.0.1:$ERASURE_SPARK_MASTER_PORT}"
-export ERASURE_SPARK_WORKER_CORES="${ERASURE_SPARK_WORKER_CORES:-1}"
-export ERASURE_SPARK_WORKER_MEMORY="${ERASURE_SPARK_WORKER_MEMORY:-2g}"
+export ERASURE_SPARK_WORKER_CORES="${ERASURE_SPARK_WORKER_CORES:-2}"
+export ERASURE_SPARK_WORKER_MEMORY="${ERASURE_SPARK_WORKER_MEMORY:-3g}"
+# cores an application gets unless it asks (spark.cores.max): without it the first application (a
+# long-lived driver, a driver left by a killed task) takes every core and the others wait for ever
+export ERASURE_SPARK_APP_CORES="${ERASURE_SPARK_APP_CORES:-1}"
 # Airflow: CeleryExecutor with Redis as the broker, results in the metadata database
 export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-CeleryExecutor}"
 export AIRFLOW__CELERY__BROKER_URL="${AIRFLOW__CELERY__BROKER_URL:-redis://127.0.0.1:$ERASURE_REDIS_PORT/0}"

@@ -136,7 +136,8 @@ up_spark() {
   export SPARK_DAEMON_MEMORY="${SPARK_DAEMON_MEMORY:-256m}"
   if ! pid_alive "$RUN/spark-master.pid"; then
     check_port_free "$ERASURE_SPARK_MASTER_PORT" spark-master
-    supervise spark-master "$LOGS/spark-master.log" -- "$ERASURE_VENV/bin/spark-class" \
+    SPARK_MASTER_OPTS="-Dspark.deploy.defaultCores=$ERASURE_SPARK_APP_CORES" \
+      supervise spark-master "$LOGS/spark-master.log" -- "$ERASURE_VENV/bin/spark-class" \
       org.apache.spark.deploy.master.Master --host 127.0.0.1 --port "$ERASURE_SPARK_MASTER_PORT" \
       --webui-port "$SPARK_UI_PORT"
     wait_port "$ERASURE_SPARK_MASTER_PORT" spark-master 90 "$RUN/spark-master.pid" "$LOGS/spark-master.log"
