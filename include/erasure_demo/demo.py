@@ -432,7 +432,9 @@ class Demo:
             f"creating {len(self.people)} demo people with personal data in every system (run tag {self.cfg.tag})"
         )
         for p in self.people:
-            self.out.info(f"{p.subject_type:<8} {p.subject_id:<22} {p.name:<20} {p.email:<34} ({p.role})")
+            self.out.info(
+                f"{p.subject_type:<8} {p.subject_id:<22} {p.name:<20} {p.email:<34} ({p.role}{', asks by e-mail only' if p.by_email else ''})"
+            )
         # partners (sync APIs and Kafka consumers' stores): the customer population of the warehouse
         # tables (cus_00000000 ...) as background, once, then the demo people
         population = max(100, self.cfg.warehouse_rows // 10)
