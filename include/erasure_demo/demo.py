@@ -766,7 +766,7 @@ class Demo:
             r["tasks"] = [t for t in tasks if t["request_id"] == r["id"]]
         return reqs
 
-    def _trigger_and_wait(self, dag_ids: Iterable[str], timeout: float = 420) -> dict[str, str]:
+    def _trigger_and_wait(self, dag_ids: Iterable[str], timeout: float = 900) -> dict[str, str]:
         started = {}
         for d in dag_ids:
             r = self.api.trigger(d, run_id=f"demo_{self.cfg.tag}_{d}_{secrets.token_hex(3)}")
