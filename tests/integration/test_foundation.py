@@ -28,6 +28,8 @@ TABLES = {
     "receipt",
     "operator_action",
     "review",
+    "identity",
+    "resolution",
 }
 
 

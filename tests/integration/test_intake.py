@@ -20,7 +20,7 @@ from tests.unit.test_intake import BAD_INPUTS
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CUSTOMER_TARGETS = 10  # enabled targets of subject type "customer" in include/catalog
+CUSTOMER_TARGETS = 11  # enabled targets of subject type "customer" in include/catalog
 EMPLOYEE_TARGETS = 2
 
 
