@@ -35,7 +35,10 @@ log = logging.getLogger("erasure.dq")
 
 # Enumerations of the tracking store: the one vocabulary (erasure.vocab) and the registered kinds.
 EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
-REQUEST_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e.startswith("request_"))
+# events about a request as a whole (no task, no target): its status changes and its identity resolution
+REQUEST_EVENT_TYPES: tuple[str, ...] = tuple(
+    e for e in EVENT_TYPES if e.startswith("request_") or e == EventType.IDENTITY_RESOLVED
+)
 TASK_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e not in REQUEST_EVENT_TYPES)
 REQUEST_STATUSES: tuple[str, ...] = tuple(s.value for s in RequestStatus)
 TASK_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)

@@ -181,3 +181,11 @@ def test_settings_are_checked(monkeypatch, tmp_path):
         check_retention_days(0)
     with pytest.raises(ValueError, match="ERASURE_DATASET_RETENTION_DAYS"):
         check_retention_days(None)  # type: ignore[arg-type]
+
+
+def test_identity_resolved_is_a_request_level_event():
+    """It names no task or target (erasure.resolution), so the dataset's task-level checks skip it."""
+    from erasure.dq import REQUEST_EVENT_TYPES, TASK_EVENT_TYPES
+
+    assert "identity_resolved" in REQUEST_EVENT_TYPES and "identity_resolved" not in TASK_EVENT_TYPES
+    assert "task_succeeded" in TASK_EVENT_TYPES and "request_completed" in REQUEST_EVENT_TYPES
