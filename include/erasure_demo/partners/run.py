@@ -133,10 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     data_dir = Path(args.data_dir or get_settings().local_dir / "partners")
     hr_dsn = os.environ.get("ERASURE_HR_DSN")
-    if hr_dsn:
+    if hr_dsn:  # the demo's Postgres tables; the HTTP and Kafka partners do not need them
+        import psycopg2
+
         from erasure_demo.partners.pg_tables import ensure_tables
 
-        ensure_tables(hr_dsn)
+        try:
+            ensure_tables(hr_dsn)
+        except psycopg2.OperationalError as exc:
+            log.warning(
+                "demo Postgres tables not created (database not reachable: %s)", str(exc).strip()[:200]
+            )
 
     async def _main() -> None:
         stop = asyncio.Event()
