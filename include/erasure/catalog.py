@@ -43,6 +43,15 @@ class CatalogError(ValueError):
     """A catalog file is missing, unreadable or invalid; the message names file, target and field."""
 
 
+def _valid_regex(v: str) -> str:
+    """A catalog pattern: it must compile (the error names the problem)."""
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,14 +67,7 @@ class SubjectType(_Model):
     """Identifier types a request may carry (default: every identifier type of the subject type); the
     catalog is checked so that every target is reachable from each of them."""
 
-    @field_validator("id_pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return v
+    _compiles = field_validator("id_pattern")(classmethod(lambda cls, v: _valid_regex(v)))
 
     @cached_property
     def id_regex(self) -> re.Pattern[str]:
@@ -86,14 +88,7 @@ class IdentifierType(_Model):
     """Subject types that may have it (empty: every subject type)."""
     description: str = ""
 
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return v
+    _compiles = field_validator("pattern")(classmethod(lambda cls, v: _valid_regex(v)))
 
     @cached_property
     def regex(self) -> re.Pattern[str]:

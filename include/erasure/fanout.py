@@ -31,6 +31,25 @@ _WORST = [
 ]
 
 
+NOT_FOUND = "not_found"
+"""A task's ``evidence.outcome`` when the person's identity holds none of its target's identifier types."""
+
+
+def not_found_evidence(target: Target, note: str, resolvers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The evidence of a task that succeeds without erasing: nothing of the target's identifier types
+    was found (``note`` says what was looked for); ``resolvers``: their counts, when known."""
+    ev: dict[str, Any] = {"kind": target.kind, "outcome": NOT_FOUND, "identity_keys": target.identity_keys}
+    if resolvers is not None:
+        ev["resolvers"] = resolvers
+    ev["verification"] = verification(VerificationOutcome.NOT_VERIFIABLE, "identity resolution", note)
+    return ev
+
+
+def missing_note(target: Target) -> str:
+    """Why a task has nothing to erase at its target (dispatch and outbox)."""
+    return f"no identifier of type {' or '.join(target.identity_keys)} in the request's identity"
+
+
 def expand(
     cur: Any, codec: IdentityCodec | None, target: Target, items: Sequence[Claimed]
 ) -> tuple[list[Claimed], list[Outcome]]:
@@ -50,21 +69,7 @@ def expand(
             continue
         typed = [(t, v) for t in target.identity_keys for v in keys_for(ids, [t])]
         if not typed:
-            note = f"no identifier of type {' or '.join(target.identity_keys)} in the request's identity"
-            none.append(
-                Outcome(
-                    c,
-                    True,
-                    {
-                        "kind": target.kind,
-                        "outcome": "not_found",
-                        "identity_keys": target.identity_keys,
-                        "verification": verification(
-                            VerificationOutcome.NOT_VERIFIABLE, "identity resolution", note
-                        ),
-                    },
-                )
-            )
+            none.append(Outcome(c, True, not_found_evidence(target, missing_note(target))))
             continue
         out.extend(replace(c, subject_id=v, key_index=i, id_type=t) for i, (t, v) in enumerate(typed))
     return out, none

@@ -51,6 +51,7 @@ from erasure.ack_auth import AckKeys, authenticate, normalise_keys
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.events import SchemaError, new_event, parse_ack, parse_event
+from erasure.fanout import missing_note, not_found_evidence
 from erasure.identity import IdentityCodec
 from erasure.intake import identity_codec
 from erasure.resolution import identity_of
@@ -202,22 +203,12 @@ def enqueue_due(
             if ids:
                 typed = {t: ids[t] for t in target.identity_keys if ids.get(t)}
                 if not typed:
-                    note = (
-                        f"no identifier of type {' or '.join(target.identity_keys)} in the request's identity"
-                    )
                     changes.append(
                         Transition(
                             row["task_id"],
                             TaskStatus.SUCCEEDED,
                             (TaskStatus.PENDING,),
-                            evidence={
-                                "kind": target.kind,
-                                "outcome": "not_found",
-                                "identity_keys": target.identity_keys,
-                                "verification": verification(
-                                    VerificationOutcome.NOT_VERIFIABLE, "identity resolution", note
-                                ),
-                            },
+                            evidence=not_found_evidence(target, missing_note(target)),
                         )
                     )
                     continue
@@ -926,7 +917,7 @@ def _verify_after_ack(target: Target | None, subject_ids: list[str], outcome: st
     (the ack is the only confirmation). A lookup that could not be made comes back with outcome
     ``error`` (the task is retried); one identifier still there fails the verification."""
     from erasure.targets import Context, adapter_for
-    from erasure.targets.base import verification, verification_of
+    from erasure.targets.base import verification_of
 
     if target is None:
         return verification(

@@ -37,10 +37,10 @@ import psycopg2.extras
 from erasure.alerts import raise_team_alert
 from erasure.catalog import Catalog, Resolver
 from erasure.db import connect
+from erasure.fanout import not_found_evidence
 from erasure.identity import Identifiers, IdentityCodec, IdentityError, merge, normalise
 from erasure.settings import Settings
 from erasure.targets import Context, adapter_for
-from erasure.targets.base import verification
 from erasure.tracking.store import Transition, transition_tasks
 from erasure.vocab import (
     AlertKind,
@@ -48,7 +48,6 @@ from erasure.vocab import (
     RequestStatus,
     ResolutionStatus,
     TaskStatus,
-    VerificationOutcome,
 )
 
 log = logging.getLogger(__name__)
@@ -537,15 +536,7 @@ def _release(
                     int(t["id"]),
                     TaskStatus.SUCCEEDED,
                     (TaskStatus.PENDING,),
-                    evidence={
-                        "kind": target.kind,
-                        "outcome": "not_found",
-                        "identity_keys": target.identity_keys,
-                        "resolvers": resolvers,
-                        "verification": verification(
-                            VerificationOutcome.NOT_VERIFIABLE, "identity resolution", note
-                        ),
-                    },
+                    evidence=not_found_evidence(target, note, resolvers),
                 )
             )
     cols = list(zip(*updates, strict=True))

@@ -232,3 +232,10 @@ def test_outcomes_per_identifier_fold_into_one_per_task():
     ])  # fmt: skip
     assert both.ok and both.evidence["verification"]["outcome"] == "verified"
     assert both.evidence["outcome"] == "deleted"
+
+
+def test_a_bad_identifier_pattern_is_named(tmp_path):
+    with pytest.raises(
+        CatalogError, match="identifier type 'email', field 'pattern': not a valid regular expression"
+    ):
+        load(tmp_path, GRAPH.replace("pattern: '^[^@ ]+@[^@ ]+$'", "pattern: '(['"))
