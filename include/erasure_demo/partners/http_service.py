@@ -263,13 +263,9 @@ class PartnerService:
     async def handle_identity_lookup(self, request: web.Request) -> web.Response:
         """``POST /identities/lookup {"type", "values", "want"}`` -> ``{"results": {value: {type: [...]}}}``
         (the ``sync_api`` resolver of docs/identity.md)."""
-        fault = await self._apply_faults(request, None)
-        if fault is not None:
-            return fault
-        try:
-            body = await request.json()
-        except ValueError:
-            return self._json({"error": "body must be JSON"}, 400)
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         if not isinstance(body, dict):
             return self._json({"error": "body must be an object"}, 400)
         id_type, values, want = body.get("type"), body.get("values"), body.get("want")
@@ -288,14 +284,20 @@ class PartnerService:
         self.counters["identity_lookups"] += 1
         return self._json({"results": self.store.lookup(self.key_type, id_type, values, want)}, 200)
 
-    async def handle_create(self, request: web.Request) -> web.Response:
+    async def _body(self, request: web.Request) -> Any:
+        """The request's JSON body, or the response to send instead (a fault, or 400 for bad JSON)."""
         fault = await self._apply_faults(request, None)
         if fault is not None:
             return fault
         try:
-            body = await request.json()
+            return await request.json()
         except ValueError:
             return self._json({"error": "body must be JSON"}, 400)
+
+    async def handle_create(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         sid = body.get("subject_id") if isinstance(body, dict) else None
         if not isinstance(sid, str) or not sid or len(sid) > 200:
             return self._json({"error": "field 'subject_id' must be a non-empty string (<= 200 chars)"}, 400)
