@@ -66,10 +66,40 @@ def _wait_in_flight(dsn: str, since: datetime, demo: subprocess.Popen, timeout: 
     pytest.fail("no task of this run was in flight within the timeout")
 
 
+def _running_catalog() -> str | None:
+    """ERASURE_CATALOG of the running scheduler (its supervised child's environment)."""
+    run = Path(os.environ["ERASURE_LOCAL"]) / "run" / "airflow-scheduler.state"
+    child = ""
+    for line in run.read_text().splitlines() if run.exists() else []:
+        if line.startswith("child_pid="):
+            child = line.split("=", 1)[1].strip()
+    if not child:
+        return None
+    try:
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"ERASURE_CATALOG="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
 def test_erasure_end_to_end_survives_a_killed_celery_worker_and_kafka_broker(tmp_path: Path) -> None:
+    from erasure.catalog import load_catalog
     from erasure.settings import get_settings
 
     settings = get_settings()
+    # the demo (this process's catalog) and the running Airflow must agree on the targets: make
+    # test-cluster starts the cluster with the test's catalog (one warehouse table, tests/cluster/catalog.py)
+    running = _running_catalog()
+    assert running in (None, os.environ.get("ERASURE_CATALOG")), (
+        f"the running cluster uses the catalog {running}, this test {os.environ.get('ERASURE_CATALOG')}: "
+        "restart it (make cluster-down test-cluster)"
+    )
+    warehouse = [t.name for t in load_catalog().targets if t.kind == "warehouse_delta"]
+    print(f"warehouse tables in this run: {warehouse}")
+    assert warehouse, "the cluster test needs a warehouse table (the Spark standalone path)"
     assert settings.kafka_replication_factor == 3 and settings.kafka_min_insync_replicas == 2
     assert os.environ["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert settings.spark_master.startswith("spark://")
