@@ -1,17 +1,23 @@
 """Identity resolution: expand each ``resolving`` request's identifiers to a fixed point, then release it.
 
-Batch-first (docs/identity.md). One pass of :func:`resolve_pending`:
+Batch-first and set-based (docs/identity.md). One pass of :func:`resolve_pending`, per window of at
+most :data:`WINDOW` ``resolving`` requests:
 
-1. rounds, at most ``resolution_max_depth + 1``: every resolver of the catalog takes the identifiers of
-   ``resolving`` requests it has not looked up yet (type ``from``, depth below the maximum), asks its
-   target's system for all of them at once (the adapter batches by ``batch_size``), and stores what it
-   found (normalised, checked against the type's pattern, sealed, with the resolver and the identifier
-   it came from); rounds stop when no resolver found work. Cycles are safe: an identifier is stored
-   once per request, and looked up once per resolver;
-2. a resolver whose system fails is retried with its target's retry policy, and after its target's
-   ``max_attempts`` escalated (an alert to its owner team); its requests wait, unless the resolver is
-   ``optional``;
-3. :func:`release_resolved`: a request with nothing left to look up is released in one transaction:
+1. load, in three statements, the window's requests, identifiers and resolver states; each identifier
+   is unsealed at most once per pass (and only if some resolver looks up its type);
+2. rounds, at most ``resolution_max_depth + 1``: every resolver of the catalog takes all the
+   identifiers it has not looked up yet (type ``from``, depth below the maximum, past its
+   ``lookup_cursor`` for the request) and asks its target's system for all of them at once (the adapter
+   batches by ``batch_size``). What the round found is normalised, checked against the type's pattern,
+   hashed and sealed once per distinct identifier, and written in one transaction: one statement for
+   the new identity rows of every resolver (with the resolver and the identifier they came from), one
+   for the resolver states (cursor, counts, failures). Rounds stop when a round found nothing new.
+   Cycles are safe: an identifier is stored once per request, and looked up once per resolver. A pass
+   that dies keeps the rounds it committed; the next pass goes on from their cursors;
+3. a resolver whose system fails is retried with its target's retry policy (not again in the same
+   pass), and after its target's ``max_attempts`` escalated (an alert to its owner team); its requests
+   wait, unless the resolver is ``optional``;
+4. :func:`release_resolved`: a request with nothing left to look up is released in one transaction:
    ``held`` when a legal hold names any of its identifiers, ``rejected`` as a duplicate when another
    open request shares one of its identifiers, ``in_review`` when the catalog's review rules match,
    else ``in_progress``; each task whose target is erased by identifier types none of which was found
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +42,7 @@ import psycopg2
 import psycopg2.extras
 
 from erasure.alerts import raise_team_alert
-from erasure.catalog import Catalog, Resolver
+from erasure.catalog import Catalog, IdentifierType, Resolver
 from erasure.db import connect
 from erasure.fanout import not_found_evidence
 from erasure.identity import Identifiers, IdentityCodec, IdentityError, merge, normalise
@@ -52,9 +59,9 @@ from erasure.vocab import (
 
 log = logging.getLogger(__name__)
 
-LOOKUP_LIMIT = 20_000
-"""Most identifiers one resolver looks up in one round."""
-RELEASE_CHUNK = 500
+WINDOW = 20_000
+"""Most ``resolving`` requests one pass holds in memory at a time (their identifiers and states)."""
+RELEASE_CHUNK = 5_000
 
 
 @dataclass
@@ -71,6 +78,13 @@ class ResolutionResult:
     in_review: int = 0
     not_found_tasks: int = 0
     still_resolving: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the pass spent its time: ``load`` (the window's identifiers and states), ``lookups`` (the
+    resolvers' systems), ``prepare`` (unseal, normalise, hash, seal), ``store`` (identity rows, states),
+    ``release``."""
+
+    def timed(self, phase: str, since: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,40 +100,284 @@ class ResolutionResult:
             "in_review": self.in_review,
             "not_found_tasks": self.not_found_tasks,
             "still_resolving": self.still_resolving,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
-def _stypes(catalog: Catalog, resolver: Resolver) -> list[str]:
-    return list(catalog.target(resolver.target).subject_types)
+@dataclass(slots=True)
+class _Ident:
+    """One identifier of a request in the pass's memory (the value only once unsealed)."""
+
+    id: int
+    request_id: int
+    id_type: str
+    digest: str
+    depth: int
+    sealed: bytes | None
+    value: str | None = None
 
 
-def _pending_lookups(cur: Any, catalog: Catalog, resolver: Resolver, max_depth: int) -> list[tuple[Any, ...]]:
-    """``(identity id, request id, sealed, depth)`` of the identifiers ``resolver`` has still to look up:
-    of its ``from`` type, below the depth bound, past the resolver's ``lookup_cursor`` for the request
-    (identity ids only grow, and lookups go in id order), the resolver not failing (or due again)."""
-    cur.execute(
-        """
-        SELECT i.id, i.request_id, i.sealed, i.depth
-          FROM erasure.identity i
-          JOIN erasure.request r ON r.id = i.request_id
-          LEFT JOIN erasure.resolution s ON s.request_id = i.request_id AND s.resolver = %(resolver)s
-         WHERE r.status = 'resolving' AND r.subject_type = ANY(%(stypes)s)
-           AND i.id_type = %(from)s AND i.depth < %(max_depth)s
-           AND i.id > COALESCE(s.lookup_cursor, 0)
-           AND (s.status IS NULL OR s.status IN ('pending', 'done')
-                OR (s.status = 'failed' AND s.next_attempt_at <= now()))
-         ORDER BY i.id
-         LIMIT %(limit)s
-        """,
-        {
-            "resolver": resolver.name,
-            "stypes": _stypes(catalog, resolver),
-            "from": resolver.from_type,
-            "max_depth": max_depth,
-            "limit": LOOKUP_LIMIT,
-        },
-    )
-    return list(cur.fetchall())
+@dataclass(slots=True)
+class _State:
+    """``erasure.resolution`` of one (request, resolver), as the pass knows it."""
+
+    status: str | None = None
+    cursor: int = 0
+    attempts: int = 0
+    waiting: bool = False
+    """A failed resolver not due again yet (or failed earlier in this pass)."""
+
+
+@dataclass
+class _Window:
+    """The ``resolving`` requests one pass works on at a time (at most :data:`WINDOW`): their subject
+    types, identifiers (by type) and resolver states, loaded once and kept up to date in memory."""
+
+    subject_types: dict[int, str]
+    by_type: dict[str, list[_Ident]]
+    known: set[tuple[int, str, str]]
+    states: dict[tuple[int, str], _State]
+
+
+class _Crypto:
+    """Unseal, normalise, hash and seal each distinct identifier once per pass."""
+
+    def __init__(self, catalog: Catalog, codec: IdentityCodec) -> None:
+        self.catalog, self.codec = catalog, codec
+        self._norm: dict[tuple[str, str], str | None] = {}
+        self._digest: dict[tuple[str, str], str] = {}
+        self._sealed: dict[tuple[str, str], bytes] = {}
+        self._types: dict[str, IdentifierType | None] = {}
+
+    def value(self, ident: _Ident) -> str:
+        if ident.value is None:
+            assert ident.sealed is not None
+            ident.value = self.codec.unseal(ident.id_type, ident.sealed)
+        return ident.value
+
+    def normalise(self, id_type: str, raw: str) -> str | None:
+        """The canonical value, None when it is not valid for its type (or the type is unknown)."""
+        key = (id_type, raw)
+        if key not in self._norm:
+            if id_type not in self._types:
+                self._types[id_type] = self.catalog.identifier_type(id_type)
+            it = self._types[id_type]
+            try:
+                self._norm[key] = normalise(it, raw) if it is not None else None
+            except IdentityError:
+                self._norm[key] = None
+        return self._norm[key]
+
+    def known_type(self, id_type: str) -> bool:
+        return self._types.get(id_type) is not None
+
+    def digest(self, id_type: str, value: str) -> str:
+        key = (id_type, value)
+        d = self._digest.get(key)
+        if d is None:
+            d = self._digest[key] = self.codec.digest(id_type, value)
+        return d
+
+    def seal(self, id_type: str, value: str) -> bytes:
+        """Sealed once per identifier: requests that share an identifier share its ciphertext (the same
+        plaintext under the same nonce; equality is what the digest shows anyway)."""
+        key = (id_type, value)
+        s = self._sealed.get(key)
+        if s is None:
+            s = self._sealed[key] = self.codec.seal(id_type, value)
+        return s
+
+
+def _windows(conn: Any, size: int) -> Any:
+    """The ``resolving`` requests in id order, ``size`` at a time: (first id, last id) of each window."""
+    last = 0
+    while True:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """SELECT min(id), max(id), count(*) FROM (
+                       SELECT id FROM erasure.request WHERE status = 'resolving' AND id > %s ORDER BY id LIMIT %s
+                   ) w""",
+                (last, size),
+            )
+            lo, hi, n = cur.fetchone()
+        if not n:
+            return
+        yield int(lo), int(hi)
+        if n < size:
+            return
+        last = int(hi)
+
+
+def _load(conn: Any, lo: int, hi: int, from_types: list[str], max_depth: int) -> _Window:
+    """One window's requests, identifiers (sealed values only of the types some resolver looks up, below
+    the depth bound) and resolver states: three statements, one snapshot."""
+    w = _Window({}, defaultdict(list), set(), {})
+    with conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur.execute(
+            """SELECT id, subject_type FROM erasure.request
+                WHERE status = 'resolving' AND id BETWEEN %s AND %s""",
+            (lo, hi),
+        )
+        w.subject_types = {int(r[0]): str(r[1]) for r in cur.fetchall()}
+        cur.execute(
+            """SELECT i.id, i.request_id, i.id_type, i.digest, i.depth,
+                      CASE WHEN i.id_type = ANY(%s) AND i.depth < %s THEN i.sealed END
+                 FROM erasure.identity i JOIN erasure.request r ON r.id = i.request_id
+                WHERE r.status = 'resolving' AND r.id BETWEEN %s AND %s
+                ORDER BY i.id""",
+            (from_types, max_depth, lo, hi),
+        )
+        for iid, rid, t, d, dp, sealed in cur.fetchall():
+            w.by_type[t].append(_Ident(int(iid), int(rid), t, d, int(dp), bytes(sealed) if sealed else None))
+            w.known.add((int(rid), t, d))
+        cur.execute(
+            """SELECT s.request_id, s.resolver, s.status, s.lookup_cursor, s.attempts,
+                      s.status = 'failed' AND COALESCE(s.next_attempt_at > now(), false)
+                 FROM erasure.resolution s JOIN erasure.request r ON r.id = s.request_id
+                WHERE r.status = 'resolving' AND r.id BETWEEN %s AND %s""",
+            (lo, hi),
+        )
+        for rid, name, st, cur_to, attempts, waiting in cur.fetchall():
+            w.states[(int(rid), str(name))] = _State(st, int(cur_to), int(attempts), bool(waiting))
+    return w
+
+
+def _pending(w: _Window, catalog: Catalog, resolver: Resolver, max_depth: int) -> list[_Ident]:
+    """The identifiers ``resolver`` has still to look up: of its ``from`` type, below the depth bound,
+    of requests of its target's subject types, past its ``lookup_cursor`` for the request (identity ids
+    only grow, and lookups go in id order), the resolver neither escalated nor waiting to retry."""
+    stypes = set(catalog.target(resolver.target).subject_types)
+    out = []
+    for i in w.by_type.get(resolver.from_type, ()):
+        if i.depth >= max_depth or w.subject_types.get(i.request_id) not in stypes:
+            continue
+        st = w.states.get((i.request_id, resolver.name))
+        if st is not None and (
+            i.id <= st.cursor or st.waiting or st.status == ResolutionStatus.ESCALATED.value
+        ):
+            continue
+        out.append(i)
+    return out
+
+
+@dataclass
+class _Round:
+    """What one round found and must write: new identity rows, resolver states, alerts."""
+
+    identities: list[tuple[int, str, str, bytes, str, int, int, str]] = field(default_factory=list)
+    """(request, type, digest, sealed, resolver, parent id, depth, value)"""
+    states: list[tuple[Any, ...]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    looked_up: int = 0
+
+
+def _ask(
+    catalog: Catalog,
+    resolver: Resolver,
+    pending: list[_Ident],
+    crypto: _Crypto,
+    ctx: Context,
+    w: _Window,
+    rnd: _Round,
+    result: ResolutionResult,
+) -> None:
+    """One resolver, one round: one batched lookup of every pending identifier (the adapter splits by
+    ``batch_size``); what it found goes to ``rnd`` (nothing is written here)."""
+    target = catalog.target(resolver.target)
+    requests = sorted({i.request_id for i in pending})
+    values = sorted({crypto.value(i) for i in pending})
+    t0 = time.perf_counter()
+    try:
+        answer = adapter_for(target).resolve(ctx, target, resolver, values)
+    except Exception as exc:  # noqa: BLE001 - any failure to ask the system is retried, then escalated
+        _failure(catalog, resolver, requests, f"{type(exc).__name__}: {exc}"[:500], w, rnd, result)
+        return
+    finally:
+        result.timed("lookups", t0)
+    looked: dict[int, int] = defaultdict(int)
+    cursor: dict[int, int] = {}
+    invalid = 0
+    for i in pending:
+        rid = i.request_id
+        looked[rid] += 1
+        cursor[rid] = max(cursor.get(rid, 0), i.id)
+        for id_type, found in answer.get(crypto.value(i), {}).items():
+            for raw in found:
+                value = crypto.normalise(id_type, raw)
+                if value is None:
+                    invalid += crypto.known_type(id_type)
+                    continue
+                digest = crypto.digest(id_type, value)
+                if (rid, id_type, digest) in w.known:  # a cycle, or found twice: stored once
+                    continue
+                w.known.add((rid, id_type, digest))
+                rnd.identities.append(
+                    (
+                        rid,
+                        id_type,
+                        digest,
+                        crypto.seal(id_type, value),
+                        resolver.name,
+                        i.id,
+                        i.depth + 1,
+                        value,
+                    )
+                )
+    if invalid:
+        result.invalid[resolver.name] = result.invalid.get(resolver.name, 0) + invalid
+    for rid, n in looked.items():
+        rnd.states.append((rid, resolver.name, ResolutionStatus.DONE.value, 0, None, None, cursor[rid], n, 0))
+        st = w.states.setdefault((rid, resolver.name), _State())
+        st.status, st.cursor = ResolutionStatus.DONE.value, max(st.cursor, cursor[rid])
+    rnd.looked_up += len(pending)
+    result.looked_up[resolver.name] = result.looked_up.get(resolver.name, 0) + len(pending)
+
+
+def _failure(
+    catalog: Catalog,
+    resolver: Resolver,
+    request_ids: Sequence[int],
+    error: str,
+    w: _Window,
+    rnd: _Round,
+    result: ResolutionResult,
+) -> None:
+    """The resolver's system could not be asked: retry later with the target's policy, escalate (and
+    alert its owner) after the target's ``max_attempts``. Not retried again in this pass."""
+    target = catalog.target(resolver.target)
+    result.failed[resolver.name] = error
+    now = datetime.now(UTC)
+    escalated = False
+    for rid in request_ids:
+        st = w.states.setdefault((rid, resolver.name), _State())
+        st.attempts += 1
+        st.waiting = True
+        if st.attempts >= target.max_attempts:
+            status, due = ResolutionStatus.ESCALATED, None
+            escalated = True
+            rnd.alerts.append(
+                {
+                    "team": target.owner,
+                    "dedupe_key": f"resolver_escalated:{resolver.name}:{rid}",
+                    "kind": AlertKind.RESOLVER_ESCALATED,
+                    "message": (
+                        f"resolver '{resolver.name}' ({target.name}) failed {target.max_attempts} time(s) for "
+                        f"request {rid}: {error}"
+                        + (" - the request goes on without it (optional)" if resolver.optional else "")
+                    ),
+                    "request_id": rid,
+                    "target": target.name,
+                    "details": {"resolver": resolver.name, "optional": resolver.optional},
+                }
+            )
+        else:
+            status, due = ResolutionStatus.FAILED, now + target.retry_delay(st.attempts)
+        st.status = status.value
+        rnd.states.append((rid, resolver.name, status.value, 1, due, error, 0, 0, 0))
+    if escalated and resolver.name not in result.escalated:
+        result.escalated.append(resolver.name)
+    log.warning("resolver %s failed for %d request(s): %s", resolver.name, len(request_ids), error)
 
 
 _UPSERT_RESOLUTION = """
@@ -146,151 +404,52 @@ def _upsert_resolution(cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.execute(_UPSERT_RESOLUTION, [list(col) for col in zip(*rows, strict=True)])
 
 
-def _run_resolver(
-    conn: Any,
-    catalog: Catalog,
-    resolver: Resolver,
-    codec: IdentityCodec,
-    ctx: Context,
-    max_depth: int,
-    result: ResolutionResult,
-) -> int:
-    """One round of one resolver; returns how many identifiers it looked up (0: nothing to do or failed)."""
-    target = catalog.target(resolver.target)
+_INSERT_IDENTITIES = """
+INSERT INTO erasure.identity (request_id, id_type, digest, sealed, source, parent_id, depth)
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::bigint[], %s::int[])
+ON CONFLICT (request_id, id_type, digest) DO NOTHING
+RETURNING id, request_id, id_type, digest, source, depth
+"""
+
+
+def _write(conn: Any, catalog: Catalog, w: _Window, rnd: _Round, result: ResolutionResult) -> int:
+    """One transaction per round, one statement per table: the new identity rows (all resolvers), the
+    resolver states (cursor, counts, failures), the escalation alerts. Returns how many identifiers
+    are new; they join the window for the next round."""
+    new = 0
     with conn, conn.cursor() as cur:
-        rows = _pending_lookups(cur, catalog, resolver, max_depth)
-    if not rows:
-        return 0
-    values = {int(r[0]): codec.unseal(resolver.from_type, r[2]) for r in rows}
-    requests = sorted({int(r[1]) for r in rows})
-    try:
-        answer = adapter_for(target).resolve(ctx, target, resolver, sorted(set(values.values())))
-    except Exception as exc:  # noqa: BLE001 - any failure to ask the system is retried, then escalated
-        _record_failure(conn, catalog, resolver, requests, f"{type(exc).__name__}: {exc}"[:500], result)
-        return 0
-    found_rows: list[tuple[Any, ...]] = []
-    found_per_request: dict[int, int] = defaultdict(int)
-    looked_per_request: dict[int, int] = defaultdict(int)
-    cursor: dict[int, int] = {}
-    for r in rows:
-        rid, parent, depth = int(r[1]), int(r[0]), int(r[3])
-        looked_per_request[rid] += 1
-        cursor[rid] = max(cursor.get(rid, 0), parent)
-        for id_type, found in answer.get(values[parent], {}).items():
-            it = catalog.identifier_type(id_type)
-            if it is None:
-                continue
-            for raw in found:
-                try:
-                    value = normalise(it, raw)
-                except IdentityError:
-                    result.invalid[resolver.name] = result.invalid.get(resolver.name, 0) + 1
-                    continue
-                found_rows.append(
-                    (
-                        rid,
-                        id_type,
-                        codec.digest(id_type, value),
-                        codec.seal(id_type, value),
-                        parent,
-                        depth + 1,
-                    )
-                )
-    with conn, conn.cursor() as cur:
-        new: list[tuple[Any, ...]] = []
-        if found_rows:
-            cols = list(zip(*found_rows, strict=True))
+        found: dict[tuple[int, str], int] = defaultdict(int)
+        if rnd.identities:
+            cols = list(zip(*rnd.identities, strict=True))
             cur.execute(
-                """INSERT INTO erasure.identity (request_id, id_type, digest, sealed, source, parent_id, depth)
-                   SELECT r, t, d, s, %s, p, dp
-                     FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::bigint[], %s::int[])
-                          AS u(r, t, d, s, p, dp)
-                   ON CONFLICT (request_id, id_type, digest) DO NOTHING RETURNING request_id""",
+                _INSERT_IDENTITIES,
                 [
-                    resolver.name,
                     list(cols[0]),
                     list(cols[1]),
                     list(cols[2]),
                     [psycopg2.Binary(b) for b in cols[3]],
                     list(cols[4]),
                     list(cols[5]),
+                    list(cols[6]),
                 ],
             )
-            new = cur.fetchall()
-        for n in new:
-            found_per_request[int(n[0])] += 1
-        _upsert_resolution(
-            cur,
-            [
-                (
-                    rid,
-                    resolver.name,
-                    ResolutionStatus.DONE.value,
-                    0,
-                    None,
-                    None,
-                    cursor[rid],
-                    n,
-                    found_per_request[rid],
-                )
-                for rid, n in looked_per_request.items()
-            ],
-        )
-    result.looked_up[resolver.name] = result.looked_up.get(resolver.name, 0) + len(rows)
-    result.found[resolver.name] = result.found.get(resolver.name, 0) + len(new)
-    return len(rows)
-
-
-def _record_failure(
-    conn: Any,
-    catalog: Catalog,
-    resolver: Resolver,
-    request_ids: Sequence[int],
-    error: str,
-    result: ResolutionResult,
-) -> None:
-    """The resolver's system could not be asked: retry later with the target's policy, escalate (and
-    alert its owner) after the target's ``max_attempts``."""
-    target = catalog.target(resolver.target)
-    result.failed[resolver.name] = error
-    now = datetime.now(UTC)
-    with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute(
-            """SELECT request_id, attempts FROM erasure.resolution
-                WHERE resolver = %s AND request_id = ANY(%s)""",
-            (resolver.name, list(request_ids)),
-        )
-        attempts = {int(r["request_id"]): int(r["attempts"]) for r in cur.fetchall()}
-        rows = []
-        escalated = []
-        for rid in request_ids:
-            n = attempts.get(rid, 0) + 1
-            if n >= target.max_attempts:
-                status, due = ResolutionStatus.ESCALATED, None
-                escalated.append(rid)
-            else:
-                status, due = ResolutionStatus.FAILED, now + target.retry_delay(n)
-            rows.append((rid, resolver.name, status.value, 1, due, error, 0, 0, 0))
-        _upsert_resolution(cur, rows)
-        for rid in escalated:
-            raise_team_alert(
-                cur,
-                catalog,
-                team=target.owner,
-                dedupe_key=f"resolver_escalated:{resolver.name}:{rid}",
-                kind=AlertKind.RESOLVER_ESCALATED,
-                message=(
-                    f"resolver '{resolver.name}' ({target.name}) failed {target.max_attempts} time(s) for "
-                    f"request {rid}: {error}"
-                    + (" - the request goes on without it (optional)" if resolver.optional else "")
-                ),
-                request_id=rid,
-                target=target.name,
-                details={"resolver": resolver.name, "optional": resolver.optional},
-            )
-    if escalated:
-        result.escalated.append(resolver.name)
-    log.warning("resolver %s failed for %d request(s): %s", resolver.name, len(request_ids), error)
+            values = {(r[0], r[1], r[2]): (r[7], r[3]) for r in rnd.identities}
+            for iid, rid, t, d, src, dp in cur.fetchall():
+                value, sealed = values[(int(rid), t, d)]
+                w.by_type[t].append(_Ident(int(iid), int(rid), t, d, int(dp), sealed, value))
+                found[(int(rid), str(src))] += 1
+                result.found[src] = result.found.get(src, 0) + 1
+                new += 1
+        states = [
+            (*s[:8], found.get((s[0], s[1]), 0)) if s[2] == ResolutionStatus.DONE.value else s
+            for s in rnd.states
+        ]
+        _upsert_resolution(cur, states)
+        for a in rnd.alerts:
+            raise_team_alert(cur, catalog, **a)
+    for b in w.by_type.values():
+        b.sort(key=lambda i: i.id)
+    return new
 
 
 def resolve_pending(
@@ -309,16 +468,38 @@ def resolve_pending(
     chosen = [r for r in catalog.resolvers if resolvers is None or r.name in resolvers]
     chosen = [r for r in chosen if catalog.target(r.target).enabled]
     max_depth = settings.resolution_max_depth
+    from_types = sorted({r.from_type for r in chosen})
     conn = connect(dsn)
     try:
         ctx = Context(settings=settings, dsn=dsn, catalog=catalog)  # adapters open their own clients
-        for _ in range(max_depth + 1):
-            result.rounds += 1
-            work = sum(_run_resolver(conn, catalog, r, codec, ctx, max_depth, result) for r in chosen)
-            if work == 0:
-                break
+        crypto = _Crypto(catalog, codec)
+        rounds = 0
+        t0 = time.perf_counter()
+        for lo, hi in _windows(conn, WINDOW) if chosen else ():
+            w = _load(conn, lo, hi, from_types, max_depth)
+            result.timed("load", t0)
+            for n in range(1, max_depth + 2):
+                rounds = max(rounds, n)
+                rnd = _Round()
+                t0 = time.perf_counter()
+                for r in chosen:
+                    pending = _pending(w, catalog, r, max_depth)
+                    if pending:
+                        _ask(catalog, r, pending, crypto, ctx, w, rnd, result)
+                result.timed("prepare", t0)
+                t0 = time.perf_counter()
+                new = _write(conn, catalog, w, rnd, result) if rnd.states else 0
+                result.timed("store", t0)
+                if rnd.looked_up == 0 or new == 0:
+                    break  # nothing new: the next round would have nothing to look up
+            t0 = time.perf_counter()
+        result.rounds = rounds
         if release:
+            t0 = time.perf_counter()
             release_resolved(conn, catalog, codec, settings, result)
+            result.timed("release", t0)
+        if "prepare" in result.seconds:  # the lookups ran inside the rounds: count them once
+            result.seconds["prepare"] -= result.seconds.get("lookups", 0.0)
     finally:
         conn.close()
     log.info("resolution: %s", json.dumps(result.as_dict()))

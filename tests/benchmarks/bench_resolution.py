@@ -16,8 +16,10 @@ e-mail -> customer id, customer id -> device ids, customer id -> phone. N reques
   (``adapter.resolve`` of the same values, e-mail first, then the customer ids it found), nothing stored.
 
 Reported: resolved requests per second of both and their ratio (goal: pipeline >= 0.7x the baseline),
-median of ``BENCH_RESOLUTION_ROUNDS`` (3) rounds, alternating which runs first. Figures to
-``.local/bench/resolution.json``; no assertion on time (the figures depend on the machine).
+median of ``BENCH_RESOLUTION_ROUNDS`` (3) rounds, alternating which runs first, with where the pipeline
+spent its time (``ResolutionResult.seconds``: load, lookups, prepare, store, release) and the machine's
+load. Figures to ``$ERASURE_LOCAL/bench/resolution.json``; no assertion on time (the figures depend on
+the machine).
 """
 
 from __future__ import annotations
@@ -171,6 +173,8 @@ def test_resolution_throughput(tracking_db, tmp_path):
                     got["pipeline_s"] = time.perf_counter() - t0
                     assert res.released == N and res.still_resolving == 0, res.as_dict()
                     assert res.found == {"by_email": N, "devices": 2 * N, "phones": N}
+                    got["pipeline_phases_s"] = {k: round(v, 3) for k, v in res.seconds.items()}
+            got["load_avg_1m"] = round(os.getloadavg()[0], 2)
             rounds.append(got)
             print(f"round {r + 1}: {got}")
     finally:
@@ -192,10 +196,14 @@ def test_resolution_throughput(tracking_db, tmp_path):
             "pipeline_requests_per_s": round(N / pipeline, 1),
             "baseline_requests_per_s": round(N / baseline, 1),
             "ratio": round(baseline / pipeline, 3),
+            "pipeline_phases_s": {
+                k: round(statistics.median(x["pipeline_phases_s"].get(k, 0.0) for x in rounds), 3)
+                for k in rounds[0]["pipeline_phases_s"]
+            },
         },
         "goal": "pipeline >= 0.7x baseline (requests per second)",
     }
-    path = ROOT / ".local" / "bench" / "resolution.json"
+    path = Path(os.environ.get("ERASURE_LOCAL") or ROOT / ".local") / "bench" / "resolution.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["median"], indent=2))

@@ -395,3 +395,70 @@ def test_kafka_events_carry_the_targets_identifiers(tracking_db, world, codec):
         rid2,
     )
     assert rows == [("ev_customer", "succeeded", "not_found"), ("ev_devices", "succeeded", "not_found")]
+
+
+def test_a_crash_mid_pass_is_recovered_by_the_next_pass(tracking_db, world, codec, monkeypatch):
+    """Each round writes in one transaction: a pass that dies in its second round keeps the first
+    round's identifiers and cursors, and the next pass looks up only what is left (nothing twice); a
+    pass over windows of one request each gives the same result; a third pass has nothing to do."""
+    from erasure import resolution
+
+    catalog = world["catalog"]
+    ann = register(tracking_db, catalog, codec, identifiers={"email": ANN_EMAIL})
+    bob = register(tracking_db, catalog, codec, subject_id=BOB_CUS)
+    monkeypatch.setattr(resolution, "WINDOW", 1)
+    upsert, calls = resolution._upsert_resolution, []
+
+    def dies_in_round_two(cur, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+        upsert(cur, rows)
+
+    monkeypatch.setattr(resolution, "_upsert_resolution", dies_in_round_two)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        resolve_pending(tracking_db, catalog, get_settings(), codec)
+    kept = q(
+        tracking_db, "SELECT id_type, source FROM erasure.identity WHERE request_id = %s ORDER BY id", ann
+    )
+    assert kept == [("email", "request"), ("customer_id", "crm_by_email"), ("phone", "crm_by_email")]
+    assert q(tracking_db, "SELECT status FROM erasure.request WHERE id IN (%s, %s)", ann, bob) == [
+        ("resolving",),
+        ("resolving",),
+    ]
+
+    monkeypatch.setattr(resolution, "_upsert_resolution", upsert)
+    res = resolve_pending(tracking_db, catalog, get_settings(), codec)
+    assert res.released == 2 and res.still_resolving == 0 and not res.failed
+    assert res.looked_up["crm_by_email"] == 1  # Bob's e-mail, found from his customer id; not Ann's again
+    states = dict(
+        ((rid, name), (st, n))
+        for rid, name, st, n in q(
+            tracking_db, "SELECT request_id, resolver, status, looked_up FROM erasure.resolution"
+        )
+    )
+    assert states[(ann, "crm_by_email")] == ("done", 1)  # looked up once, before the crash
+    assert states[(ann, "devices_by_customer")] == ("done", 1)
+    assert states[(bob, "crm_by_customer")] == ("done", 1)
+    types = q(
+        tracking_db,
+        "SELECT request_id, id_type, count(*) FROM erasure.identity GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    assert types == [
+        (ann, "customer_id", 1),
+        (ann, "device_id", 2),
+        (ann, "email", 1),
+        (ann, "phone", 1),
+        (bob, "customer_id", 1),
+        (bob, "device_id", 1),
+        (bob, "email", 1),
+        (bob, "phone", 1),
+    ]
+    assert q(
+        tracking_db, "SELECT status FROM erasure.request WHERE id IN (%s, %s) ORDER BY id", ann, bob
+    ) == [
+        ("in_progress",),
+        ("in_progress",),
+    ]
+    again = resolve_pending(tracking_db, catalog, get_settings(), codec)
+    assert again.released == 0 and again.looked_up == {} and again.found == {}
