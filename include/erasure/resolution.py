@@ -65,13 +65,22 @@ RELEASE_CHUNK = 5_000
 _ESCAPE = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
+def _element(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, int):
+        return str(v)
+    text = str(v)
+    if "\\" in text or '"' in text:
+        text = text.translate(_ESCAPE)
+    return '"' + text + '"'
+
+
 def _array(values: Any) -> str:
-    """A PostgreSQL array literal (``{"a","b",NULL}``) of ``values``, passed as one parameter and cast
-    in SQL (``%s::text[]``): the server reads it with the array input function, far cheaper to send
-    and parse for thousands of values than the ``ARRAY[...]`` expression psycopg2 makes of a list."""
-    return (
-        "{" + ",".join("NULL" if v is None else '"' + str(v).translate(_ESCAPE) + '"' for v in values) + "}"
-    )
+    """A PostgreSQL array literal (``{1,"a",NULL}``) of ``values``, passed as one parameter and cast in
+    SQL (``%s::text[]``): the server reads it with the array input function, far cheaper to send and
+    parse for thousands of values than the ``ARRAY[...]`` expression psycopg2 makes of a list."""
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[str]:
