@@ -526,18 +526,24 @@ def resolve_pending(
 # -- release ---------------------------------------------------------------------------------------
 
 
+def _applicable(catalog: Catalog, subject_type: str, cache: dict[str, list[Resolver]]) -> list[Resolver]:
+    """The enabled resolvers of ``subject_type`` (computed once per subject type and pass)."""
+    if subject_type not in cache:
+        cache[subject_type] = [
+            r for r in catalog.resolvers_for(subject_type) if catalog.target(r.target).enabled
+        ]
+    return cache[subject_type]
+
+
 def _settled(
-    catalog: Catalog,
-    subject_type: str,
+    resolvers: list[Resolver],
     idents: list[dict[str, Any]],
     states: dict[str, dict[str, Any]],
     max_depth: int,
 ) -> bool:
     """Nothing left to look up: every applicable resolver has looked up every identifier of its type
     (below the depth bound: its ``lookup_cursor`` is past them), or escalated while optional."""
-    for r in catalog.resolvers_for(subject_type):
-        if not catalog.target(r.target).enabled:
-            continue
+    for r in resolvers:
         state = states.get(r.name) or {}
         if state.get("status") == ResolutionStatus.ESCALATED and r.optional:
             continue
@@ -567,6 +573,7 @@ def release_resolved(
 ) -> None:
     """Release the settled ``resolving`` requests (see the module docstring), a chunk per transaction."""
     max_depth = settings.resolution_max_depth
+    applicable: dict[str, list[Resolver]] = {}
     last = 0
     while True:
         with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -607,7 +614,12 @@ def release_resolved(
             settled = [
                 r
                 for r in reqs
-                if _settled(catalog, r["subject_type"], idents[int(r["id"])], states[int(r["id"])], max_depth)
+                if _settled(
+                    _applicable(catalog, r["subject_type"], applicable),
+                    idents[int(r["id"])],
+                    states[int(r["id"])],
+                    max_depth,
+                )
             ]
             result.still_resolving += len(reqs) - len(settled)
             if settled:
@@ -642,13 +654,14 @@ def _release(
         if h["digest"] is None and (held_type := catalog.id_type_of(h["subject_type"])):
             h["digest"] = codec.digest(held_type, h["subject_id"])
         holds.append(h)
+    # open requests sharing an identifier; the chunk's own requests are locked and still 'resolving' (no
+    # `r.id <> ALL(chunk)`: a linear scan of the chunk per candidate row)
     cur.execute(
         """SELECT DISTINCT ON (i.digest) i.digest, i.id_type, r.id FROM erasure.identity i
              JOIN erasure.request r ON r.id = i.request_id
-            WHERE i.digest = ANY(%s::text[]) AND r.id <> ALL(%s::bigint[])
-              AND r.status IN ('held', 'in_progress', 'in_review')
+            WHERE i.digest = ANY(%s::text[]) AND r.status IN ('held', 'in_progress', 'in_review')
             ORDER BY i.digest, r.id""",
-        (_array(digests), _array(ids)),
+        (_array(digests),),
     )
     open_by_digest = {d["digest"]: d for d in cur.fetchall()}
     with cur.connection.cursor() as plain:  # tuples: far cheaper than dict rows for many rows
