@@ -239,3 +239,58 @@ def test_a_bad_identifier_pattern_is_named(tmp_path):
         CatalogError, match="identifier type 'email', field 'pattern': not a valid regular expression"
     ):
         load(tmp_path, GRAPH.replace("pattern: '^[^@ ]+@[^@ ]+$'", "pattern: '(['"))
+
+
+def test_resolution_prepares_each_identifier_once_and_picks_only_pending_lookups(tmp_path):
+    """The resolution stage's in-memory side (erasure.resolution): an identifier found for several
+    requests is normalised, hashed and sealed once; a resolver takes only identifiers of its type,
+    below the depth bound, past its cursor, and none while it waits to retry or has escalated."""
+    from erasure.resolution import _Crypto, _Ident, _pending, _State, _Window
+
+    cat = load(tmp_path)
+    codec = IdentityCodec(b"k" * 32, b"h" * 32)
+    crypto = _Crypto(cat, codec)
+    assert crypto.normalise("email", " Ann@Example.ORG ") == "ann@example.org"
+    assert crypto.normalise("email", "no at sign") is None and crypto.normalise("nope", "x") is None
+    assert crypto.known_type("email") and not crypto.known_type("nope")
+    sealed = crypto.seal("email", "ann@example.org")
+    assert crypto.seal("email", "ann@example.org") is sealed  # once per identifier and pass
+    assert codec.unseal("email", sealed) == "ann@example.org"
+    assert crypto.digest("email", "ann@example.org") == codec.digest("email", "ann@example.org")
+    ident = _Ident(7, 1, "email", "d", 0, sealed)
+    assert crypto.value(ident) == "ann@example.org" and ident.value == "ann@example.org"
+
+    def ident_of(iid: int, rid: int, depth: int = 0) -> _Ident:
+        return _Ident(iid, rid, "customer_id", f"d{iid}", depth, None, f"cus_{iid:04d}")
+
+    w = _Window(
+        subject_types={1: "customer", 2: "customer", 3: "customer", 4: "customer", 5: "customer"},
+        by_type={
+            "customer_id": [
+                ident_of(10, 1),
+                ident_of(11, 2),
+                ident_of(12, 3),
+                ident_of(13, 4),
+                ident_of(14, 5, 4),
+            ]
+        },
+        known=set(),
+        states={
+            (1, "devices"): _State("done", cursor=10),  # looked up already
+            (2, "devices"): _State("done", cursor=5),  # found since
+            (3, "devices"): _State("failed", attempts=1, waiting=True),
+            (4, "devices"): _State("escalated", attempts=3),
+        },
+    )
+    pending = _pending(w, cat, cat.resolver("devices"), max_depth=4)
+    assert [i.id for i in pending] == [11]  # request 5's identifier is at the depth bound
+
+
+def test_resolution_array_literals_quote_what_needs_it():
+    from erasure.resolution import _array, _columns
+
+    assert _array([1, None, 3]) == "{1,NULL,3}"
+    assert _array(["a", 'say "hi"', "back\\slash", "null", "x,y"]) == (
+        '{"a","say \\"hi\\"","back\\\\slash","null","x,y"}'
+    )
+    assert _columns([(1, "a"), (2, None)]) == ["{1,2}", '{"a",NULL}']
