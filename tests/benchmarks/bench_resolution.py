@@ -187,7 +187,7 @@ def test_resolution_throughput(tracking_db, tmp_path):
     catalog = _catalog(tmp_path, schema)
     codec = IdentityCodec.from_settings(get_settings())
     emails = [f"p{i}@example.org" for i in range(1, N + 1)]
-    rounds: list[dict[str, float]] = []
+    rounds: list[dict[str, Any]] = []
     try:
         for r in range(ROUNDS):
             conn = psycopg2.connect(tracking_db)
@@ -200,7 +200,7 @@ def test_resolution_throughput(tracking_db, tmp_path):
             conn.close()
             _register(tracking_db, catalog, codec, emails)
             order = ["baseline", "pipeline"] if r % 2 == 0 else ["pipeline", "baseline"]
-            got: dict[str, float] = {}
+            got: dict[str, Any] = {}
             for what in order:
                 if what == "baseline":
                     got["baseline_s"] = _baseline(catalog, emails)
