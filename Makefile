@@ -49,6 +49,12 @@ cluster-down:
 cluster-status:
 	bash scripts/cluster.sh status
 
+## Scale benchmark through the real scheduler (issue 20, README "Scaling out"): BENCH_E2E_N requests (default 1000;
+## e.g. 1000,10000) x the demo catalog through the intake table, the DAGs driven until every one is complete, a bare
+## baseline in the same run; figures in .local/bench/e2e.json (~15-25 min at N=1,000 on 2 cores).
+bench-e2e: setup
+	bash -c '. scripts/env.sh && bash $(STACK) up postgres kafka airflow partners && ERASURE_TEST_SHARED_AIRFLOW_DB=1 $(PY) -m pytest -m benchmark tests/benchmarks/bench_e2e.py -p no:cacheprovider -s'
+
 ## End to end on the cluster topology with a Celery worker and a Kafka broker killed mid-run (~25 min).
 ## The cluster runs with the test's catalog: the demo's targets with one warehouse table (tests/cluster/catalog.py).
 test-cluster:
