@@ -29,8 +29,9 @@ One round at size N:
 2. **submit**: N rows inserted into ``erasure.intake`` (the integration contract, docs/intake.md).
 3. **drive**: the DAGs are unpaused (their own schedules run too) and triggered in rounds through the
    REST API until every request of the round is finished: ``erasure_intake_scheduled`` until no row
-   is pending, then ``erasure_dispatch`` and ``erasure_warehouse`` at once, then ``erasure_acks``,
-   then ``erasure_reconcile``.
+   is pending, then ``erasure_dispatch`` (it resolves identities first, then dispatches), then
+   ``erasure_warehouse`` and ``erasure_acks`` at once (the warehouse works on requests whose identity
+   is resolved), then ``erasure_reconcile`` (it completes requests).
 4. **measure**: from the tracking store, each stage's window (intake: inserted -> last row processed;
    per target kind: first ``task_dispatched`` -> last ``completed_at``; completion: last request
    ``completed_at``); from the Airflow metadata database, the DAG runs and task instances (and tries)
@@ -81,8 +82,8 @@ TIMEOUT_MIN = float(os.environ.get("BENCH_E2E_TIMEOUT_MIN", "90"))
 OUT = ROOT / ".local" / "bench" / "e2e.json"
 
 INTAKE_DAG = "erasure_intake_scheduled"
-WORK_DAGS = ("erasure_dispatch", "erasure_warehouse")
-ACK_DAGS = ("erasure_acks",)
+DISPATCH_DAGS = ("erasure_dispatch",)
+AFTER_DISPATCH_DAGS = ("erasure_warehouse", "erasure_acks")
 SETTLE_DAGS = ("erasure_reconcile",)
 OPEN = ("received", "resolving", "in_progress")
 
@@ -280,8 +281,8 @@ class Driver:
                     failures += 1
                     if failures >= 3:
                         raise RuntimeError(f"{INTAKE_DAG} failed 3 times without progress; see its task logs")
-            self.trigger_and_wait(WORK_DAGS, per_run)
-            self.trigger_and_wait(ACK_DAGS, per_run)
+            self.trigger_and_wait(DISPATCH_DAGS, per_run)
+            self.trigger_and_wait(AFTER_DISPATCH_DAGS, per_run)
             self.trigger_and_wait(SETTLE_DAGS, per_run)
             status = self.open_requests()
             open_n = sum(v for k, v in status.items() if k in OPEN)
@@ -448,7 +449,7 @@ def test_bench_e2e() -> None:
         pytest.fail(
             f"Airflow at {api.base_url} is not healthy: run scripts/stack.sh up (make bench-e2e does)"
         )
-    dags = [INTAKE_DAG, *WORK_DAGS, *ACK_DAGS, *SETTLE_DAGS]
+    dags = [INTAKE_DAG, *DISPATCH_DAGS, *AFTER_DISPATCH_DAGS, *SETTLE_DAGS]
     for d in dags:
         api.wait_for_dag(d, timeout=300)
         api.unpause(d)
