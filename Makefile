@@ -58,4 +58,4 @@ bench-e2e: setup
 ## End to end on the cluster topology with a Celery worker and a Kafka broker killed mid-run (~25 min).
 ## The cluster runs with the test's catalog: the demo's targets with one warehouse table (tests/cluster/catalog.py).
 test-cluster:
-	bash -c 'export ERASURE_TOPOLOGY=cluster && bash scripts/cluster.sh setup && . scripts/env.sh && export ERASURE_CATALOG="$$ERASURE_LOCAL/catalog-test" && $(PY) tests/cluster/catalog.py "$$ERASURE_CATALOG" && bash scripts/cluster.sh up && $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider'
+	bash -c 'export ERASURE_TOPOLOGY=cluster && bash scripts/cluster.sh setup && . scripts/env.sh && export ERASURE_CATALOG="$$ERASURE_LOCAL/catalog-test" && $(PY) tests/cluster/catalog.py "$$ERASURE_CATALOG" && bash scripts/cluster.sh up && $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider -s'

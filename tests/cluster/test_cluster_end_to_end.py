@@ -47,6 +47,7 @@ def _query(dsn: str, sql: str, args: tuple = ()) -> list[tuple]:
 
 def _kill(name: str) -> None:
     subprocess.run([*CLUSTER, "kill", name], check=True, timeout=60)
+    print(f"killed {name} at {datetime.now(UTC):%H:%M:%S}", flush=True)
 
 
 def _wait_in_flight(dsn: str, since: datetime, demo: subprocess.Popen, timeout: float = 900) -> None:
@@ -105,7 +106,9 @@ def test_erasure_end_to_end_survives_a_killed_celery_worker_and_kafka_broker(tmp
     assert settings.spark_master.startswith("spark://")
     dsn = settings.require_tracking_dsn()
     since = _query(dsn, "SELECT now()")[0][0]
-    log = tmp_path / "demo.log"
+    # the demo's output outlives pytest's temporary folders (kept next to the cluster's own logs)
+    log = Path(os.environ.get("ERASURE_LOCAL") or tmp_path) / "logs" / "cluster-test-demo.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         demo = subprocess.Popen(
             [
