@@ -30,6 +30,9 @@ subject type, due after the jurisdiction's SLA. A repeated `external_id`, or a s
 has an open request, is reported as a **duplicate** of the existing request; a subject under legal
 hold is registered as **held**. Invalid requests are recorded in `erasure.rejected_request`.
 
+Task `forget_conf` then removes the identifiers from this run's conf and from the API's log row
+(connection `erasure_airflow_db`; docs/personal-data.md), so Airflow's metadata DB does not keep them.
+
 Task `register` returns (XCom) `received`, `registered`, `duplicates`, `rejected`, `held` and one
 outcome per request; task `report` fails the run when any request was rejected (reasons in its log).
 """
@@ -79,7 +82,16 @@ def erasure_intake():
             raise AirflowFailException(text)
         return {k: result[k] for k in ("received", "registered", "duplicates", "rejected", "held")}
 
-    report(register())
+    @task
+    def forget_conf(result: dict) -> dict:
+        """The requests are registered: this run's conf and its API log row lose their identifiers."""
+        from erasure.airflow.retention import forget_intake_conf
+
+        return forget_intake_conf()
+
+    registered = register()
+    report(registered)
+    forget_conf(registered)
 
 
 erasure_intake()

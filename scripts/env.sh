@@ -66,6 +66,7 @@ export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$ERASURE_LOCAL/airflow/logs"
 
 # Connections, by URI/JSON through the environment (no secrets in code or in the metadata DB).
 export AIRFLOW_CONN_ERASURE_TRACKING="postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/erasure_tracking"
+export AIRFLOW_CONN_ERASURE_AIRFLOW_DB="postgresql://$ERASURE_PG_USER:$_pgpass@127.0.0.1:$ERASURE_PG_PORT/airflow" # retention: scrub run confs, db clean
 export AIRFLOW_CONN_ERASURE_KAFKA="{\"conn_type\": \"kafka\", \"extra\": {\"bootstrap.servers\": \"$ERASURE_KAFKA_BOOTSTRAP\"}}"
 # the Celery result backend (cluster topology) is the metadata database
 if [ "$AIRFLOW__CORE__EXECUTOR" = CeleryExecutor ]; then

@@ -84,6 +84,10 @@ def _private_airflow_db() -> str | None:
             cur.execute("SELECT pg_advisory_unlock(4242)")
     admin.close()
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{base}/{name}"
+    # the retention tasks reach the metadata DB through this connection (docs/personal-data.md)
+    os.environ["AIRFLOW_CONN_ERASURE_AIRFLOW_DB"] = f"{base}/{name}".replace(
+        "postgresql+psycopg2://", "postgresql://"
+    )
     return name
 
 
@@ -144,7 +148,7 @@ def pg_dsn() -> Iterator[str]:
 
 TRACKING_TABLES = (
     "canary_check, canary_subject, alert, legal_hold, intake, receipt, event_log, ack_log, outbox, task, "
-    "rejected_request, request, operator_action"
+    "rejected_request, request, operator_action, tombstone, restore"
 )
 
 

@@ -12,6 +12,8 @@ hold place|release|list|recheck   legal holds
 audit verify [--from-seq N] [--delta]   recompute the audit chain; exit 1 naming the first broken link
 receipt issue|show|verify|export     signed receipts (verify: a file or a request id)
 keys init|jwks           create the receipt keys once / print the public JWKS
+retention run            tombstones, minimisation, expiry (docs/personal-data.md)
+reapply --restored-at T [--target N] [--record --by WHO]   erase again after a backup restore
 
 Settings (the tracking DSN, the Kafka bootstrap, the catalog, SMTP) come from the ERASURE_* environment
 variables, read once per invocation (erasure.settings.get_settings).
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     from erasure.evidence.cli import add_parsers as add_evidence_parsers
 
     add_evidence_parsers(sub)
+    from erasure.retention_cli import add_parsers as add_retention_parsers
+
+    add_retention_parsers(sub)
     args = parser.parse_args(argv)
     try:
         settings = get_settings()  # the edge: read the environment once, pass the values on
@@ -135,7 +140,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             if args.request is not None:
                 found = [status.request_status(args.request, dsn)]
             else:
-                found = status.subject_status(*status.parse_subject(args.subject), dsn)
+                stype, sid = status.parse_subject(args.subject)
+                found = status.subject_status(stype, sid, dsn, digest=_subject_digest(settings, stype, sid))
         except (LookupError, ValueError) as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -165,7 +171,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from erasure.evidence.cli import run as run_evidence_command
 
         return run_evidence_command(args, settings)
+    elif args.cmd in ("retention", "reapply"):  # docs/personal-data.md
+        from erasure.retention_cli import run as run_retention_command
+
+        return run_retention_command(args, settings)
     return 0
+
+
+def _subject_digest(settings: Settings, subject_type: str, subject_id: str) -> str | None:
+    """The keyed hash a minimised request holds for this subject (None without the key files)."""
+    from erasure.identity import IdentityCodec
+    from erasure.retention import subject_digest
+
+    try:
+        codec = IdentityCodec.from_settings(settings)
+        return subject_digest(codec, load_catalog(settings.catalog_path), subject_type, subject_id)
+    except (OSError, ValueError, RuntimeError, CatalogError):  # no key files: look up the id as given
+        return None
 
 
 if __name__ == "__main__":

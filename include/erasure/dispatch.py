@@ -47,6 +47,7 @@ No Airflow here; the DAG ``erasure_dispatch`` is a thin wrapper.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -58,7 +59,7 @@ from typing import Any
 
 import psycopg2.extras
 
-from erasure import fanout
+from erasure import fanout, privacy
 from erasure.catalog import Catalog, Target
 from erasure.db import connect, transaction
 from erasure.identity import IdentityCodec
@@ -316,7 +317,18 @@ def run_batch(
     outcomes: list[Outcome] = []
     config_error: TargetError | None = None
 
+    # every value erased for a task, so its evidence and error never carry one in clear (erasure.privacy)
+    values: dict[int, set[str]] = {}
+    for c in [*items, *work]:
+        values.setdefault(c.task_id, set()).add(c.subject_id)
+
     def record(o: Outcome) -> None:
+        vs = values.get(o.item.task_id, ())
+        o = dataclasses.replace(
+            o,
+            evidence=privacy.scrub(o.evidence, vs),
+            error=privacy.scrub_text(o.error, vs) if o.error else o.error,
+        )
         outcomes.append(o)
         writer.add(o)
 

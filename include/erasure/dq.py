@@ -37,7 +37,9 @@ log = logging.getLogger("erasure.dq")
 EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
 # events about a request as a whole (no task, no target): its status changes and its identity resolution
 REQUEST_EVENT_TYPES: tuple[str, ...] = tuple(
-    e for e in EVENT_TYPES if e.startswith("request_") or e == EventType.IDENTITY_RESOLVED
+    e
+    for e in EVENT_TYPES
+    if e.startswith("request_") or e in (EventType.IDENTITY_RESOLVED, EventType.IDENTIFIERS_MINIMISED)
 )
 TASK_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e not in REQUEST_EVENT_TYPES)
 REQUEST_STATUSES: tuple[str, ...] = tuple(s.value for s in RequestStatus)

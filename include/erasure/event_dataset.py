@@ -690,6 +690,65 @@ def enforce_retention(
     return out
 
 
+def raw_subject_requests(dataset_dir: str | os.PathLike[str]) -> set[int]:
+    """Requests whose rows in the dataset still hold a raw ``subject_id`` (not a keyed hash): read
+    with delta-rs, two narrow columns, no Spark."""
+    import pyarrow.compute as pc
+
+    from erasure.pseudonym import PREFIX
+
+    out: set[int] = set()
+    for path in (events_path(dataset_dir), subjects_path(dataset_dir)):
+        if not _table_exists(path):
+            continue
+        t = _read_rs(path, ["request_id", "subject_id"])
+        raw = t.filter(pc.invert(pc.fill_null(pc.starts_with(t["subject_id"], PREFIX), True)))
+        out.update(int(r) for r in raw["request_id"].to_pylist() if r is not None)
+    return out
+
+
+def pseudonymise_subjects(
+    spark: SparkSession | Callable[[], SparkSession],
+    dataset_dir: str | os.PathLike[str],
+    digests: Mapping[int, str],
+    *,
+    vacuum: bool = True,
+) -> dict[str, Any]:
+    """Replace the raw ``subject_id`` of the given requests (request id -> keyed hash, from the
+    minimised tracking store) in both tables, one MERGE each, then VACUUM with no retention so the
+    files that held the raw values are deleted now (docs/personal-data.md). ``subject_id`` has no
+    statistics in the log (:data:`EVENT_STATS_COLUMNS`), so ``_delta_log`` never held it."""
+    from deltalake import DeltaTable
+
+    out: dict[str, Any] = {"updated": {}, "vacuumed": {}}
+    if not digests:
+        return out
+    session = _spark(spark)()
+    view = "erasure_subject_digests"
+    session.createDataFrame(
+        [(int(k), str(v)) for k, v in digests.items()], "request_id BIGINT, digest STRING"
+    ).createOrReplaceTempView(view)
+    try:
+        for path in (events_path(dataset_dir), subjects_path(dataset_dir)):
+            name = path.rsplit("/", 1)[-1]
+            if not _table_exists(path):
+                continue
+            res = session.sql(
+                f"""MERGE INTO delta.`{path}` AS t USING {view} AS s
+                      ON t.request_id = s.request_id AND t.subject_id <> s.digest
+                    WHEN MATCHED THEN UPDATE SET t.subject_id = s.digest"""  # noqa: S608 - checked path
+            ).first()
+            out["updated"][name] = int(res["num_updated_rows"]) if res is not None else 0
+            if vacuum and out["updated"][name]:
+                files = DeltaTable(path).vacuum(
+                    retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
+                )
+                out["vacuumed"][name] = len(files)
+    finally:
+        session.catalog.dropTempView(view)
+    return out
+
+
 def _interval_hours(interval: str) -> int:
     m = re.fullmatch(r"\s*interval\s+(\d+)\s+(hour|hours|day|days|week|weeks)\s*", interval, re.IGNORECASE)
     if not m:

@@ -47,6 +47,7 @@ from typing import Any, cast
 
 import psycopg2.extras
 
+from erasure import privacy
 from erasure.ack_auth import AckKeys, authenticate, normalise_keys
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
@@ -833,12 +834,13 @@ def _close_acked_tasks(
     for it in matched:
         row, ack = it.row, it.ack
         assert row is not None
-        evidence_ack = evidence[str(ack.event_id)]
+        values = _event_values(row)  # never in clear in the task's evidence or the audit log
+        evidence_ack = privacy.scrub(evidence[str(ack.event_id)], values)
         target = targets.get(row["target"])
         backoff = target.retry_backoff_minutes if target else 5.0
         nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
         verified = (
-            _verify_after_ack(target, _event_values(row), ack.outcome)
+            privacy.scrub(_verify_after_ack(target, values, ack.outcome), values)
             if ack.outcome in AckOutcome.successes()
             else None
         )
@@ -864,7 +866,10 @@ def _close_acked_tasks(
         else:
             changes.append(Transition(
                 row["task_id"], TaskStatus.FAILED, (TaskStatus.AWAITING_ACK,), evidence={"ack": evidence_ack},
-                last_error=f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
+                last_error=privacy.scrub_text(
+                    f"partner '{ack.target}' reported failure: {json.dumps(ack.details, default=str)[:1000]}",
+                    values,
+                ),
                 next_attempt_at=nxt,
             ))  # fmt: skip
     # a task appears once per statement: acks of two events of one task (an old attempt's and a new

@@ -555,10 +555,11 @@ def _settled(
 
 
 def identity_of(cur: Any, codec: IdentityCodec, request_ids: Sequence[int]) -> dict[int, Identifiers]:
-    """The requests' identifiers, unsealed (by type, in the order they were found)."""
+    """The requests' identifiers, unsealed (by type, in the order they were found). A minimised
+    request's identities have no sealed value any more (erasure.retention): only its digests remain."""
     cur.execute(
         """SELECT request_id, id_type, sealed FROM erasure.identity WHERE request_id = ANY(%s::bigint[])
-            ORDER BY id""",
+              AND sealed IS NOT NULL ORDER BY id""",
         (_array(request_ids),),
     )
     out: dict[int, Identifiers] = {}

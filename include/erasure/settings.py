@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     """Subject identifiers in the event dataset are removed after this many days."""
     canary_schedule: str = "17 * * * *"
 
+    # -- retention and minimisation (erasure.retention, docs/personal-data.md) --------------------
+    retention_raw_identifier_days: Annotated[int, Field(ge=0, le=3650)] = 30
+    """Raw identifiers of a finished (completed or rejected) request are kept this many days after it
+    finished, then replaced by keyed hashes in every table of the tracking store."""
+    retention_rejected_days: Annotated[int, Field(ge=0, le=3650)] = 30
+    """Rejected intake payloads (``erasure.rejected_request``, rejected intake rows) expire after it."""
+    retention_request_days: Annotated[int, Field(ge=1, le=3650)] = 730
+    """Request metadata and receipts are kept 24 months (CCPA §7101); older delivery records (sent
+    alerts, ack log rows) are deleted. The audit log and the suppression ledger are kept."""
+    retention_airflow_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    """Runs of the erasure DAGs are removed from Airflow's metadata DB (``airflow db clean``) after it."""
+
     # -- proof of erasure: receipts and their keys (docs/evidence.md) ------------------------------
     receipt_signing_key_file: Path | None = None
     """Ed25519 private key (PEM) that signs receipts; defaults to ``<local>/secrets/receipt-signing-key.pem``."""

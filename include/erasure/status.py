@@ -108,13 +108,17 @@ def parse_subject(value: str) -> tuple[str, str]:
     return stype.strip(), sid.strip()
 
 
-def subject_status(subject_type: str, subject_id: str, dsn: str) -> list[dict[str, Any]]:
-    """Every request of a subject, newest first (an empty list is an error: nothing is known)."""
+def subject_status(
+    subject_type: str, subject_id: str, dsn: str, digest: str | None = None
+) -> list[dict[str, Any]]:
+    """Every request of a subject, newest first (an empty list is an error: nothing is known).
+    ``digest``: the subject id's keyed hash, which a minimised request holds instead of the id
+    (erasure.retention.subject_digest), so a person's erasure is still found after the retention."""
     with transaction(dsn) as cur:
         cur.execute(
             f"SELECT {_REQUEST_COLS} FROM erasure.request "  # noqa: S608
-            "WHERE subject_type = %s AND subject_id = %s ORDER BY received_at DESC, id DESC",
-            (subject_type, subject_id),
+            "WHERE subject_type = %s AND subject_id = ANY(%s) ORDER BY received_at DESC, id DESC",
+            (subject_type, [subject_id, *([digest] if digest else [])]),
         )
         rows = cur.fetchall()
         if not rows:

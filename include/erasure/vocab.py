@@ -151,6 +151,11 @@ class EventType(StrEnum):
     """A person's action from the Erasure view (details: action, actor, reason); see ``OperatorAction``."""
     IDENTITY_RESOLVED = "identity_resolved"
     """The request's identity set reached a fixed point (details: counts per type and per resolver)."""
+    IDENTIFIERS_MINIMISED = "identifiers_minimised"
+    """The retention job replaced the request's raw identifiers by keyed hashes (details: rows per table)."""
+    ERASURE_REAPPLIED = "erasure_reapplied"
+    """After a backup restore, ``reapply`` erased the request's subject again from a target (details:
+    target, restore time, rows, or ``report`` for targets their owners re-run)."""
 
 
 class ResolutionStatus(StrEnum):

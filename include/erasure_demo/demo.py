@@ -63,7 +63,9 @@ NOT_DRIVEN = (
     "erasure_canary",
     "erasure_smoke",
     "erasure_deadline_selftest",
+    "erasure_retention",  # run once, for the report (it minimises only what finished 30 days ago)
 )
+RETENTION_DAG = "erasure_retention"
 CANARY_DAG = "erasure_canary"
 
 FIRST = [
@@ -1100,6 +1102,9 @@ class Demo:
         o.heading("Proof of erasure: the audit chain and a signed receipt (erasure_proof)")
         self._proof(reqs)
 
+        o.heading("Personal data the pipeline keeps (erasure_retention, docs/personal-data.md)")
+        self._personal_data(reqs)
+
         if canaries:
             o.heading("Canary (synthetic subjects, erased and verified)")
             for c in canaries:
@@ -1361,6 +1366,70 @@ class Demo:
         if sla:
             cols = list(sla[0])
             self.out.table(cols, [[r[c] for c in cols] for r in sla])
+
+    def _personal_data(self, reqs: list[dict[str, Any]]) -> None:
+        """One run of the retention DAG: the suppression ledger gets the completed requests (keyed
+        hashes only); the intake runs' confs in Airflow's metadata DB no longer hold identifiers."""
+        from erasure.airflow_metadata import PERSONAL_KEYS
+
+        o = self.out
+        self.api.unpause(RETENTION_DAG)
+        state = self._trigger_and_wait([RETENTION_DAG]).get(RETENTION_DAG)
+        self.check("erasure_retention run succeeded", state == "success", str(state))
+        done = {r["id"]: r for r in reqs if r["status"] == "completed"}
+        with transaction(self.dsn) as cur:
+            cur.execute(
+                """SELECT request_id, id_type, digest, targets FROM erasure.tombstone
+                    WHERE request_id = ANY(%s) ORDER BY request_id, id_type""",
+                (list(done),),
+            )
+            tombs = cur.fetchall()
+        by_req: dict[int, list[dict[str, Any]]] = {}
+        for t in tombs:
+            by_req.setdefault(t["request_id"], []).append(t)
+        o.line(
+            f"  suppression ledger (erasure.tombstone): {len(tombs)} keyed hash(es) for {len(by_req)} "
+            "completed request(s); after a backup restore `python -m erasure.cli reapply --restored-at <time>` "
+            "erases them again"
+        )
+        if tombs:
+            t = tombs[0]
+            o.line(
+                f"  e.g. request {t['request_id']}: {t['id_type']} {t['digest'][:30]}… erased from "
+                f"{len(t['targets'])} target(s)"
+            )
+        self.check(
+            "every completed demo request is in the suppression ledger",
+            set(by_req) == set(done),
+            f"missing: {sorted(set(done) - set(by_req))[:10]}",
+        )
+        raw = {r["subject_id"] for r in done.values()}
+        self.check(
+            "the ledger holds keyed hashes only (no identifier in clear)",
+            all(t["digest"].startswith("hmac-sha256:") and t["digest"] not in raw for t in tombs),
+        )
+        runs = [
+            r
+            for r in self.api.dag_runs(INTAKE_DAG, limit=100)
+            if r["dag_run_id"].startswith(f"demo_{self.cfg.tag}")
+        ]
+        leaky = [r["dag_run_id"] for r in runs if PERSONAL_KEYS & set(r.get("conf") or {})]
+        o.line(
+            f"  {len(runs)} intake run(s) of this demo in Airflow's metadata DB; their conf after registration: "
+            + (json.dumps(runs[0]["conf"]) if runs else "-")
+        )
+        self.check(
+            "no intake run's conf in Airflow's metadata DB holds an identifier",
+            runs != [] and not leaky,
+            str(leaky[:5]),
+        )
+        first = min((r["completed_at"] for r in done.values() if r["completed_at"]), default=None)
+        if first is not None:
+            o.line(
+                f"  raw identifiers of these requests are replaced by keyed hashes from "
+                f"{(first + timedelta(days=self.settings.retention_raw_identifier_days)).date()} "
+                "(ERASURE_RETENTION_RAW_IDENTIFIER_DAYS)"
+            )
 
     def _proof(self, reqs: list[dict[str, Any]]) -> None:
         """``audit verify`` over the whole chain, then one receipt printed and checked with the public

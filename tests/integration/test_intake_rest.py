@@ -71,6 +71,11 @@ def test_rest_single_request(api, identity_catalog):
     assert run["state"] == "success", run
     invariant(result)
     assert (result["registered"], result["duplicates"], result["rejected"]) == (1, 0, 0)
+    # registered: the run's conf and the API's log row no longer hold the id (docs/personal-data.md)
+    conf = api.request("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}").json()["conf"]
+    assert "subject_id" not in conf and conf.get("_minimised") is True, conf
+    airflow_db = MAIN_TRACKING_DSN.rpartition("/")[0] + "/airflow"
+    assert query(airflow_db, "SELECT count(*) AS n FROM log WHERE extra LIKE %s", (f"%{sid}%",))[0]["n"] == 0
     rows = q(
         "SELECT id, status, source, airflow_run_id, due_at - received_at AS sla FROM erasure.request WHERE subject_id = %s",
         sid,

@@ -272,3 +272,16 @@ class EventDatasetRetentionOperator(SparkJobOperator):
         if returncode != 0:
             raise SparkJobFailed(f"event dataset retention exited {returncode}")
         return {k: v for k, v in report.items() if k != "status"}
+
+
+class RetentionJobOperator(SparkJobOperator):
+    """``spark_jobs/retention_job.py``: the event dataset pseudonymised after minimisation, recorded
+    backup restores re-applied (docs/personal-data.md). Fails when a restore could not be fully
+    re-applied (it is tried again next run)."""
+
+    job = "retention_job.py"
+
+    def summarize(self, report: dict[str, Any], returncode: int, context: Any) -> Any:
+        if returncode != 0 or report.get("status") != "ok":
+            raise SparkJobFailed(f"retention job: {report.get('status')} {report.get('error', '')}".strip())
+        return {k: v for k, v in report.items() if k != "status"}

@@ -1,0 +1,76 @@
+"""Issue 18 without services: scrubbing identifiers from evidence, run confs, the CLI's input checks,
+and the engines' keyed hash equal to the Python one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from erasure.airflow_metadata import MARK, db_clean_command, scrub_conf
+from erasure.identifiers import mask
+from erasure.privacy import contains_any, scrub, scrub_text
+
+
+def test_scrub_masks_every_occurrence_in_nested_evidence_and_keys():
+    ev = {
+        "verification": {"answer": "GET http://p/subjects/cus_12345678 -> 404"},
+        "items": ["cus_12345678", {"cus_12345678": 1}],
+        "n": 3,
+        "none": None,
+    }
+    out = scrub(ev, ["cus_12345678"])
+    assert not contains_any(out, ["cus_12345678"])
+    assert out["verification"]["answer"] == f"GET http://p/subjects/{mask('cus_12345678')} -> 404"
+    assert out["items"][1] == {mask("cus_12345678"): 1} and out["n"] == 3 and out["none"] is None
+    assert ev["items"][0] == "cus_12345678"  # the input is not changed
+
+
+def test_scrub_with_a_mapping_is_one_pass_and_longest_first():
+    # the replacement contains the other value: a second pass would corrupt it
+    m = {"abc": "hmac-sha256:abc0", "abcdef": "hmac-sha256:ffff"}
+    assert scrub_text("x abcdef y abc", m) == "x hmac-sha256:ffff y hmac-sha256:abc0"
+    assert scrub_text("ab", ["ab"]) == "ab"  # too short to scrub safely
+
+
+def test_scrub_conf_drops_personal_keys_also_in_a_batch_and_marks_it():
+    conf = {
+        "external_id": "x1",
+        "subject_type": "customer",
+        "subject_id": "cus_1",
+        "requests": [{"subject_id": "cus_2", "identifiers": {"email": ["a@b.c"]}, "jurisdiction": "GDPR"}],
+    }
+    out = scrub_conf(conf)
+    assert out == {
+        "external_id": "x1",
+        "subject_type": "customer",
+        "requests": [{"jurisdiction": "GDPR"}],
+        MARK: True,
+    }
+    assert scrub_conf({"count": 1}) == {"count": 1}  # nothing personal: unchanged, not marked
+
+
+def test_db_clean_never_keeps_an_archive():
+    cmd = db_clean_command(["erasure_intake", "erasure_dispatch"], "2026-11-01T00:00:00+00:00")
+    assert "--skip-archive" in cmd and "--yes" in cmd
+    assert cmd[cmd.index("--dag-ids") + 1] == "erasure_intake,erasure_dispatch"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reapply", "--restored-at", "yesterday"], "--restored-at: not an ISO 8601 time"),
+        (
+            ["reapply", "--restored-at", "2026-11-30T02:00:00Z", "--target", "nope"],
+            "--target: not in the catalog",
+        ),
+        (["reapply", "--record", "--restored-at", "2026-11-30T02:00:00Z"], "--by: who records the restore"),
+    ],
+)
+def test_reapply_cli_names_the_bad_argument(args, message, monkeypatch):
+    env = {"ERASURE_TRACKING_DSN": "postgresql://nobody@127.0.0.1:1/none", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-m", "erasure.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode != 0 and message in out.stderr, out.stderr
