@@ -339,3 +339,50 @@ def _codec(settings: Any) -> Any:
     from erasure.identity import IdentityCodec
 
     return IdentityCodec.from_settings(settings)
+
+
+def test_a_recorded_restore_is_reapplied_once_and_a_bad_one_stays_pending(tracking_db, world_factory):  # noqa: F811
+    """``reapply --record`` leaves the restore to the scheduled job (``reapply_recorded``, the retention
+    DAG's Spark task): re-applied once and marked done; a restore naming a target the catalog no longer
+    has is kept pending with the reason, and retried next run."""
+    from erasure import dispatch, reconcile, retention
+    from erasure.evidence.keys import load_hmac_key
+    from erasure.identity import IdentityCodec
+    from erasure.intake import register_requests
+    from erasure.reapply import ReapplyContext, reapply_recorded, record_restore
+    from erasure.targets import Context, adapter_for
+
+    dsn = tracking_db
+    cat = world_factory(only={"hr_directory"}).catalog
+    settings = get_settings()
+    emp = f"emp_{random.randint(10**6, 10**7 - 1)}"
+    t = cat.target("hr_directory")
+    adapter_for(t).seed_test_subjects(
+        Context(settings=settings, dsn=dsn, catalog=cat), t, [(emp, "employee")]
+    )
+    backup = _hr_rows(cat, emp)
+    backup_at = datetime.now(UTC)
+    res = register_requests(
+        dsn, cat, [{"subject_type": "employee", "subject_id": emp, "requested_by": "hr"}], source="cli"
+    )
+    assert res.registered == 1
+    for b in dispatch.plan_batches(dsn, cat, "hr_directory"):
+        dispatch.run_batch(dsn, cat, "hr_directory", b["task_ids"], claim_key="rec/0", settings=settings)
+    reconcile.reconcile(dsn, cat)
+    assert _hr_rows(cat, emp) == []
+    assert retention.record_tombstones(dsn, cat, IdentityCodec.from_settings(settings)) == 1
+    _hr_restore(cat, backup)  # the backup comes back
+
+    good = record_restore(dsn, backup_at, "dba-oncall", ["hr_directory"])
+    bad = record_restore(dsn, backup_at, "dba-oncall", ["no_such_target"])
+    ctx = ReapplyContext(dsn, cat, settings, load_hmac_key(settings.identifier_hmac_key_path))
+    out = reapply_recorded(ctx)
+    assert out == [{"restore": good, "ok": True, "requests": 1}, {"restore": bad, "ok": False, "requests": 0}]
+    assert _hr_rows(cat, emp) == []
+    with transaction(dsn) as cur:
+        cur.execute("SELECT id, reapplied_at IS NOT NULL AS done, result FROM erasure.restore ORDER BY id")
+        rows = {r["id"]: r for r in cur.fetchall()}
+    assert rows[good]["done"] and rows[good]["result"]["targets"][0]["rows"] == len(backup)
+    assert not rows[bad]["done"] and "no_such_target" in rows[bad]["result"]["error"]
+    # next run: only the bad one is tried again
+    assert [r["restore"] for r in reapply_recorded(ctx)] == [bad]

@@ -251,13 +251,17 @@ def reapply_recorded(ctx: ReapplyContext) -> list[dict[str, Any]]:
         pending = cur.fetchall()
     out = []
     for r in pending:
-        rep = reapply(ctx, r["restored_at"], r["targets"])
+        try:
+            rep = reapply(ctx, r["restored_at"], r["targets"])
+            result, ok, n = rep.to_dict(), rep.ok, rep.requests
+        except ValueError as exc:  # e.g. a target no longer in the catalog: recorded, tried again next run
+            result, ok, n = {"error": str(exc)}, False, 0
         with transaction(ctx.dsn) as cur:
             cur.execute(
                 "UPDATE erasure.restore SET result = %s, reapplied_at = CASE WHEN %s THEN now() END WHERE id = %s",
-                (json.dumps(rep.to_dict()), rep.ok, r["id"]),
+                (json.dumps(result), ok, r["id"]),
             )
-        out.append({"restore": r["id"], "ok": rep.ok, "requests": rep.requests})
+        out.append({"restore": r["id"], "ok": ok, "requests": n})
     return out
 
 
