@@ -3,7 +3,8 @@
 db upgrade|downgrade     apply / roll back tracking-store migrations
 kafka-topics             create the pipeline's topics
 catalog validate [PATH] [--check-tables]  validate a catalog file or directory (and, with Spark,
-                         each warehouse table and its key and personal-data columns)
+                         each warehouse table and its key and personal-data columns; warns per table
+                         when its _delta_log may keep identifiers past the SLA)
 status --request ID|EXTERNAL_ID | --subject TYPE:ID [--json]
                          every target's state, attempts, last error, evidence
 reconcile                one reconcile pass (replay, retry/escalate, complete, SLA, alerts)
@@ -117,13 +118,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         if args.check_tables:
             from erasure.spark import get_spark
-            from erasure.warehouse import check_tables
+            from erasure.warehouse import check_log_exposure, check_tables
 
             spark = get_spark("erasure-catalog-validate", settings=settings)
             try:
                 problems = check_tables(spark, cat_, str(settings.warehouse_path))
+                warnings = check_log_exposure(spark, cat_, str(settings.warehouse_path))
             finally:
                 spark.stop()
+            for w in warnings:  # identifiers that may outlive the SLA in _delta_log: warned, not failed
+                print(f"warning: {w}", file=sys.stderr)
             for p in problems:
                 print(f"error: {p}", file=sys.stderr)
             if problems:

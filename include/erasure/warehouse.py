@@ -10,7 +10,8 @@ The engine of the ``warehouse_delta`` target kind (its catalog section and looku
    rows to change and the files holding them; when they are at least ``ONE_PASS_MIN_FILE_SHARE`` of
    the table's files (10,000 scattered subjects touch all of them) the table is rewritten in ONE pass
    (:func:`rewrite_table`: read, drop or erase the rows, overwrite in one Delta transaction whose
-   conflict detection refuses a concurrent rewrite), else the MERGE rewrites the touched files only.
+   conflict detection refuses the commit if another writer committed meanwhile, even a blind append;
+   the run then falls back to the MERGE at once), else the MERGE rewrites the touched files only.
    Mode ``mask`` applies the field strategies instead and skips rows already in their erased form, so
    a re-run writes nothing. Evidence: the table version of the commit, how it was written
    (``delete_write``: ``merge``, ``predicate``, ``one_pass_rewrite`` or ``none``), the files touched and
@@ -356,6 +357,27 @@ def _rows_of(spec: WarehouseDeltaSpec, keys: Sequence[str]) -> Any:
 ONE_PASS_MIN_FILE_SHARE = 0.5
 
 
+def concurrent_write_errors() -> tuple[type[BaseException], ...]:
+    """Delta's refusals of a commit because another writer committed first (imported lazily: pyspark)."""
+    try:
+        from delta.exceptions import (
+            ConcurrentAppendException,
+            ConcurrentDeleteDeleteException,
+            ConcurrentDeleteReadException,
+            ConcurrentTransactionException,
+            ConcurrentWriteException,
+        )
+    except ImportError:  # no delta-spark here: no Delta write either
+        return ()
+    return (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+    )
+
+
 @dataclass(frozen=True)
 class TouchEstimate:
     """What the subjects touch in a table's current snapshot: rows to change, the files holding them,
@@ -406,10 +428,12 @@ def rewrite_table(spark: SparkSession, path: str, rows: Any, values: dict[str, A
 
     One Delta transaction reads and writes: the scan runs inside the overwrite's transaction (Delta
     plans a read of the table being written with that transaction's snapshot and records it as read),
-    and the commit removes exactly the files of that snapshot. A concurrent writer that removed or
-    rewrote one of them makes the commit fail (``ConcurrentDeleteDeleteException`` and kin, retried by the
-    next run), files appended concurrently stay (blind appends do not conflict, as with MERGE): nothing
-    a concurrent writer committed is lost. Partitioning, schema and table properties are kept.
+    and the commit removes exactly the files of that snapshot. ANY commit to the table by another writer
+    between the read and the commit makes this commit fail: an ``UPDATE``/``DELETE`` that rewrote a file
+    (``ConcurrentDeleteReadException``) and, since the whole table was read, even a blind append
+    (``ConcurrentAppendException``; tests/integration/test_warehouse_concurrency.py). Nothing a concurrent
+    writer committed is lost; :func:`delete_subjects` then falls back to the row-level write at once.
+    Partitioning, schema and table properties are kept.
     """
     from pyspark.sql import functions as F
 
@@ -495,30 +519,28 @@ def delete_subjects(
             def run() -> None:
                 rewrite_table(spark, path, changes, None if spec.mode == "delete" else plain)
 
-    if run is None and len(spec.key_columns) == 1:
-        write = WarehouseWrite.MERGE
-        key = spec.key_column
-        values = {f"`{c}`": _erased_value(r, c, schema[c], pads, "t.") for c, r in rules.items()}
-        differs = _any([_not_erased(r, c, schema[c], "t.") for c, r in rules.items()])
-        subjects = F.broadcast(_subjects_frame(spark, subject_ids, schema[key])).alias("s")
-        merge = dt.alias("t").merge(subjects, f"t.`{key}` = s.key")
-        if spec.mode == "delete":
-            merge = merge.whenMatchedDelete()
-        else:
-            merge = merge.whenMatchedUpdate(condition=differs, set=values)
-        run = merge.execute
-    elif run is None:
+    def row_level() -> tuple[WarehouseWrite, Any]:
+        """The row-level write: MERGE (one key column) or DELETE/UPDATE with a predicate."""
+        if len(spec.key_columns) == 1:
+            key = spec.key_column
+            values = {f"`{c}`": _erased_value(r, c, schema[c], pads, "t.") for c, r in rules.items()}
+            differs = _any([_not_erased(r, c, schema[c], "t.") for c, r in rules.items()])
+            subjects = F.broadcast(_subjects_frame(spark, subject_ids, schema[key])).alias("s")
+            merge = dt.alias("t").merge(subjects, f"t.`{key}` = s.key")
+            if spec.mode == "delete":
+                merge = merge.whenMatchedDelete()
+            else:
+                merge = merge.whenMatchedUpdate(condition=differs, set=values)
+            return WarehouseWrite.MERGE, merge.execute
         match = _rows_of(spec, sorted({str(s) for s in subject_ids}))
         values = {f"`{c}`": _erased_value(r, c, schema[c], pads) for c, r in rules.items()}
         differs = _any([_not_erased(r, c, schema[c]) for c, r in rules.items()])
         if spec.mode == "delete":
+            return WarehouseWrite.PREDICATE, lambda: dt.delete(match)
+        return WarehouseWrite.PREDICATE, lambda: dt.update(match & differs, values)
 
-            def run() -> None:
-                dt.delete(match)
-        else:
-
-            def run() -> None:
-                dt.update(match & differs, values)
+    if run is None:
+        write, run = row_level()
 
     # No repartition by partition columns before the write: each rewritten file comes from one input
     # file (one partition), so it cannot scatter small files, and the shuffle of every copied row
@@ -527,7 +549,22 @@ def delete_subjects(
         spark, {USER_METADATA_CONF: meta, MERGE_REPARTITION_CONF: "false", MERGE_MATERIALIZE_CONF: "none"}
     )
     try:
-        run()
+        try:
+            run()
+        except Exception as exc:
+            if write != WarehouseWrite.REWRITE or not isinstance(exc, concurrent_write_errors()):
+                raise
+            # The one-pass rewrite read the whole table, so ANY concurrent commit to it, even a blind
+            # append (measured, Delta 4.4), refuses its commit: nothing the other writer did is lost. On
+            # a table that is appended to all the time a rewrite would lose every race, so fall back
+            # at once to the row-level write, which reads the new snapshot and lets blind appends pass.
+            log.warning(
+                "table=%s one-pass rewrite refused by a concurrent commit (%s); row-level write instead",
+                spec.table,
+                type(exc).__name__,
+            )
+            write, run = row_level()
+            run()
     finally:
         _restore_conf(spark, previous)
     seconds = time.perf_counter() - started
@@ -620,6 +657,178 @@ def log_check(
             f"not {spec.log_retention_days} days"
         )
     return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identifiers in the Delta log: the catalog validator's and the job's preflight warning (issue 18)
+# ---------------------------------------------------------------------------------------------------
+DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default delta.logRetentionDuration
+_INTERVAL_UNITS = {
+    "microsecond": 1e-6 / 86400, "millisecond": 1e-3 / 86400, "second": 1 / 86400, "minute": 1 / 1440,
+    "hour": 1 / 24, "day": 1.0, "week": 7.0,
+}  # fmt: skip
+_INTERVAL_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+?)s?\b")
+
+
+def interval_days(value: str) -> float | None:
+    """Days of a Delta interval property (``interval 30 days``, ``720 hours``, ``interval 1 week 2 days``);
+    None when it cannot be read (Delta refuses months and years for these properties too)."""
+    text = value.strip().lower()
+    text = text[len("interval") :] if text.startswith("interval") else text
+    parts = _INTERVAL_PART.findall(text)
+    if not parts or _INTERVAL_PART.sub("", text).strip():
+        return None
+    days = 0.0
+    for amount, unit in parts:
+        if unit not in _INTERVAL_UNITS:
+            return None
+        days += float(amount) * _INTERVAL_UNITS[unit]
+    return days
+
+
+def stats_columns(columns: Sequence[str], properties: dict[str, str]) -> list[str]:
+    """The data columns (leaf paths ``a.b`` for struct fields, schema order, partition columns left out)
+    Delta keeps per-file statistics (min/max, null counts) for in its log, per the table's properties:
+    ``delta.dataSkippingStatsColumns`` when set, else the first ``delta.dataSkippingNumIndexedCols``
+    (default 32; -1: all) leaf columns."""
+    listed = properties.get(STATS_COLUMNS_PROP)
+    if listed is not None and listed.strip():
+        wanted = [c.strip().replace("`", "").lower() for c in listed.split(",") if c.strip()]
+        return [c for c in columns if any(c.lower() == w or c.lower().startswith(w + ".") for w in wanted)]
+    try:
+        n = int(properties.get(INDEXED_COLS_PROP, str(MAX_STATS_COLUMNS)))
+    except ValueError:
+        n = MAX_STATS_COLUMNS
+    return list(columns) if n < 0 else list(columns)[:n]
+
+
+def log_exposure_warnings(
+    target: Target,
+    spec: WarehouseDeltaSpec,
+    *,
+    columns: Sequence[str],
+    properties: dict[str, str],
+    sla_days: int,
+    partition_columns: Sequence[str] = (),
+    location: str | None = None,
+) -> list[str]:
+    """Why identifiers of this table may outlive the erasure SLA in its ``_delta_log``; empty when none.
+
+    Pure (no Spark): ``columns`` are the table's data columns in schema order (leaf paths ``a.b`` for
+    struct fields, partition columns left out), ``properties`` its table properties (``DESCRIBE DETAIL``),
+    ``sla_days`` the shortest erasure deadline that applies to it (:func:`sla_days_for`). One warning:
+
+    * per catalogued personal-data, key or field-rule column Delta collects statistics for
+      (:func:`stats_columns`): the log's min/max values of each file name subjects;
+    * per such column that is a partition column: every log entry carries its value
+      (``partitionValues``), whatever the statistics settings;
+    * when ``delta.logRetentionDuration`` (default 30 days) is longer than ``sla_days`` (or unreadable):
+      old log files, statistics included, are kept that long.
+
+    Each warning names the table, the column or property and the fix (the ``ALTER TABLE`` the erasure job
+    itself runs before its first delete, :func:`harden_log`). Used by ``catalog validate --check-tables``
+    (:func:`check_log_exposure`) and logged by the warehouse job before each table."""
+    name = spec.catalog_name or _quote_path(location or spec.path or spec.table)
+    where = f"target '{target.name}', table '{spec.table}'"
+    personal = list(dict.fromkeys([*spec.key_columns, *target.personal_data, *spec.rules()]))
+    out: list[str] = []
+    covered = stats_columns(columns, properties)
+    fix = log_properties(target, spec, [c for c in columns if "." not in c])
+    listed = properties.get(STATS_COLUMNS_PROP)
+    props = (
+        f"ALTER TABLE {name} SET TBLPROPERTIES ("
+        + ", ".join(f"'{k}' = '{v}'" for k, v in fix.items() if k != LOG_RETENTION_PROP)
+        + ")"
+    )
+    if STATS_COLUMNS_PROP not in fix and listed is not None:
+        props += f" and ALTER TABLE {name} UNSET TBLPROPERTIES ('{STATS_COLUMNS_PROP}')"
+    why = (
+        f"listed in {STATS_COLUMNS_PROP}"
+        if listed is not None and listed.strip()
+        else f"{STATS_COLUMNS_PROP} unset and the column among the first "
+        f"{properties.get(INDEXED_COLS_PROP, MAX_STATS_COLUMNS)} ({INDEXED_COLS_PROP}) columns"
+    )
+    for c in personal:
+        hit = [x for x in covered if x.lower() == c.lower() or x.lower().startswith(c.lower() + ".")]
+        if hit:
+            out.append(
+                f"{where}: personal/key column '{c}' has min/max statistics in _delta_log ({why}); "
+                f"fix: {props}"
+            )
+        if c.lower() in {p.lower() for p in partition_columns}:
+            out.append(
+                f"{where}: personal/key column '{c}' is a partition column: every _delta_log entry carries "
+                f"its values (partitionValues), whatever the statistics settings; fix: rewrite the table "
+                f"partitioned by a column that names no subject"
+            )
+    retention = properties.get(LOG_RETENTION_PROP, DEFAULT_LOG_RETENTION)
+    days = interval_days(retention)
+    if days is None or days > sla_days:
+        shown = "unset (default 30 days)" if LOG_RETENTION_PROP not in properties else f"'{retention}'"
+        out.append(
+            f"{where}: {LOG_RETENTION_PROP} is {shown}, "
+            + ("unreadable" if days is None else f"longer than the erasure SLA of {sla_days} days")
+            + f"; fix: ALTER TABLE {name} SET TBLPROPERTIES "
+            f"('{LOG_RETENTION_PROP}' = 'interval {min(spec.log_retention_days, sla_days)} days')"
+        )
+    return out
+
+
+def sla_days_for(catalog: Catalog, target: Target) -> int:
+    """The shortest erasure deadline a target's data is held to: its own ``sla_days``, the catalog's and
+    every jurisdiction's (a table serves requests of all jurisdictions)."""
+    return min(
+        [
+            catalog.sla_days,
+            *catalog.jurisdiction_sla_days.values(),
+            *([target.sla_days] if target.sla_days else []),
+        ]
+    )
+
+
+def _leaf_columns(fields: Sequence[Any], prefix: str = "") -> list[str]:
+    from pyspark.sql.types import StructType
+
+    out: list[str] = []
+    for f in fields:
+        name = prefix + f.name
+        out.extend(
+            _leaf_columns(f.dataType.fields, name + ".") if isinstance(f.dataType, StructType) else [name]
+        )
+    return out
+
+
+def table_log_exposure(
+    spark: SparkSession, target: Target, sla_days: int, warehouse_dir: str | None = None
+) -> list[str]:
+    """:func:`log_exposure_warnings` for one table as it is now (one ``DESCRIBE DETAIL`` and its schema)."""
+    spec = target.spec_as(WarehouseDeltaSpec)
+    schema = _delta_table(spark, spec, warehouse_dir).toDF().schema  # its clear error first
+    path = table_location(spark, spec, warehouse_dir)
+    detail = spark.sql(f"DESCRIBE DETAIL {_quote_path(path)}").collect()[0]  # noqa: S608 (quoted path)
+    partitions = [str(c) for c in detail["partitionColumns"] or []]
+    data = [f for f in schema.fields if f.name not in partitions]
+    return log_exposure_warnings(
+        target,
+        spec,
+        columns=_leaf_columns(data),
+        properties={str(k): str(v) for k, v in (detail["properties"] or {}).items()},
+        sla_days=sla_days,
+        partition_columns=partitions,
+        location=path,
+    )
+
+
+def check_log_exposure(spark: SparkSession, catalog: Catalog, warehouse_dir: str | None = None) -> list[str]:
+    """:func:`table_log_exposure` for every enabled ``warehouse_delta`` target: the warnings of
+    ``catalog validate --check-tables`` (a table that cannot be read is :func:`check_tables`' error)."""
+    out: list[str] = []
+    for target in catalog.of_kind(KIND):
+        try:
+            out.extend(table_log_exposure(spark, target, sla_days_for(catalog, target), warehouse_dir))
+        except Exception:  # noqa: BLE001, S112 - check_tables reports the table as an error
+            continue
+    return out
 
 
 def deletion_vectors_enabled(
@@ -1039,10 +1248,12 @@ def erase_target(
     listing_parallelism: int | None = None,
     pseudonym_key: bytes | None = None,
     codec: IdentityCodec | None = None,
+    sla_days: int = 30,
 ) -> TargetReport:
     """Advance every workable task of one warehouse target as far as it can go in this run
     (``pseudonym_key``: for the ``hash`` field strategy; ``codec``: each task is erased by the
-    identifiers of the target's types in its request's identity)."""
+    identifiers of the target's types in its request's identity; ``sla_days``: the deadline the
+    preflight's log-exposure warnings compare the log retention with, :func:`sla_days_for`)."""
     spec = target.spec_as(WarehouseDeltaSpec)
     try:
         path = table_location(spark, spec, warehouse_dir)
@@ -1056,8 +1267,13 @@ def erase_target(
     rep.tasks_picked = len(tasks)
     meta = {"run_id": run_id, "target": target.name}
     try:
-        # 0. keep identifiers out of the Delta log (statistics, log retention); a no-op once set
+        # 0. keep identifiers out of the Delta log (statistics, log retention); a no-op once set.
+        # Preflight: say per table what was exposed before (the warnings catalog validate prints).
+        for warning in table_log_exposure(spark, target, sla_days, warehouse_dir):
+            log.warning("target=%s preflight: %s", target.name, warning)
         hardening = harden_log(spark, target, spec, warehouse_dir)
+        if hardening["log_properties_changed"]:
+            log.info("target=%s log properties set: %s", target.name, hardening["log_properties_changed"])
         # 1. one batched MERGE for every task not deleted yet
         to_delete = [t for t in tasks if t.stage is None]
         if to_delete:
@@ -1190,6 +1406,7 @@ def erase_warehouse(
                 listing_parallelism=settings.vacuum_listing_parallelism,
                 pseudonym_key=pseudonym_key_for(target.spec_as(WarehouseDeltaSpec), settings),
                 codec=codec,
+                sla_days=sla_days_for(catalog, target),
             )
         )
     report.finished_at = _now().isoformat()
