@@ -660,7 +660,7 @@ def log_check(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Identifiers in the Delta log: the catalog validator's and the job's preflight warning (issue 18)
+# Identifiers in the Delta log: the catalog validator's and the job's preflight warnings
 # ---------------------------------------------------------------------------------------------------
 DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default delta.logRetentionDuration
 _INTERVAL_UNITS = {
