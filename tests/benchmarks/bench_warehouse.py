@@ -39,7 +39,7 @@ load average rising 0.2 -> 8.5 as other sessions started; `.local/bench/warehous
   Per-subject 5.05 s each -> 6,600x slower than batched.
 * orders, partitioned, copy-on-write, one-pass rewrite (every file touched): 72.8 s = 2.43x the plain
   Parquet rewrite (30.0 s); per round 2.43x / 1.72x / 2.00x. Goal 1.2x: missed. A diagnostic run after it
-  (.local/h21/diag, load ~3-4, 2 rounds) split it: estimate scan 1.6-2.8 s + rewrite 22-24 s, against a
+  (.local/bench/warehouse-diag.json, load ~3-4, 2 rounds) split it: estimate scan 1.6-2.8 s + rewrite 22-24 s, against a
   Parquet rewrite of 12.6-14.9 s but a same-layout Delta rewrite of 25-33 s: the erasure costs about
   what rewriting the table as a Delta table costs at all (0.85x); the gap to the goal is Delta's
   partitioned write with statistics against unpartitioned Parquet.
