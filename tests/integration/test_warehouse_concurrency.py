@@ -75,13 +75,13 @@ def _held_rewrite(monkeypatch, gate: Path) -> None:
 
     held = F.udf(hold, BooleanType())
 
-    def rewrite(spark, path, rows, values):  # type: ignore[no-untyped-def]
+    def rewrite(spark, path, rows, values):
         return original(spark, path, rows | held(F.col("customer_id")), values)
 
     monkeypatch.setattr(wh, "rewrite_table", rewrite)
 
 
-def _concurrently(gate: Path, write) -> threading.Thread:  # type: ignore[no-untyped-def]
+def _concurrently(gate: Path, write) -> threading.Thread:
     """Run ``write`` in another thread once the rewrite is held, then let the rewrite go on."""
     errors: list[BaseException] = []
 
@@ -111,7 +111,7 @@ def _rows(spark, path: str) -> dict[str, list[int]]:
     return out
 
 
-def _erase_while(spark, tmp_path, monkeypatch, caplog, write) -> Any:  # type: ignore[no-untyped-def]
+def _erase_while(spark, tmp_path, monkeypatch, caplog, write) -> Any:
     from erasure.warehouse import delete_subjects
 
     path = str(tmp_path / "orders")
