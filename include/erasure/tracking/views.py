@@ -99,14 +99,20 @@ def due_soonest(cur: Any, limit: int = 10) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------ requests
 def find_requests(
-    cur: Any, *, ref: str | None = None, subject: tuple[str, str] | None = None, limit: int = 50
+    cur: Any,
+    *,
+    ref: str | None = None,
+    subject: tuple[str, str] | None = None,
+    limit: int = 50,
+    digest: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Requests by numeric id or external id (``ref``), or by subject (type, id), newest first."""
+    """Requests by numeric id or external id (``ref``), or by subject (type, id), newest first;
+    ``digest``: the subject id's keyed hash, which a minimised request holds instead (erasure.retention)."""
     if subject is not None:
         cur.execute(
             f"SELECT {REQUEST_COLS} FROM erasure.request r "  # noqa: S608
-            "WHERE r.subject_type = %s AND r.subject_id = %s ORDER BY r.received_at DESC, r.id DESC LIMIT %s",
-            (subject[0], subject[1], limit),
+            "WHERE r.subject_type = %s AND r.subject_id = ANY(%s) ORDER BY r.received_at DESC, r.id DESC LIMIT %s",
+            (subject[0], [subject[1], *([digest] if digest else [])], limit),
         )
         return [dict(r) for r in cur.fetchall()]
     q = (ref or "").strip()

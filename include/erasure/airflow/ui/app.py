@@ -246,7 +246,10 @@ def create_app() -> FastAPI:
         user: Any = Depends(reader),  # noqa: B008
     ) -> HTMLResponse:
         # the identifier travels in the POST body only (never in a URL, an access log or the history)
-        results = model.find(tracking_dsn(), subject=_subject(identifier))
+        subject = _subject(identifier)
+        results = model.find(
+            tracking_dsn(), subject=subject, digest=model.subject_digest(catalog(), hmac_key(), subject)
+        )
         return _page(
             request, "requests.html", user, active="requests", q="", results=results, by_subject=True
         )
@@ -293,7 +296,9 @@ def create_app() -> FastAPI:
 
     @app.post("/api/requests/search")
     def find_subject_api(body: SubjectIn, user: Any = Depends(reader)) -> JSONResponse:  # noqa: B008
-        return _json({"requests": model.find(tracking_dsn(), subject=_subject(body.identifier))})
+        subject = _subject(body.identifier)
+        digest = model.subject_digest(catalog(), hmac_key(), subject)
+        return _json({"requests": model.find(tracking_dsn(), subject=subject, digest=digest)})
 
     @app.get("/api/requests/{request_id}")
     def request_api(request_id: int, user: Any = Depends(reader)) -> JSONResponse:  # noqa: B008

@@ -229,11 +229,27 @@ def _request_summary(r: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ requests
-def find(dsn: str, *, ref: str | None = None, subject: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+def find(
+    dsn: str, *, ref: str | None = None, subject: tuple[str, str] | None = None, digest: str | None = None
+) -> list[dict[str, Any]]:
     now = _now()
     with transaction(dsn) as cur:
-        rows = views.find_requests(cur, ref=ref, subject=subject)
+        rows = views.find_requests(cur, ref=ref, subject=subject, digest=digest)
     return [_request_summary(r, now) for r in rows]
+
+
+def subject_digest(catalog: Catalog, key: bytes | None, subject: tuple[str, str]) -> str | None:
+    """The keyed hash a minimised request holds for ``subject`` (type, id): a person's erasure is found
+    after the retention too (erasure.retention.subject_digest). None without the identifier key."""
+    if key is None:
+        return None
+    from erasure.pseudonym import keyed_hash
+    from erasure.retention import subject_id_type
+
+    stype, sid = subject
+    return (
+        sid if sid.startswith("hmac-sha256:") else keyed_hash(key, f"{subject_id_type(catalog, stype)}:{sid}")
+    )
 
 
 _MILESTONES = {
