@@ -12,7 +12,8 @@ Knobs: ``BENCH_E2E_N`` (comma-separated sizes, ascending; default ``1000``), ``B
 (pipeline rounds per size, default 1: one round at N=1,000 is ~10 minutes of the shared machine),
 ``BENCH_E2E_BARE_ROUNDS`` (rounds of the baseline per size, default 3), ``BENCH_E2E_BACKGROUND``
 (background people in every partner store and fact rows per warehouse table, default 20,000),
-``BENCH_E2E_TIMEOUT_MIN`` (per round, default 90).
+``BENCH_E2E_TIMEOUT_MIN`` (per round, default 90), ``BENCH_E2E_MERGE=1`` (keep the other sizes already in
+the JSON file, measured by an earlier run; the file names them under ``merged_from_earlier_run``).
 
 Needs the running stack of ``scripts/stack.sh up`` (Postgres, Kafka, Airflow with the LocalExecutor,
 the demo partners) with the demo catalog; it works in the stack's own tracking database (the
@@ -479,6 +480,11 @@ def test_bench_e2e() -> None:
             "platform": platform.platform(),
         },
     }
+    if os.environ.get("BENCH_E2E_MERGE") == "1" and OUT.exists():
+        # keep the sizes an earlier run measured (each round says when: measured_at)
+        earlier = json.loads(OUT.read_text()).get("sizes", {})
+        result["sizes"] = {k: v for k, v in earlier.items() if int(k) not in SIZES}
+        result["merged_from_earlier_run"] = sorted(result["sizes"], key=int)
     for n in SIZES:
         per_round: list[dict[str, Any]] = []
         for rnd in range(ROUNDS):
