@@ -304,13 +304,19 @@ def test_retention_leaves_no_raw_identifier_and_reapply_erases_restored_people(
 
     backup_at -= timedelta(days=31)  # the whole timeline moved with the clock (see above)
     rctx = ReapplyContext(dsn, cat, settings, load_hmac_key(settings.identifier_hmac_key_path), spark=spark)
-    rep = reapply(rctx, backup_at, ["wh_orders", "hr_directory"])
-    by_target = {t.target: t for t in rep.targets}
-    assert rep.ok and set(by_target) == {"wh_orders", "hr_directory"}, rep.to_dict()
-    assert list(by_target["wh_orders"].matched) == [ids[cus]]
-    assert list(by_target["hr_directory"].matched) == [ids[emp]]
-    assert by_target["wh_orders"].rows > 0 and by_target["hr_directory"].rows == len(hr_backup)
-    assert all(t.verified for t in rep.targets)
+    # as an operator runs it: the CLI, its own Spark session
+    out = _cli(
+        "reapply", "--restored-at", backup_at.isoformat(), "--target", "wh_orders", "--target", "hr_directory",
+        "--json", dsn=dsn,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rep = json.loads(out.stdout[out.stdout.index("{") :])
+    by_target = {t["target"]: t for t in rep["targets"]}
+    assert rep["ok"] and set(by_target) == {"wh_orders", "hr_directory"}, rep
+    assert list(by_target["wh_orders"]["matched"]) == [str(ids[cus])]
+    assert list(by_target["hr_directory"]["matched"]) == [str(ids[emp])]
+    assert by_target["wh_orders"]["rows"] > 0 and by_target["hr_directory"]["rows"] == len(hr_backup)
+    assert all(t["verified"] for t in rep["targets"]) and cus not in out.stdout and emp not in out.stdout
     assert _rows_in_delta(spark, wh_paths["wh_orders"], "customer_id", cus) == 0
     assert _hr_rows(cat, emp) == []
     with transaction(dsn) as cur:
