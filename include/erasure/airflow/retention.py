@@ -36,15 +36,12 @@ ERASURE_DAG_IDS = (
 
 def airflow_db_dsn() -> str | None:
     """The metadata DB's DSN from the ``erasure_airflow_db`` connection, None when it is not set."""
-    from airflow.sdk import BaseHook
+    from erasure.airflow.conn import tracking_dsn
 
     try:
-        uri = BaseHook.get_connection(AIRFLOW_DB_CONN_ID).get_uri()
+        return tracking_dsn(AIRFLOW_DB_CONN_ID)  # the same URI handling as the tracking store's
     except Exception:  # noqa: BLE001 - not configured
         return None
-    if uri.startswith("postgres://"):
-        uri = "postgresql://" + uri[len("postgres://") :]
-    return uri.rstrip("?")
 
 
 def run_retention() -> dict[str, Any]:
