@@ -313,13 +313,6 @@ def _minimise_batch(
     )
 
 
-def _tally(request_ids: Iterable[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for rid in request_ids:
-        out[rid] = out.get(rid, 0) + 1
-    return out
-
-
 # -- 3. expiry --------------------------------------------------------------------------------------
 def expire(
     dsn: str,
