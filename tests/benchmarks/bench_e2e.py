@@ -331,10 +331,12 @@ def _stages(dsn: str, tag: str, t_submit: datetime) -> dict[str, Any]:
                   min(d.first), max(t.completed_at),
                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM t.completed_at - r.received_at))
              FROM erasure.task t JOIN erasure.request r ON r.id = t.request_id
-             LEFT JOIN LATERAL (SELECT min(e.occurred_at) AS first FROM erasure.event_log e
-                                 WHERE e.task_id = t.id AND e.event_type = 'task_dispatched') d ON true
+             LEFT JOIN (SELECT e.task_id, min(e.occurred_at) AS first FROM erasure.event_log e
+                          WHERE e.event_type = 'task_dispatched' AND e.request_id IN
+                                (SELECT id FROM erasure.request WHERE external_id LIKE %s)
+                          GROUP BY e.task_id) d ON d.task_id = t.id
             WHERE r.external_id LIKE %s GROUP BY t.kind ORDER BY t.kind""",
-        (like,),
+        (like, like),
     )
     for kind, total, ok, first, last, p50 in rows:
         window = _secs(first, last)
