@@ -30,6 +30,8 @@ TABLES = {
     "review",
     "identity",
     "resolution",
+    "tombstone",
+    "restore",
 }
 
 
