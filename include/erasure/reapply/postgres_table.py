@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import psycopg2
 from psycopg2 import sql
@@ -10,6 +10,7 @@ from psycopg2 import sql
 from erasure.catalog import Catalog, Target
 from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.reapply import ReapplyContext, TargetReapply, Tombstones, id_types_of, reapplier
+from erasure.targets import adapter_for
 from erasure.targets.postgres_table import PostgresTableAdapter, PostgresTableSpec, _Sql
 from erasure.vocab import FieldStrategy, TargetKind
 
@@ -42,7 +43,7 @@ def reapply_postgres_table(ctx: ReapplyContext, target: Target, tombs: Tombstone
     result = TargetReapply(target.name, target.kind)
     inner, outer = hmac_pads(ctx.hmac_key)
     tbl = sql.Identifier(*spec.schema_and_name())
-    adapter = PostgresTableAdapter()
+    adapter = cast(PostgresTableAdapter, adapter_for(target))  # the registered adapter, not a second one
     conn = psycopg2.connect(adapter.dsn(target))
     try:
         with conn, conn.cursor() as cur:
