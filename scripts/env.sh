@@ -60,7 +60,15 @@ export AIRFLOW__CORE__FERNET_KEY="${ERASURE_FERNET_KEY:-}"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer,operator:user,outsider:"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$ERASURE_LOCAL/airflow/passwords.json"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-10}"
-export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL:-10}"
+# issue 20: each DAG file is re-parsed every 30 s (Airflow's default; at 10 s the 14 files cost ~0.8 of
+# the 2 cores). A parse that times out or whose result cannot be written (load, DB contention) stamps
+# the file as processed without refreshing its DAGs' last_parsed_time, and the dag-processor marks a DAG
+# stale (REST API 404 "Dag ... not found") once that lag exceeds stale_dag_threshold (default 50 s, as
+# the timeout): so one slow parse under load hid erasure_reconcile at N=10,000. A parse may take 180 s
+# and a DAG is deactivated only after 10 minutes without a good parse of a file that was processed.
+export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL:-30}"
+export AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT="${AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT:-180}"
+export AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD="${AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD:-600}"
 export AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC=2
 export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$ERASURE_LOCAL/airflow/logs"
 

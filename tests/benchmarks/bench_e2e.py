@@ -12,7 +12,9 @@ Knobs: ``BENCH_E2E_N`` (comma-separated sizes, ascending; default ``1000``), ``B
 (pipeline rounds per size, default 1: one round at N=1,000 is ~10 minutes of the shared machine),
 ``BENCH_E2E_BARE_ROUNDS`` (rounds of the baseline per size, default 3), ``BENCH_E2E_BACKGROUND``
 (background people in every partner store and fact rows per warehouse table, default 20,000),
-``BENCH_E2E_TIMEOUT_MIN`` (per round, default 90), ``BENCH_E2E_MERGE=1`` (keep the other sizes already in
+``BENCH_E2E_TIMEOUT_MIN`` (per round, default 90), ``BENCH_E2E_API_RETRY_S`` (how long one REST API call
+is retried after a transport error, HTTP 404, 429 or 5xx, with back-off 1 s doubling to 30 s; default
+300: a DAG the dag-processor marked stale answers 404 until its next good parse), ``BENCH_E2E_MERGE=1`` (keep the other sizes already in
 the JSON file, measured by an earlier run; the file names them under ``merged_from_earlier_run``).
 
 Needs the running stack of ``scripts/stack.sh up`` (Postgres, Kafka, Airflow with the LocalExecutor,
@@ -80,6 +82,7 @@ ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "1"))
 BARE_ROUNDS = int(os.environ.get("BENCH_E2E_BARE_ROUNDS", "3"))
 BACKGROUND = int(os.environ.get("BENCH_E2E_BACKGROUND", "20000"))
 TIMEOUT_MIN = float(os.environ.get("BENCH_E2E_TIMEOUT_MIN", "90"))
+API_RETRY_S = float(os.environ.get("BENCH_E2E_API_RETRY_S", "300"))
 OUT = ROOT / ".local" / "bench" / "e2e.json"
 
 INTAKE_DAG = "erasure_intake_scheduled"
@@ -203,6 +206,54 @@ def _submit(dsn: str, tag: str, n: int) -> None:
 
 
 # -------------------------------------------------------------------------------------------- drive
+RETRY_STATUS = frozenset({404, 429, 500, 502, 503, 504})
+
+
+def patient_api(retry_s: float = API_RETRY_S) -> Any:
+    """The demo's REST client, retrying a call that failed transiently (see :class:`_PatientApi`)."""
+    from erasure_demo.airflow_client import AirflowApi
+
+    class _PatientApi(AirflowApi):
+        """Retries a call after a transport error or HTTP 404/429/5xx, back-off 1 s doubling to 30 s, for
+        at most ``retry_s`` seconds; then the last answer is returned (or the error raised) as before.
+        A 404 is retried because a DAG the dag-processor marked stale (one slow parse under load) answers
+        "Dag ... not found" until its next good parse. ``retries`` counts them per ``METHOD status``."""
+
+        retry_s: float = 300.0
+        retries: dict[str, int]
+
+        def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+            deadline = time.monotonic() + self.retry_s
+            delay = 1.0
+            while True:
+                try:
+                    r = super().request(method, path, **kw)
+                    if r.status_code not in RETRY_STATUS:
+                        return r
+                    why = f"HTTP {r.status_code}"
+                except httpx.TransportError as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    why = type(exc).__name__
+                else:
+                    if time.monotonic() + delay > deadline:
+                        return r
+                key = f"{method} {why}"
+                self.retries[key] = self.retries.get(key, 0) + 1
+                print(
+                    f"  [{datetime.now(UTC):%H:%M:%S}] REST API {method} {path}: {why}; again in {delay:.0f}s",
+                    flush=True,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    base = AirflowApi.from_env()
+    api = _PatientApi(base.base_url, base.username, base.password)
+    api.retry_s = retry_s
+    api.retries = {}
+    return api
+
+
 class Driver:
     def __init__(self, api: Any, dsn: str, tag: str) -> None:
         self.api = api
@@ -213,10 +264,13 @@ class Driver:
     def trigger_and_wait(self, dag_ids: tuple[str, ...] | list[str], timeout: float) -> None:
         started = {}
         for d in dag_ids:
-            r = self.api.trigger(d, run_id=f"bench_e2e_{self.tag}_{d}_{secrets.token_hex(3)}")
-            if r.status_code >= 300:
+            run_id = f"bench_e2e_{self.tag}_{d}_{secrets.token_hex(3)}"
+            r = self.api.trigger(d, run_id=run_id)
+            if r.status_code == 409:  # a retried POST whose first attempt created the run
+                self.api.get_run(d, run_id)
+            elif r.status_code >= 300:
                 raise RuntimeError(f"triggering {d} failed: HTTP {r.status_code} {r.text[:300]}")
-            started[d] = r.json()["dag_run_id"]
+            started[d] = run_id
         for d, run_id in started.items():
             t0 = time.monotonic()
             run = self.api.wait_for_run(d, run_id, timeout=timeout, poll=3)
@@ -440,14 +494,13 @@ def _bare_baseline(catalog: Catalog, n: int, rounds: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- test
 def test_bench_e2e() -> None:
     from erasure.evidence.audit import verify_chain
-    from erasure_demo.airflow_client import AirflowApi
 
     settings = get_settings()
     dsn = settings.require_tracking_dsn()
     adsn = _airflow_dsn()
     hr_dsn = os.environ["ERASURE_HR_DSN"]
     catalog = load_catalog(settings.catalog_path)
-    api = AirflowApi.from_env()
+    api = patient_api()
     if not api.healthy():
         pytest.fail(
             f"Airflow at {api.base_url} is not healthy: run scripts/stack.sh up (make bench-e2e does)"
@@ -501,6 +554,7 @@ def test_bench_e2e() -> None:
             )[0]
             size0 = _db_sizes(dsn)
             load0 = os.getloadavg()[0]
+            api.retries.clear()
             t_submit = _q(dsn, "SELECT now()")[0][0]
             t0 = time.perf_counter()
             _submit(dsn, tag, n)
@@ -555,6 +609,7 @@ def test_bench_e2e() -> None:
                 },
                 "baseline": bare,
                 "dag_runs_driven": driver.runs,
+                "rest_api_retries": dict(api.retries),
                 "load_average_1m": {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)},
                 "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }

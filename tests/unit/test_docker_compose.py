@@ -223,3 +223,18 @@ def test_no_literal_secrets(compose):
         for line in text.splitlines():
             if key in line and ":" in line and "${" not in line and not line.strip().startswith("#"):
                 pytest.fail(f"literal secret in docker-compose.yaml: {line.strip()}")
+
+
+def test_dag_processor_settings_as_the_local_stack(compose):
+    """The dag-processor's parse timeout and stale-DAG threshold are the local stack's (scripts/env.sh):
+    with Airflow's 50 s defaults one slow parse under load marks a DAG stale (REST API 404, issue 20)."""
+    env_sh = (ROOT / "scripts" / "env.sh").read_text()
+    env = compose["x-airflow-common"]["environment"]
+    for name in ("DAG_FILE_PROCESSOR_TIMEOUT", "STALE_DAG_THRESHOLD"):
+        key = f"AIRFLOW__DAG_PROCESSOR__{name}"
+        m = re.search(rf'^export {key}="\$\{{{key}:-(\d+)\}}"$', env_sh, re.M)
+        assert m, f"scripts/env.sh sets no default for {key}"
+        assert env[key] == m.group(1), key
+    assert int(env["AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD"]) > int(
+        env["AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT"]
+    )
