@@ -75,6 +75,8 @@ def _private_airflow_db() -> str | None:
         try:
             cur.execute("SELECT datname FROM pg_database WHERE datname = %s", (template,))
             if cur.fetchone() is None:
+                # a build killed half-way leaves this behind; the advisory lock says nobody is building it
+                cur.execute(f'DROP DATABASE IF EXISTS "{template}_building" WITH (FORCE)')
                 cur.execute(f'CREATE DATABASE "{template}_building"')
                 env = dict(os.environ, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"{base}/{template}_building")
                 subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)

@@ -11,7 +11,7 @@ the same function, for rows written by older versions.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from erasure.identifiers import mask
@@ -40,13 +40,33 @@ def _pattern(needles: list[tuple[str, str]]) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(raw) for raw, _ in needles))
 
 
+def _replacer(needles: list[tuple[str, str]]) -> Callable[[str], str]:
+    """A function replacing every needle in a string: ``str.replace`` for one needle (the usual case: one
+    identifier per task), one compiled alternation for several, compiled only when a string holds one."""
+    if len(needles) == 1:
+        raw, rep = needles[0]
+        return lambda s: s.replace(raw, rep) if raw in s else s
+    table = dict(needles)
+    raws = [raw for raw, _ in needles]
+    pattern: re.Pattern[str] | None = None
+
+    def sub(s: str) -> str:
+        nonlocal pattern
+        if not any(raw in s for raw in raws):
+            return s
+        if pattern is None:
+            pattern = _pattern(needles)
+        return pattern.sub(lambda m: table[m.group(0)], s)
+
+    return sub
+
+
 def scrub_text(text: str, values: Values) -> str:
     """``text`` with every value of ``values`` replaced by its mask (or its replacement)."""
     needles = _needles(values)
     if not needles:
         return text
-    table = dict(needles)
-    return _pattern(needles).sub(lambda m: table[m.group(0)], text)
+    return _replacer(needles)(text)
 
 
 def scrub(obj: T, values: Values) -> T:
@@ -55,14 +75,13 @@ def scrub(obj: T, values: Values) -> T:
     needles = _needles(values)
     if not needles:
         return obj
-    table = dict(needles)
-    pattern = _pattern(needles)
+    sub = _replacer(needles)
 
     def walk(o: Any) -> Any:
         if isinstance(o, str):
-            return pattern.sub(lambda m: table[m.group(0)], o)
+            return sub(o)
         if isinstance(o, dict):
-            return {walk(k): walk(v) for k, v in o.items()}
+            return {(sub(k) if isinstance(k, str) else k): walk(v) for k, v in o.items()}
         if isinstance(o, list | tuple):
             return [walk(v) for v in o]
         return o

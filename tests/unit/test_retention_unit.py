@@ -34,6 +34,19 @@ def test_scrub_with_a_mapping_is_one_pass_and_longest_first():
     assert scrub_text("ab", ["ab"]) == "ab"  # too short to scrub safely
 
 
+def test_scrub_with_several_values_in_nested_evidence_and_one_value_many_times():
+    # several values (a task erased by an e-mail and a customer id): each replaced, the longer one whole
+    ev = {"calls": ["DELETE /s/cus_12345678", "GET /s/cus_1234567899?e=ann@example.com"], "k": {1: "x"}}
+    out = scrub(ev, ["cus_12345678", "cus_1234567899", "ann@example.com"])
+    assert out["calls"][0] == f"DELETE /s/{mask('cus_12345678')}"
+    assert out["calls"][1] == f"GET /s/{mask('cus_1234567899')}?e={mask('ann@example.com')}"
+    assert out["k"] == {1: "x"}  # non-string keys and untouched strings stay as they are
+    # one value (the usual case) replaced at every occurrence
+    assert scrub_text("a cus_12345678 b cus_12345678", ["cus_12345678"]) == (
+        f"a {mask('cus_12345678')} b {mask('cus_12345678')}"
+    )
+
+
 def test_scrub_conf_drops_personal_keys_also_in_a_batch_and_marks_it():
     conf = {
         "external_id": "x1",
