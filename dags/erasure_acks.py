@@ -1,8 +1,9 @@
 """Consume partners' acknowledgements of erasure events from Kafka, every 2 minutes.
 
 Every 2 minutes (one run at a time): **consume_acks** polls the catalog's ack topics (`kafka.ack_topic`,
-consumer group `erasure-pipeline-acks`) for at most 90 s or until the end of every partition, and for each
-message, in one database transaction per batch:
+consumer group `erasure-pipeline-acks`) for at most 90 s, or until every partition is drained and no ack
+came for 5 s (partners still at work keep it going), and for each batch of up to 500 messages, in one
+database transaction (the lookups after success acks made 16 at a time):
 
 * records it in `erasure.ack_log` as `matched`, `duplicate`, `unknown` (no such event id), `mismatch`
   (event sent to another target) or `malformed` (not JSON / not the ack schema; the raw text is kept) —

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 ACK_GROUP_ID = "erasure-pipeline-acks"
 DEFAULT_ACK_TOPIC = "erasure.acks"
 RAW_LIMIT = 4000
+ACK_VERIFY_CONCURRENCY = 16
+"""Lookups after success acks made at once per batch (threads sharing one HTTP client): one at a time,
+with a new client each, the consumer applied ~12-15 acks/s, the partners' pace is hundreds (issue 20)."""
 """At most this many characters of a malformed ack are kept in ack_log.raw."""
 
 # Settings the publisher always uses, whatever the connection says (the delivery guarantee).
@@ -562,6 +565,7 @@ def consume_acks(
     consumer_config: Mapping[str, Any] | None = None,
     ack_keys: AckKeys | None = None,
     metadata_timeout_s: float = 15.0,
+    eof_grace_s: float = 0.0,
 ) -> AckResult:
     """Consume acks in a bounded poll and apply them to the tracking store (see module doc).
 
@@ -570,8 +574,9 @@ def consume_acks(
     wrong key, a target without a key, or no keys given at all) is recorded as ``unauthenticated``.
 
     Raises :class:`BrokerUnavailable` when no broker answers a metadata request within
-    ``metadata_timeout_s``. Stops when every assigned partition reached its end, after ``idle_timeout_s`` without messages
-    (once assigned), after ``max_messages`` or after ``max_seconds``. Offsets are committed
+    ``metadata_timeout_s``. Stops when every assigned partition reached its end and no message came for
+    ``eof_grace_s`` (partners still acking send more within it: the run drains at their pace), after
+    ``idle_timeout_s`` without messages (once assigned), after ``max_messages`` or after ``max_seconds``. Offsets are committed
     synchronously after each batch's database transaction committed.
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -639,7 +644,8 @@ def consume_acks(
                 )
                 activity[0] = time.monotonic()
             elif assigned:
-                if assigned <= at_eof or time.monotonic() - activity[0] > idle_timeout_s:
+                idle = time.monotonic() - activity[0]
+                if (assigned <= at_eof and idle >= eof_grace_s) or idle > max(idle_timeout_s, eof_grace_s):
                     break
             elif time.monotonic() - started > max(idle_timeout_s, 30.0):
                 break  # never got an assignment (e.g. no such topic): stop, it is not fatal
@@ -831,6 +837,13 @@ def _close_acked_tasks(
         (list(evidence), [json.dumps(e) for e in evidence.values()]),
     )
     changes: list[Transition] = []
+    checks = _verify_acks(
+        [
+            (targets.get(it.row["target"]), _event_values(it.row), it.ack.outcome)
+            for it in matched
+            if it.row is not None and it.ack.outcome in AckOutcome.successes()
+        ]
+    )
     for it in matched:
         row, ack = it.row, it.ack
         assert row is not None
@@ -839,11 +852,7 @@ def _close_acked_tasks(
         target = targets.get(row["target"])
         backoff = target.retry_backoff_minutes if target else 5.0
         nxt = datetime.now(UTC) + timedelta(minutes=backoff * 2 ** max(row["attempts"] - 1, 0))
-        verified = (
-            privacy.scrub(_verify_after_ack(target, values, ack.outcome), values)
-            if ack.outcome in AckOutcome.successes()
-            else None
-        )
+        verified = privacy.scrub(checks.popleft(), values) if ack.outcome in AckOutcome.successes() else None
         if verified is not None and verified.get("outcome") in VerificationOutcome.closing():
             changes.append(Transition(
                 row["task_id"], TaskStatus.SUCCEEDED,
@@ -916,7 +925,26 @@ def _event_values(row: dict[str, Any]) -> list[str]:
     return [str(row["subject_id"])]
 
 
-def _verify_after_ack(target: Target | None, subject_ids: list[str], outcome: str) -> dict[str, Any]:
+def _verify_acks(
+    work: list[tuple[Target | None, list[str], str]], concurrency: int = ACK_VERIFY_CONCURRENCY
+) -> deque[dict[str, Any]]:
+    """:func:`_verify_after_ack` for each ``(target, identifiers, outcome)`` of a batch, in order: up to
+    ``concurrency`` lookups at once through one HTTP client (connections reused)."""
+    if not work:
+        return deque()
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(timeout=10.0, limits=limits) as client:
+        if len(work) == 1 or concurrency <= 1:
+            return deque(_verify_after_ack(t, ids, o, client) for t, ids, o in work)
+        with ThreadPoolExecutor(min(concurrency, len(work)), thread_name_prefix="ack-verify") as pool:
+            return deque(pool.map(lambda w: _verify_after_ack(w[0], w[1], w[2], client), work))
+
+
+def _verify_after_ack(
+    target: Target | None, subject_ids: list[str], outcome: str, client: Any = None
+) -> dict[str, Any]:
     """``evidence.verification`` after a partner's success ack: its lookup (``kafka.lookup_url``) of
     every identifier the event carried when it can be asked, else ``not_verifiable`` with the reason
     (the ack is the only confirmation). A lookup that could not be made comes back with outcome
@@ -938,15 +966,18 @@ def _verify_after_ack(target: Target | None, subject_ids: list[str], outcome: st
 
     method = f"GET {target.name} lookup after ack '{outcome}' (404 = gone)"
     answers = []
-    with httpx.Client(timeout=10.0) as client:
-        for subject_id in subject_ids:
-            check = adapter.verify(Context(settings=get_settings(), http=client), target, subject_id)
-            v = verification_of(check, method)
-            if v is None:
-                return {"outcome": "error", "answer": check.detail}
-            if v["outcome"] != VerificationOutcome.VERIFIED or len(subject_ids) == 1:
-                return v
-            answers.append(check.detail)
+    if client is None:
+        with httpx.Client(timeout=10.0) as own:
+            return _verify_after_ack(target, subject_ids, outcome, own)
+    ctx = Context(settings=get_settings(), http=client)
+    for subject_id in subject_ids:
+        check = adapter.verify(ctx, target, subject_id)
+        v = verification_of(check, method)
+        if v is None:
+            return {"outcome": "error", "answer": check.detail}
+        if v["outcome"] != VerificationOutcome.VERIFIED or len(subject_ids) == 1:
+            return v
+        answers.append(check.detail)
     return verification(
         VerificationOutcome.VERIFIED, method, f"{len(subject_ids)} identifiers gone: " + "; ".join(answers)
     )

@@ -290,3 +290,32 @@ def test_unreachable_broker_fails_the_ack_consumer(tracking_db):
         outbox.consume_acks(tracking_db, f"127.0.0.1:{port}", metadata_timeout_s=3)
     assert time.monotonic() - started < 30
     assert query(tracking_db, "SELECT count(*) AS n FROM erasure.ack_log")[0]["n"] == 0
+
+
+def test_lookups_after_success_acks_run_at_once_and_keep_their_order(tmp_path):
+    """A batch's verifying lookups run concurrently through one client (issue 20: one at a time with a
+    client each, the consumer applied ~12 acks/s); each answer belongs to its own ack."""
+    port = free_port()
+    _, cat = kafka_catalog(tmp_path, "e", "a", {"mkt": port, "recs": None})
+    store = PartnerStore(tmp_path / "mkt.db")
+    still_there = {f"cus_k{i:04d}" for i in range(0, 120, 7)}
+    store.put_many([(s, {"email": "x@example.org"}) for s in still_there])
+    store.close()
+    lookup = PartnerServer("mkt", tmp_path / "mkt.db", port=port).start()
+    try:
+        mkt, recs = cat.target("mkt"), cat.target("recs")
+        work = [(mkt, [f"cus_k{i:04d}"], "erased") for i in range(120)]
+        work[5] = (recs, ["cus_k0005"], "erased")  # no lookup_url
+        work[9] = (None, ["cus_k0009"], "not_found")  # target gone from the catalog
+        work[11] = (mkt, ["cus_k0011", "cus_k0014"], "erased")  # two identifiers, the second still there
+        got = list(outbox._verify_acks(work, concurrency=8))
+    finally:
+        lookup.close()
+    assert len(got) == len(work)
+    for i, v in enumerate(got):
+        if i in (5, 9):
+            assert v["outcome"] == "not_verifiable", (i, v)
+        elif i == 11 or f"cus_k{i:04d}" in still_there:
+            assert v["outcome"] == "failed", (i, v)
+        else:
+            assert v["outcome"] == "verified", (i, v)

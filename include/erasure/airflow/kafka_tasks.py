@@ -70,8 +70,12 @@ def ack_keys(targets: list[str]) -> dict[str, list[str]]:
 
 
 @task(task_id="consume_acks")
-def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -> dict[str, Any]:
-    """A bounded poll of the ack topics; offsets are committed after each database transaction."""
+def consume_kafka_acks(
+    max_seconds: float = 90.0, max_messages: int = 100_000, eof_grace_s: float = 5.0
+) -> dict[str, Any]:
+    """A bounded poll of the ack topics, in batches of 500 (one transaction each, offsets committed
+    after it): until every partition is drained and no ack came for ``eof_grace_s`` (partners still at
+    work keep it going), or ``max_seconds``/``max_messages``."""
     from erasure.airflow.conn import tracking_dsn
     from erasure.catalog import load_catalog
     from erasure.outbox import consume_acks
@@ -85,6 +89,7 @@ def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -
         ack_keys=ack_keys([t.name for t in catalog.of_kind(TargetKind.KAFKA)]),
         max_seconds=max_seconds,
         max_messages=max_messages,
+        eof_grace_s=eof_grace_s,
     )
     return {
         "messages": res.messages,
@@ -93,4 +98,5 @@ def consume_kafka_acks(max_seconds: float = 90.0, max_messages: int = 100_000) -
         "tasks_succeeded": res.tasks_succeeded,
         "tasks_failed": res.tasks_failed,
         "unauthenticated": res.counts.get("unauthenticated", 0),
+        "seconds": round(res.seconds, 1),
     }
