@@ -29,11 +29,13 @@ Only ids and counts leave this module; identifiers stay sealed in ``erasure.iden
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +141,7 @@ class _Ident:
     depth: int
     sealed: bytes | None
     value: str | None = None
+    source: str = "request"
 
 
 @dataclass(slots=True)
@@ -150,17 +153,24 @@ class _State:
     attempts: int = 0
     waiting: bool = False
     """A failed resolver not due again yet (or failed earlier in this pass)."""
+    looked_up: int = 0
+    found: int = 0
+    stored: bool = False
+    """Its row exists in ``erasure.resolution`` (loaded, or written earlier in this pass)."""
 
 
 @dataclass
 class _Window:
     """The ``resolving`` requests one pass works on at a time (at most :data:`WINDOW`): their subject
-    types, identifiers (by type) and resolver states, loaded once and kept up to date in memory."""
+    types, identifiers (by type) and resolver states, loaded once and kept up to date in memory; the
+    release decides from them (nothing is read back)."""
 
     subject_types: dict[int, str]
     by_type: dict[str, list[_Ident]]
     known: set[tuple[int, str, str]]
     states: dict[tuple[int, str], _State]
+    requests: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    """request id -> (subject_id, jurisdiction)"""
 
 
 class _Crypto:
@@ -239,31 +249,38 @@ def _load(conn: Any, lo: int, hi: int, from_types: list[str], max_depth: int) ->
     with conn, conn.cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute(
-            """SELECT id, subject_type FROM erasure.request
+            """SELECT id, subject_type, subject_id, jurisdiction FROM erasure.request
                 WHERE status = 'resolving' AND id BETWEEN %s AND %s""",
             (lo, hi),
         )
-        w.subject_types = {int(r[0]): str(r[1]) for r in cur.fetchall()}
+        for rid, stype, sid, jur in cur.fetchall():
+            w.subject_types[int(rid)] = str(stype)
+            w.requests[int(rid)] = (sid, jur)
         cur.execute(
             """SELECT i.id, i.request_id, i.id_type, i.digest, i.depth,
-                      CASE WHEN i.id_type = ANY(%s) AND i.depth < %s THEN i.sealed END
+                      CASE WHEN i.id_type = ANY(%s) AND i.depth < %s THEN i.sealed END, i.source
                  FROM erasure.identity i JOIN erasure.request r ON r.id = i.request_id
                 WHERE r.status = 'resolving' AND r.id BETWEEN %s AND %s
                 ORDER BY i.id""",
             (from_types, max_depth, lo, hi),
         )
-        for iid, rid, t, d, dp, sealed in cur.fetchall():
-            w.by_type[t].append(_Ident(int(iid), int(rid), t, d, int(dp), bytes(sealed) if sealed else None))
+        for iid, rid, t, d, dp, sealed, src in cur.fetchall():
+            w.by_type[t].append(
+                _Ident(int(iid), int(rid), t, d, int(dp), bytes(sealed) if sealed else None, None, src)
+            )
             w.known.add((int(rid), t, d))
         cur.execute(
             """SELECT s.request_id, s.resolver, s.status, s.lookup_cursor, s.attempts,
-                      s.status = 'failed' AND COALESCE(s.next_attempt_at > now(), false)
+                      s.status = 'failed' AND COALESCE(s.next_attempt_at > now(), false),
+                      s.looked_up, s.found
                  FROM erasure.resolution s JOIN erasure.request r ON r.id = s.request_id
                 WHERE r.status = 'resolving' AND r.id BETWEEN %s AND %s""",
             (lo, hi),
         )
-        for rid, name, st, cur_to, attempts, waiting in cur.fetchall():
-            w.states[(int(rid), str(name))] = _State(st, int(cur_to), int(attempts), bool(waiting))
+        for rid, name, st, cur_to, attempts, waiting, n, f in cur.fetchall():
+            w.states[(int(rid), str(name))] = _State(
+                st, int(cur_to), int(attempts), bool(waiting), int(n), int(f), True
+            )
     return w
 
 
@@ -290,7 +307,9 @@ class _Round:
     """What one round found and must write: new identity rows, resolver states, alerts."""
 
     identities: list[tuple[int, str, str, bytes, str, int, int, str]] = field(default_factory=list)
-    """(request, type, digest, sealed, resolver, parent id, depth, value)"""
+    """(request, type, digest, sealed, resolver, parent id, depth, value), before ids are assigned"""
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    """the identity rows as written: (id, request, type, digest, sealed, resolver, parent id, depth)"""
     states: list[tuple[Any, ...]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     looked_up: int = 0
@@ -307,7 +326,7 @@ def _ask(
     result: ResolutionResult,
 ) -> None:
     """One resolver, one round: one batched lookup of every pending identifier (the adapter splits by
-    ``batch_size``); what it found goes to ``rnd`` (nothing is written here)."""
+    ``batch_size``); what it found goes to ``rnd`` and to the window's memory (nothing is written here)."""
     target = catalog.target(resolver.target)
     requests = sorted({i.request_id for i in pending})
     values = sorted({crypto.value(i) for i in pending})
@@ -320,14 +339,15 @@ def _ask(
     finally:
         result.timed("lookups", t0)
     looked: dict[int, int] = defaultdict(int)
+    found: dict[int, int] = defaultdict(int)
     cursor: dict[int, int] = {}
     invalid = 0
     for i in pending:
         rid = i.request_id
         looked[rid] += 1
         cursor[rid] = max(cursor.get(rid, 0), i.id)
-        for id_type, found in answer.get(crypto.value(i), {}).items():
-            for raw in found:
+        for id_type, got in answer.get(crypto.value(i), {}).items():
+            for raw in got:
                 value = crypto.normalise(id_type, raw)
                 if value is None:
                     invalid += crypto.known_type(id_type)
@@ -336,6 +356,7 @@ def _ask(
                 if (rid, id_type, digest) in w.known:  # a cycle, or found twice: stored once
                     continue
                 w.known.add((rid, id_type, digest))
+                found[rid] += 1
                 rnd.identities.append(
                     (
                         rid,
@@ -350,10 +371,16 @@ def _ask(
                 )
     if invalid:
         result.invalid[resolver.name] = result.invalid.get(resolver.name, 0) + invalid
+    done = ResolutionStatus.DONE.value
     for rid, n in looked.items():
-        rnd.states.append((rid, resolver.name, ResolutionStatus.DONE.value, 0, None, None, cursor[rid], n, 0))
         st = w.states.setdefault((rid, resolver.name), _State())
-        st.status, st.cursor = ResolutionStatus.DONE.value, max(st.cursor, cursor[rid])
+        rnd.states.append(
+            (rid, resolver.name, done, 0, None, None, cursor[rid], n, found[rid], not st.stored)
+        )
+        st.status, st.cursor, st.waiting = done, max(st.cursor, cursor[rid]), False
+        st.looked_up += n
+        st.found += found[rid]
+        st.stored = True
     rnd.looked_up += len(pending)
     result.looked_up[resolver.name] = result.looked_up.get(resolver.name, 0) + len(pending)
 
@@ -398,12 +425,16 @@ def _failure(
         else:
             status, due = ResolutionStatus.FAILED, now + target.retry_delay(st.attempts)
         st.status = status.value
-        rnd.states.append((rid, resolver.name, status.value, 1, due, error, 0, 0, 0))
+        rnd.states.append((rid, resolver.name, status.value, 1, due, error, 0, 0, 0, not st.stored))
+        st.stored = True
     if escalated and resolver.name not in result.escalated:
         result.escalated.append(resolver.name)
     log.warning("resolver %s failed for %d request(s): %s", resolver.name, len(request_ids), error)
 
 
+_RESOLUTION_COLUMNS = (
+    "request_id, resolver, status, attempts, next_attempt_at, last_error, lookup_cursor, looked_up, found"
+)
 _UPSERT_RESOLUTION = """
 INSERT INTO erasure.resolution AS s
        (request_id, resolver, status, attempts, next_attempt_at, last_error, lookup_cursor, looked_up, found)
@@ -419,54 +450,119 @@ ON CONFLICT (request_id, resolver) DO UPDATE SET
        found = s.found + EXCLUDED.found,
        updated_at = now()
 """
+_COPY_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(v: Any) -> str:
+    """One field of ``COPY ... FROM STDIN`` text format."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, bytes):
+        return "\\\\x" + v.hex()
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return str(v).translate(_COPY_ESCAPE)
+
+
+def _copy(cur: Any, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` into ``table`` with one ``COPY`` (no per-row statement, no array parsing)."""
+    buf = io.StringIO()
+    buf.writelines("\t".join(map(_copy_field, r)) + "\n" for r in rows)
+    buf.seek(0)
+    cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", buf)
 
 
 def _upsert_resolution(cur: Any, rows: list[tuple[Any, ...]]) -> None:
     """rows: (request_id, resolver, status, attempts_inc, next_attempt_at, last_error, lookup_cursor,
-    looked_up, found); one statement (arrays), whatever the number of rows."""
-    if rows:
-        cur.execute(_UPSERT_RESOLUTION, _columns(rows))
+    looked_up, found, fresh): the ``fresh`` ones (no row yet: the pass knows) with one ``COPY``, the
+    others with one upsert statement (arrays); two statements at most, whatever the number of rows."""
+    fresh = [r[:9] for r in rows if r[9]]
+    known = [r[:9] for r in rows if not r[9]]
+    if fresh:
+        _copy(cur, "erasure.resolution", _RESOLUTION_COLUMNS, fresh)
+    if known:
+        cur.execute(_UPSERT_RESOLUTION, _columns(known))
 
 
-_INSERT_IDENTITIES = """
-INSERT INTO erasure.identity (request_id, id_type, digest, sealed, source, parent_id, depth)
-SELECT r, t, d, decode(s, 'hex'), src, p, dp
-  FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::int[])
-       AS u(r, t, d, s, src, p, dp)
-ON CONFLICT (request_id, id_type, digest) DO NOTHING
-RETURNING id, request_id, id_type, digest, source, depth
-"""
+_IDENTITY_COLUMNS = "id, request_id, id_type, digest, sealed, source, parent_id, depth"
 
 
-def _write(conn: Any, catalog: Catalog, w: _Window, rnd: _Round, result: ResolutionResult) -> int:
-    """One transaction per round, one statement per table: the new identity rows (all resolvers), the
-    resolver states (cursor, counts, failures), the escalation alerts. Returns how many identifiers
-    are new; they join the window for the next round."""
-    new = 0
+def _assign_ids(conn: Any, w: _Window, rnd: _Round, result: ResolutionResult) -> None:
+    """Give the round's new identifiers their ids (from the table's own sequence, in the order they
+    were found, so they follow every identifier already stored) and add them to the window's memory:
+    the next round looks them up while this one is written."""
     with conn, conn.cursor() as cur:
-        found: dict[tuple[int, str], int] = defaultdict(int)
-        if rnd.identities:
-            cur.execute(
-                _INSERT_IDENTITIES,
-                _columns([(r[0], r[1], r[2], r[3].hex(), r[4], r[5], r[6]) for r in rnd.identities]),
-            )
-            values = {(r[0], r[1], r[2]): (r[7], r[3]) for r in rnd.identities}
-            for iid, rid, t, d, src, dp in cur.fetchall():
-                value, sealed = values[(int(rid), t, d)]
-                w.by_type[t].append(_Ident(int(iid), int(rid), t, d, int(dp), sealed, value))
-                found[(int(rid), str(src))] += 1
-                result.found[src] = result.found.get(src, 0) + 1
-                new += 1
-        states = [
-            (*s[:8], found.get((s[0], s[1]), 0)) if s[2] == ResolutionStatus.DONE.value else s
-            for s in rnd.states
-        ]
-        _upsert_resolution(cur, states)
+        cur.execute(
+            "SELECT nextval('erasure.identity_id_seq') FROM generate_series(1, %s)", (len(rnd.identities),)
+        )
+        ids = sorted(int(r[0]) for r in cur.fetchall())
+    for iid, (rid, t, d, sealed, src, parent, depth, value) in zip(ids, rnd.identities, strict=True):
+        w.by_type[t].append(_Ident(iid, rid, t, d, depth, sealed, value, src))
+        rnd.rows.append((iid, rid, t, d, sealed, src, parent, depth))
+        result.found[src] = result.found.get(src, 0) + 1
+
+
+def _write(conn: Any, catalog: Catalog, rnd: _Round) -> None:
+    """One round in one transaction: the new identity rows of every resolver (one ``COPY``), the
+    resolver states (cursor, counts, failures), the escalation alerts. A pass holds the resolution
+    lock (:data:`LOCK`), and its window's memory knows every identifier already stored: no row
+    conflicts."""
+    with conn, conn.cursor() as cur:
+        if rnd.rows:
+            _copy(cur, "erasure.identity", _IDENTITY_COLUMNS, rnd.rows)
+        _upsert_resolution(cur, rnd.states)
         for a in rnd.alerts:
             raise_team_alert(cur, catalog, **a)
-    for b in w.by_type.values():
-        b.sort(key=lambda i: i.id)
-    return new
+
+
+class _Writer:
+    """Writes the rounds, in order, on a connection of its own while the pass goes on with the next
+    round's lookups (the two overlap: the lookups wait on the resolvers' systems, the writes on the
+    tracking store). After a failed write nothing more is written, and the pass raises the error at its
+    next :meth:`submit` or :meth:`drain`: the rounds committed so far are what the next pass resumes
+    from."""
+
+    def __init__(self, dsn: str, catalog: Catalog) -> None:
+        self.conn = connect(dsn)
+        self.catalog = catalog
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-writer")
+        self.pending: list[Future[None]] = []
+        self.error: BaseException | None = None
+        self.busy = 0.0
+
+    def _run(self, rnd: _Round) -> None:
+        if self.error is not None:
+            return
+        t0 = time.perf_counter()
+        try:
+            _write(self.conn, self.catalog, rnd)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.busy += time.perf_counter() - t0
+
+    def submit(self, rnd: _Round) -> None:
+        self.check()
+        self.pending.append(self.pool.submit(self._run, rnd))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        for f in self.pending:
+            f.result()
+        self.pending.clear()
+        self.check()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.conn.close()
+
+
+LOCK = "erasure.resolution"
+"""The advisory lock one pass holds (session level, released when its connection closes): passes of
+concurrent DAG runs take turns, so a pass's memory of what is stored stays true."""
 
 
 def resolve_pending(
@@ -487,7 +583,10 @@ def resolve_pending(
     max_depth = settings.resolution_max_depth
     from_types = sorted({r.from_type for r in chosen})
     conn = connect(dsn)
+    writer: _Writer | None = None
     try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (LOCK,))
         ctx = Context(settings=settings, dsn=dsn, catalog=catalog)  # adapters open their own clients
         crypto = _Crypto(catalog, codec)
         rounds = 0
@@ -495,6 +594,7 @@ def resolve_pending(
         for lo, hi in _windows(conn, WINDOW) if chosen else ():
             w = _load(conn, lo, hi, from_types, max_depth)
             result.timed("load", t0)
+            writer = writer or _Writer(dsn, catalog)
             for n in range(1, max_depth + 2):
                 rounds = max(rounds, n)
                 rnd = _Round()
@@ -503,21 +603,32 @@ def resolve_pending(
                     pending = _pending(w, catalog, r, max_depth)
                     if pending:
                         _ask(catalog, r, pending, crypto, ctx, w, rnd, result)
+                if rnd.identities:
+                    _assign_ids(conn, w, rnd, result)
                 result.timed("prepare", t0)
-                t0 = time.perf_counter()
-                new = _write(conn, catalog, w, rnd, result) if rnd.states else 0
-                result.timed("store", t0)
-                if rnd.looked_up == 0 or new == 0:
+                if rnd.states:
+                    writer.submit(rnd)
+                if rnd.looked_up == 0 or not rnd.identities:
                     break  # nothing new: the next round would have nothing to look up
             t0 = time.perf_counter()
+            writer.drain()
+            result.timed("store_wait", t0)
+            if release:
+                t0 = time.perf_counter()
+                _release_window(conn, catalog, codec, settings, w, result)
+                result.timed("release", t0)
+            t0 = time.perf_counter()
         result.rounds = rounds
-        if release:
+        if release and not chosen:
             t0 = time.perf_counter()
             release_resolved(conn, catalog, codec, settings, result)
             result.timed("release", t0)
         if "prepare" in result.seconds:  # the lookups ran inside the rounds: count them once
             result.seconds["prepare"] -= result.seconds.get("lookups", 0.0)
     finally:
+        if writer is not None:
+            writer.close()
+            result.seconds["store"] = writer.busy
         conn.close()
     log.info("resolution: %s", json.dumps(result.as_dict()))
     return result
@@ -537,19 +648,19 @@ def _applicable(catalog: Catalog, subject_type: str, cache: dict[str, list[Resol
 
 def _settled(
     resolvers: list[Resolver],
-    idents: list[dict[str, Any]],
-    states: dict[str, dict[str, Any]],
+    idents: list[_Ident],
+    states: dict[str, _State],
     max_depth: int,
 ) -> bool:
     """Nothing left to look up: every applicable resolver has looked up every identifier of its type
     (below the depth bound: its ``lookup_cursor`` is past them), or escalated while optional."""
     for r in resolvers:
-        state = states.get(r.name) or {}
-        if state.get("status") == ResolutionStatus.ESCALATED and r.optional:
+        state = states.get(r.name)
+        if state is not None and state.status == ResolutionStatus.ESCALATED and r.optional:
             continue
-        done_to = int(state.get("lookup_cursor") or 0)
+        done_to = state.cursor if state is not None else 0
         for i in idents:
-            if i["id_type"] == r.from_type and i["depth"] < max_depth and i["id"] > done_to:
+            if i.id_type == r.from_type and i.depth < max_depth and i.id > done_to:
                 return False
     return True
 
@@ -569,10 +680,66 @@ def identity_of(cur: Any, codec: IdentityCodec, request_ids: Sequence[int]) -> d
     return out
 
 
+@dataclass(slots=True)
+class _Request:
+    """A request to release: what the decision needs (its identifiers and resolver states included)."""
+
+    id: int
+    subject_type: str
+    subject_id: str | None
+    jurisdiction: str | None
+    idents: list[_Ident]
+    states: dict[str, _State]
+
+
+def _release_window(
+    conn: Any,
+    catalog: Catalog,
+    codec: IdentityCodec,
+    settings: Settings,
+    w: _Window,
+    result: ResolutionResult,
+) -> None:
+    """Release the window's settled requests from the pass's memory (its identifiers and resolver
+    states are what the pass loaded and wrote: nothing is read back), a chunk per transaction; a request
+    another session changed or locked meanwhile is left alone."""
+    max_depth = settings.resolution_max_depth
+    applicable: dict[str, list[Resolver]] = {}
+    idents: dict[int, list[_Ident]] = defaultdict(list)
+    for lst in w.by_type.values():
+        for i in lst:
+            idents[i.request_id].append(i)
+    states: dict[int, dict[str, _State]] = defaultdict(dict)
+    for (rid, name), st in w.states.items():
+        states[rid][name] = st
+    settled: list[_Request] = []
+    for rid in sorted(w.subject_types):
+        stype = w.subject_types[rid]
+        if _settled(_applicable(catalog, stype, applicable), idents[rid], states[rid], max_depth):
+            sid, jur = w.requests.get(rid, (None, None))
+            settled.append(_Request(rid, stype, sid, jur, idents[rid], states[rid]))
+        else:
+            result.still_resolving += 1
+    for start in range(0, len(settled), RELEASE_CHUNK):
+        chunk = settled[start : start + RELEASE_CHUNK]
+        with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT id FROM erasure.request WHERE id = ANY(%s::bigint[]) AND status = 'resolving'
+                    ORDER BY id FOR UPDATE SKIP LOCKED""",
+                (_array([r.id for r in chunk]),),
+            )
+            locked = {int(r["id"]) for r in cur.fetchall()}
+            mine = [r for r in chunk if r.id in locked]
+            if mine:
+                _release(cur, catalog, codec, mine, result)
+
+
 def release_resolved(
     conn: Any, catalog: Catalog, codec: IdentityCodec, settings: Settings, result: ResolutionResult
 ) -> None:
-    """Release the settled ``resolving`` requests (see the module docstring), a chunk per transaction."""
+    """Release the settled ``resolving`` requests read from the store (see the module docstring), a
+    chunk per transaction: the path of a pass with no resolver to run (a pass that ran resolvers
+    releases from its memory, :func:`_release_window`)."""
     max_depth = settings.resolution_max_depth
     applicable: dict[str, list[Resolver]] = {}
     last = 0
@@ -594,26 +761,26 @@ def release_resolved(
                         WHERE request_id = ANY(%s::bigint[]) ORDER BY id""",
                     (_array(ids),),
                 )
-                idents: dict[int, list[dict[str, Any]]] = defaultdict(list)
+                idents: dict[int, list[_Ident]] = defaultdict(list)
                 for rid, iid, t, d, dp, src in plain.fetchall():
-                    idents[int(rid)].append(
-                        {"id": iid, "id_type": t, "digest": d, "depth": dp, "source": src}
-                    )
+                    idents[int(rid)].append(_Ident(int(iid), int(rid), t, d, int(dp), None, None, src))
                 plain.execute(
                     """SELECT request_id, resolver, status, lookup_cursor, looked_up, found
                          FROM erasure.resolution WHERE request_id = ANY(%s::bigint[])""",
                     (_array(ids),),
                 )
-                states: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+                states: dict[int, dict[str, _State]] = defaultdict(dict)
                 for rid, name, st, cur_to, n, f in plain.fetchall():
-                    states[int(rid)][str(name)] = {
-                        "status": st,
-                        "lookup_cursor": cur_to,
-                        "looked_up": n,
-                        "found": f,
-                    }
+                    states[int(rid)][str(name)] = _State(st, int(cur_to), 0, False, int(n), int(f), True)
             settled = [
-                r
+                _Request(
+                    int(r["id"]),
+                    r["subject_type"],
+                    r["subject_id"],
+                    r["jurisdiction"],
+                    idents[int(r["id"])],
+                    states[int(r["id"])],
+                )  # fmt: skip
                 for r in reqs
                 if _settled(
                     _applicable(catalog, r["subject_type"], applicable),
@@ -624,7 +791,7 @@ def release_resolved(
             ]
             result.still_resolving += len(reqs) - len(settled)
             if settled:
-                _release(cur, catalog, codec, settled, idents, states, result)
+                _release(cur, catalog, codec, settled, result)
         if len(reqs) < RELEASE_CHUNK:
             return
 
@@ -633,13 +800,12 @@ def _release(
     cur: Any,
     catalog: Catalog,
     codec: IdentityCodec,
-    reqs: list[dict[str, Any]],
-    idents: dict[int, list[dict[str, Any]]],
-    states: dict[int, dict[str, dict[str, Any]]],
+    reqs: list[_Request],
     result: ResolutionResult,
 ) -> None:
-    ids = [int(r["id"]) for r in reqs]
-    digests = sorted({i["digest"] for rid in ids for i in idents[rid]})
+    t0 = time.perf_counter()
+    ids = [r.id for r in reqs]
+    digests = sorted({i.digest for r in reqs for i in r.idents})
     # holds by digest (any identifier), and holds placed by subject id without one (SQL, older holds):
     # their digest is that of the subject type's id type
     cur.execute(
@@ -647,7 +813,7 @@ def _release(
             WHERE released_at IS NULL
               AND (digest = ANY(%s::text[]) OR (digest IS NULL AND subject_type = ANY(%s::text[])))
             ORDER BY id""",
-        (_array(digests), _array(sorted({r["subject_type"] for r in reqs}))),
+        (_array(digests), _array(sorted({r.subject_type for r in reqs}))),
     )
     holds = []
     for h in cur.fetchall():
@@ -671,24 +837,25 @@ def _release(
                 WHERE request_id = ANY(%s::bigint[]) AND status = 'pending'""",
             (_array(ids),),
         )
-        tasks: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        tasks: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for tid, rid, target in plain.fetchall():
-            tasks[int(rid)].append({"id": tid, "request_id": rid, "target": target})
+            tasks[int(rid)].append((int(tid), str(target)))
+    result.timed("release_reads", t0)
     released: dict[str, dict[str, Any]] = {}
     updates: list[tuple[int, str, str]] = []
     transitions: list[Transition] = []
     events: list[tuple[int, str, str]] = []
-    for r in sorted(reqs, key=lambda x: int(x["id"])):
-        rid = int(r["id"])
-        mine = idents[rid]
-        own = {i["digest"] for i in mine}
-        types = {i["id_type"] for i in mine}
+    for r in sorted(reqs, key=lambda x: x.id):
+        rid = r.id
+        mine = r.idents
+        own = {i.digest for i in mine}
+        types = {i.id_type for i in mine}
         hold = next(
             (
                 h
                 for h in holds
                 if h["digest"] in own
-                or (h["subject_type"], h["subject_id"]) == (r["subject_type"], r["subject_id"])
+                or (h["subject_type"], h["subject_id"]) == (r.subject_type, r.subject_id)
             ),
             None,
         )
@@ -704,7 +871,7 @@ def _release(
         elif hold is not None:
             status, reason = RequestStatus.HELD, f"legal hold {hold['id']}: {hold['reason']}"[:1000]
             result.held += 1
-        elif rule := catalog.review.rule_for(r["subject_type"], r["jurisdiction"]):
+        elif rule := catalog.review.rule_for(r.subject_type, r.jurisdiction):
             status, reason = RequestStatus.IN_REVIEW, f"review: {rule}"
             result.in_review += 1
         else:
@@ -713,15 +880,15 @@ def _release(
         updates.append((rid, status.value, reason))
         if status != RequestStatus.REJECTED:
             for i in mine:
-                released.setdefault(i["digest"], {"id": rid, "id_type": i["id_type"]})
+                released.setdefault(i.digest, {"id": rid, "id_type": i.id_type})
         per_type: dict[str, int] = defaultdict(int)
         per_source: dict[str, int] = defaultdict(int)
         for i in mine:
-            per_type[i["id_type"]] += 1
-            per_source[i["source"]] += 1
+            per_type[i.id_type] += 1
+            per_source[i.source] += 1
         resolvers = {
-            k: {"status": v["status"], "looked_up": v["looked_up"], "found": v["found"]}
-            for k, v in sorted(states[rid].items())
+            k: {"status": v.status, "looked_up": v.looked_up, "found": v.found}
+            for k, v in sorted(r.states.items())
         }
         events.append(
             (
@@ -739,8 +906,8 @@ def _release(
         )
         if status == RequestStatus.REJECTED:
             continue
-        for t in tasks[rid]:
-            target = catalog.target(t["target"])
+        for tid, tname in tasks[rid]:
+            target = catalog.target(tname)
             if any(k in types for k in target.identity_keys):
                 continue
             note = (
@@ -749,12 +916,13 @@ def _release(
             )
             transitions.append(
                 Transition(
-                    int(t["id"]),
+                    tid,
                     TaskStatus.SUCCEEDED,
                     (TaskStatus.PENDING,),
                     evidence=not_found_evidence(target, note, resolvers),
                 )
             )
+    t0 = time.perf_counter()
     cur.execute(
         """UPDATE erasure.request r SET status = v.status, status_reason = v.reason, updated_at = now()
              FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, status, reason)
@@ -763,6 +931,8 @@ def _release(
     )
     if transitions:
         result.not_found_tasks += len(transition_tasks(cur, transitions))
+    result.timed("release_updates", t0)
+    t0 = time.perf_counter()
     cols = _columns(events)
     cur.execute(
         """INSERT INTO erasure.event_log (request_id, event_type, status, details)
@@ -770,3 +940,4 @@ def _release(
             ORDER BY id""",
         [EventType.IDENTITY_RESOLVED.value, *cols],
     )
+    result.timed("release_events", t0)
