@@ -610,13 +610,14 @@ def resolve_pending(
                     writer.submit(rnd)
                 if rnd.looked_up == 0 or not rnd.identities:
                     break  # nothing new: the next round would have nothing to look up
+            if release:  # the release's first chunk overlaps the last round's write; commits after it
+                t0, waited = time.perf_counter(), result.seconds.get("store_wait", 0.0)
+                _release_window(conn, catalog, codec, settings, w, result, writer)
+                result.timed("release", t0)
+                result.seconds["release"] -= result.seconds.get("store_wait", 0.0) - waited
             t0 = time.perf_counter()
             writer.drain()
             result.timed("store_wait", t0)
-            if release:
-                t0 = time.perf_counter()
-                _release_window(conn, catalog, codec, settings, w, result)
-                result.timed("release", t0)
             t0 = time.perf_counter()
         result.rounds = rounds
         if release and not chosen:
@@ -699,10 +700,15 @@ def _release_window(
     settings: Settings,
     w: _Window,
     result: ResolutionResult,
+    writer: _Writer,
 ) -> None:
     """Release the window's settled requests from the pass's memory (its identifiers and resolver
     states are what the pass loaded and wrote: nothing is read back), a chunk per transaction; a request
-    another session changed or locked meanwhile is left alone."""
+    another session changed or locked meanwhile is left alone. The first chunk is decided while the
+    writer still writes the last round (rows of other tables; the request rows are locked ``FOR NO KEY
+    UPDATE``, which the writer's foreign-key checks do not wait for), and commits only after the writer
+    committed every round: a request is never released without its identifiers stored (a failed write
+    rolls the release back)."""
     max_depth = settings.resolution_max_depth
     applicable: dict[str, list[Resolver]] = {}
     idents: dict[int, list[_Ident]] = defaultdict(list)
@@ -725,13 +731,16 @@ def _release_window(
         with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(
                 """SELECT id FROM erasure.request WHERE id = ANY(%s::bigint[]) AND status = 'resolving'
-                    ORDER BY id FOR UPDATE SKIP LOCKED""",
+                    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED""",
                 (_array([r.id for r in chunk]),),
             )
             locked = {int(r["id"]) for r in cur.fetchall()}
             mine = [r for r in chunk if r.id in locked]
             if mine:
                 _release(cur, catalog, codec, mine, result)
+            t0 = time.perf_counter()
+            writer.drain()  # before this chunk commits
+            result.timed("store_wait", t0)
 
 
 def release_resolved(
