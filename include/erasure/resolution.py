@@ -9,20 +9,25 @@ most :data:`WINDOW` ``resolving`` requests:
    identifiers it has not looked up yet (type ``from``, depth below the maximum, past its
    ``lookup_cursor`` for the request) and asks its target's system for all of them at once (the adapter
    batches by ``batch_size``). What the round found is normalised, checked against the type's pattern,
-   hashed and sealed once per distinct identifier, and written in one transaction: one statement for
-   the new identity rows of every resolver (with the resolver and the identifier they came from), one
-   for the resolver states (cursor, counts, failures). Rounds stop when a round found nothing new.
-   Cycles are safe: an identifier is stored once per request, and looked up once per resolver. A pass
-   that dies keeps the rounds it committed; the next pass goes on from their cursors;
+   hashed and sealed once per distinct identifier, given its id from the table's sequence, and written
+   in one transaction on a writer connection of its own while the next round's lookups run: one
+   ``COPY`` of the new identity rows of every resolver (with the resolver and the identifier they came
+   from), one of the new resolver states (an upsert for states already stored: cursor, counts,
+   failures). Rounds stop when a round found nothing new. Cycles are safe: an identifier is stored once
+   per request, and looked up once per resolver. A pass holds the advisory lock :data:`LOCK`, so its
+   memory of what is stored stays true. A pass that dies keeps the rounds it committed (rounds commit
+   in order; after a failed write nothing more is written); the next pass goes on from their cursors;
 3. a resolver whose system fails is retried with its target's retry policy (not again in the same
    pass), and after its target's ``max_attempts`` escalated (an alert to its owner team); its requests
    wait, unless the resolver is ``optional``;
-4. :func:`release_resolved`: a request with nothing left to look up is released in one transaction:
-   ``held`` when a legal hold names any of its identifiers, ``rejected`` as a duplicate when another
-   open request shares one of its identifiers, ``in_review`` when the catalog's review rules match,
-   else ``in_progress``; each task whose target is erased by identifier types none of which was found
-   succeeds at once with outcome ``not_found`` and the resolvers' evidence; event
-   ``identity_resolved`` records the counts per type and per resolver (never a value).
+4. :func:`_release_window`: a request with nothing left to look up is released, decided from the
+   pass's memory (nothing is read back), a chunk per transaction that commits only after every round
+   is written: ``held`` when a legal hold names any of its identifiers, ``rejected`` as a duplicate
+   when another open request shares one of its identifiers, ``in_review`` when the catalog's review
+   rules match, else ``in_progress``; each task whose target is erased by identifier types none of
+   which was found succeeds at once with outcome ``not_found`` and the resolvers' evidence; event
+   ``identity_resolved`` records the counts per type and per resolver (never a value). A pass with no
+   resolver to run releases from the store (:func:`release_resolved`).
 
 Only ids and counts leave this module; identifiers stay sealed in ``erasure.identity``.
 """
@@ -106,8 +111,10 @@ class ResolutionResult:
     still_resolving: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     """Where the pass spent its time: ``load`` (the window's identifiers and states), ``lookups`` (the
-    resolvers' systems), ``prepare`` (unseal, normalise, hash, seal), ``store`` (identity rows, states),
-    ``release``."""
+    resolvers' systems), ``prepare`` (unseal, normalise, hash, seal), ``store`` (identity rows, states:
+    the writer's time, overlapping the lookups and the release), ``store_wait`` (the pass waiting for the
+    writer), ``release`` (of which ``release_reads``: holds, duplicates, tasks; ``release_updates``:
+    requests, ``not_found`` tasks; ``release_events``: the audit events)."""
 
     def timed(self, phase: str, since: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
