@@ -235,6 +235,7 @@ def run(spark: Any, catalog: Any) -> dict[str, Any]:
     local = Path(os.environ.get("ERASURE_LOCAL", ROOT / ".local"))
     warehouse_dir = local / "bench" / "warehouse-tables"
     shutil.rmtree(warehouse_dir, ignore_errors=True)
+    load_start = os.getloadavg()
     try:
         results = [bench_table(spark, catalog, t, str(warehouse_dir)) for t in TABLES]
     finally:
@@ -245,6 +246,8 @@ def run(spark: Any, catalog: Any) -> dict[str, Any]:
         "spark_master": spark.sparkContext.master,
         "cores": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
+        "load_avg_start_1_5_15": [round(x, 2) for x in load_start],
+        "load_avg_end_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "rows_per_table": ROWS,
         "subjects": SUBJECTS,
         "per_subject_sample": SAMPLE,

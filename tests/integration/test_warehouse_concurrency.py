@@ -111,7 +111,7 @@ def _rows(spark, path: str) -> dict[str, list[int]]:
     return out
 
 
-def _erase_while(spark, tmp_path, monkeypatch, caplog, write) -> Any:
+def _erase_while(spark, tmp_path, monkeypatch, caplog, write, extra_subjects=()) -> Any:
     from erasure.warehouse import delete_subjects
 
     path = str(tmp_path / "orders")
@@ -121,7 +121,7 @@ def _erase_while(spark, tmp_path, monkeypatch, caplog, write) -> Any:
     _held_rewrite(monkeypatch, gate)
     writer = _concurrently(gate, lambda: write(path))
     with caplog.at_level("WARNING", logger="erasure.warehouse"):
-        res = delete_subjects(spark, _spec(path), SUBJECTS, one_pass_min_share=0.0)
+        res = delete_subjects(spark, _spec(path), [*SUBJECTS, *extra_subjects], one_pass_min_share=0.0)
     writer.join(60)
     assert not writer.errors, writer.errors  # type: ignore[attr-defined]
     assert (gate / "started").exists()  # the rewrite really was held while the other write committed
@@ -134,7 +134,13 @@ def _operations(spark, path: str) -> list[str]:
     return [r["operation"] for r in DeltaTable.forPath(spark, path).history().orderBy("version").collect()]
 
 
-def test_update_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatch, caplog):
+# Enough subjects per data file (ONE_PASS_SUBJECTS_PER_FILE) take the rewrite without the counting
+# scan: the same conflict detection guards it.
+UNCOUNTED = [f"cus_absent{i:04d}" for i in range(120)]
+
+
+@pytest.mark.parametrize("extra", [(), UNCOUNTED], ids=["counted", "uncounted"])
+def test_update_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatch, caplog, extra):
     from delta.tables import DeltaTable
 
     from erasure.vocab import WarehouseWrite
@@ -142,7 +148,7 @@ def test_update_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatc
     def update(path: str) -> None:
         DeltaTable.forPath(spark, path).update(f"customer_id = '{OTHER}'", {"score": "99"})
 
-    path, res = _erase_while(spark, tmp_path, monkeypatch, caplog, update)
+    path, res = _erase_while(spark, tmp_path, monkeypatch, caplog, update, extra)
     refused = [r.getMessage() for r in caplog.records if "one-pass rewrite refused" in r.getMessage()]
     assert len(refused) == 1 and "Concurrent" in refused[0], refused
     assert res.write == WarehouseWrite.MERGE and res.committed, res
@@ -171,3 +177,34 @@ def test_append_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatc
     assert after["cus_conc0500"] == [7, 7, 7, 7]  # the append was not lost
     assert not set(SUBJECTS) & set(after) and len(after[OTHER]) == 3, after
     assert _operations(spark, path) == ["WRITE", "WRITE", "MERGE"]
+
+
+def test_many_subjects_per_file_rewrite_partitioned_table_without_counting(spark, tmp_path):
+    """Delete mode with at least ONE_PASS_SUBJECTS_PER_FILE subjects per file: the one-pass rewrite
+    without the counting scan, on a partitioned table (one file read per task, no sort); the rows
+    deleted come from Delta's record counts; the partitioning is kept; a re-run writes nothing."""
+    from delta.tables import DeltaTable
+
+    from erasure.vocab import WarehouseWrite
+    from erasure.warehouse import ONE_PASS_SUBJECTS_PER_FILE, delete_subjects
+
+    path = str(tmp_path / "orders_by_day")
+    ids = [*SUBJECTS, OTHER, *[f"cus_conc{i:04d}" for i in range(100, 120)]]
+    rows = [(i, c, 10, f"2026-11-0{1 + i % 3}") for i, c in enumerate(ids * 3)]
+    df = spark.createDataFrame(rows, "order_id long, customer_id string, score int, day string")
+    df.repartition(5).write.format("delta").partitionBy("day").save(path)
+    files = DeltaTable.forPath(spark, path).detail().collect()[0]["numFiles"]
+    subjects = [*SUBJECTS, *[f"cus_absent{i:05d}" for i in range(ONE_PASS_SUBJECTS_PER_FILE * files)]]
+
+    res = delete_subjects(spark, _spec(path), subjects)
+    assert res.write == WarehouseWrite.REWRITE and res.committed, res
+    assert res.metrics["numTargetRowsDeleted"] == 6, res.metrics
+    assert res.metrics["numFilesInTable"] == files and "numTargetFilesTouched" not in res.metrics, res.metrics
+    after = spark.read.format("delta").load(path)
+    assert after.count() == len(rows) - 6
+    assert not after.where(after.customer_id.isin(SUBJECTS)).count()
+    detail = DeltaTable.forPath(spark, path).detail().collect()[0]
+    assert list(detail["partitionColumns"]) == ["day"]
+    assert detail["numFiles"] == files  # each task read one file (one partition) and wrote one
+    again = delete_subjects(spark, _spec(path), subjects)
+    assert again.write == WarehouseWrite.NONE and not again.committed, again
