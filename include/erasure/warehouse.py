@@ -466,30 +466,11 @@ def rewrite_table(spark: SparkSession, path: str, rows: Any, values: dict[str, A
     writer committed is lost; :func:`delete_subjects` then falls back to the row-level write at once.
     Partitioning, schema and table properties are kept.
 
-    Partitioned tables are written without the per-task sort by the partition columns: each read task
-    gets ONE data file (``spark.sql.files.openCostInBytes`` above any split size: Spark otherwise packs
-    many small files into a task), and a Delta file holds one partition, so each task writes one
-    partition straight through a single writer (``spark.sql.maxConcurrentOutputFileWriters``; Spark
-    falls back to its sort if a task ever sees more). On the benchmark's ``orders`` (90 date partitions)
-    the sort of every row is what made a partitioned rewrite ~2x an unpartitioned one.
+    Tried and dropped (issue 21, 2M and 10M rows): reading one data file per task so each task writes
+    its one partition without the sort by the partition column (``spark.sql.files.openCostInBytes``
+    above the split size, ``spark.sql.maxConcurrentOutputFileWriters``) was 10-35% slower; the cost of
+    a partitioned rewrite is writing one file per partition (90 here), not the sort.
     """
-    detail = spark.sql(f"DESCRIBE DETAIL {_quote_path(path)}").collect()[0]  # noqa: S608 (quoted path)
-    partitioned = bool(detail["partitionColumns"])
-    previous = _with_conf(spark, ONE_FILE_PER_TASK if partitioned else {})
-    try:
-        _rewrite(spark, path, rows, values)
-    finally:
-        _restore_conf(spark, previous)
-
-
-# Read one data file per task and write its one partition without sorting (see rewrite_table).
-ONE_FILE_PER_TASK: dict[str, str | None] = {
-    "spark.sql.files.openCostInBytes": str(1 << 40),
-    "spark.sql.maxConcurrentOutputFileWriters": "4",
-}
-
-
-def _rewrite(spark: SparkSession, path: str, rows: Any, values: dict[str, Any] | None) -> None:
     from pyspark.sql import functions as F
 
     df = spark.read.format("delta").load(path)
