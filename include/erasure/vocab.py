@@ -61,8 +61,8 @@ class WarehouseStage(StrEnum):
 class WarehouseWrite(StrEnum):
     """How the batched delete step wrote a Delta table (evidence ``delete_write``)."""
 
-    MERGE = "merge"  # MERGE ... WHEN MATCHED (one key column): finds the files, then rewrites them
-    PREDICATE = "predicate"  # DELETE / UPDATE by a predicate over several key columns
+    MERGE = "merge"  # MERGE with the keys as a broadcast source (one key column, a batch above PREDICATE_MAX_KEYS)
+    PREDICATE = "predicate"  # DELETE / UPDATE by ``key IN (...)`` over the key columns (the row-level write)
     REWRITE = "one_pass_rewrite"  # copy-on-write, most files touched: the whole table rewritten in one pass
     NONE = "none"  # nothing of the subjects left to change: no commit
 

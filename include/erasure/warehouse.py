@@ -4,21 +4,24 @@ The engine of the ``warehouse_delta`` target kind (its catalog section and looku
 :mod:`erasure.targets.warehouse_delta`). For every enabled target of that kind one run does, per table:
 
 1. **delete** (stage ``deleted``): ONE batched write for all the run's subjects of that table
-   (:func:`delete_subjects`). With deletion vectors: ``MERGE INTO t USING broadcast(subjects) s
-   ON t.<key> = s.key WHEN MATCHED THEN DELETE`` (open-source Delta rejects subqueries in ``DELETE``),
-   which only writes small vector files. Copy-on-write: one scan of the key columns first counts the
+   (:func:`delete_subjects`). With deletion vectors: ``DELETE FROM t WHERE <key> IN (<the batch's
+   keys>)`` (open-source Delta rejects subqueries in ``DELETE``; the key list is one SQL expression,
+   :func:`erasure.spark.key_in`), which finds and marks the rows in one scan and only writes small
+   vector files (a batch above ``PREDICATE_MAX_KEYS`` keys: a MERGE with the keys as a broadcast
+   source). Copy-on-write: one scan of the key columns first counts the
    rows to change and the files holding them; when they are at least ``ONE_PASS_MIN_FILE_SHARE`` of
    the table's files (10,000 scattered subjects touch all of them) the table is rewritten in ONE pass
    (:func:`rewrite_table`: read, drop or erase the rows, overwrite in one Delta transaction whose
    conflict detection refuses the commit if another writer committed meanwhile, even a blind append;
-   the run then falls back to the MERGE at once), else the MERGE rewrites the touched files only.
+   the run then falls back to the row-level DELETE at once), else the DELETE rewrites the touched
+   files only.
    Mode ``mask`` applies the field strategies instead and skips rows already in their erased form, so
    a re-run writes nothing. Evidence: the table version of the commit, how it was written
    (``delete_write``: ``merge``, ``predicate``, ``one_pass_rewrite`` or ``none``), the files touched and
    the operation metrics (``numTargetRowsDeleted`` / ``numTargetRowsUpdated``; batch totals).
-2. **purge** (stage ``purged``): with deletion vectors the MERGE only marks rows as deleted and the
+2. **purge** (stage ``purged``): with deletion vectors the DELETE only marks rows as deleted and the
    old Parquet files still hold them, so ``REORG TABLE delta.`path` APPLY (PURGE)`` rewrites the
-   files that carry deletion vectors. Without deletion vectors the MERGE already rewrote the touched
+   files that carry deletion vectors. Without deletion vectors the delete already rewrote the touched
    files (copy-on-write), so this stage records that no purge commit was needed.
 3. **vacuum** (stage ``vacuumed``): removed files still exist on disk and time travel still reads
    them until ``VACUUM ... RETAIN <retention_hours> HOURS`` deletes them. A task reaches this stage
@@ -43,7 +46,7 @@ target (never subject ids), so the table history names the erasure run that wrot
 Crash safety: a job killed at any point leaves each table at a committed version (Delta's commit
 protocol: a version exists only once its log file is written atomically; files of an unfinished
 write are unreferenced and later removed by VACUUM). The tracking store only moves after a Delta
-commit succeeded, so the next run repeats at most the last step, which is idempotent (a second MERGE
+commit succeeded, so the next run repeats at most the last step, which is idempotent (a second DELETE
 deletes 0 rows, REORG without deletion vectors rewrites nothing, VACUUM is repeatable).
 
 Retention below 168 h: Delta's VACUUM refuses it unless
@@ -84,6 +87,7 @@ from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.pseudonym import load_key as load_pseudonym_key
 from erasure.resolution import identity_of
 from erasure.settings import Settings
+from erasure.spark import key_in
 from erasure.targets.base import verification
 from erasure.targets.fields import MASK_STRING, FieldRule
 from erasure.targets.registry import adapter_for
@@ -115,6 +119,11 @@ MERGE_REPARTITION_CONF = "spark.databricks.delta.merge.repartitionBeforeWrite.en
 # two passes; our source is a literal, sorted list of subject keys, identical in both passes, so the
 # copy is pure overhead (~20% of a deletion-vector MERGE of 10M rows).
 MERGE_MATERIALIZE_CONF = "spark.databricks.delta.merge.materializeSource"
+# Delta records a DELETE/UPDATE's predicate in the commit's ``operationParameters`` as the expression's
+# ``simpleString(spark.sql.debug.maxToStringFields)``: with the default (25) the first keys of
+# ``key IN (...)`` would sit in ``_delta_log`` in clear. At 0 every argument list is elided
+# (``coalesce(... 2 more fields)``), so the log names no identifier; set only around our own write.
+PREDICATE_TEXT_CONF = "spark.sql.debug.maxToStringFields"
 LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 PSEUDONYM_RE = "^" + PREFIX + "[0-9a-f]{64}$"
 
@@ -345,16 +354,24 @@ def _any(conds: Sequence[Any]) -> Any:
 
 def _rows_of(spec: WarehouseDeltaSpec, keys: Sequence[str]) -> Any:
     """Spark condition: the row holds one of ``keys`` in any key column."""
-    from pyspark.sql import functions as F
-
-    return _any([F.col(f"`{k}`").cast("string").isin(list(keys)) for k in spec.key_columns])
+    return _any([key_in(k, keys, as_string=True) for k in spec.key_columns])
 
 
 # Copy-on-write tables: when the subjects' rows sit in at least this share of the table's files, the
-# whole table is rewritten in one pass (read, drop/erase the rows, overwrite) instead of MERGE's
-# find-then-rewrite: 10,000 scattered subjects touch every file of a 10M-row table, and the MERGE then
-# costs ~1.9 plain rewrites. Below it MERGE rewrites only the touched files, which is cheaper.
+# whole table is rewritten in one pass (read, drop/erase the rows, overwrite) instead of a row-level write's
+# find-then-rewrite: 10,000 scattered subjects touch every file of a 10M-row table, and a row-level
+# write then costs ~1.9 plain rewrites. Below it the row-level DELETE rewrites only the touched files,
+# which is cheaper.
 ONE_PASS_MIN_FILE_SHARE = 0.5
+
+
+# The row-level write (deletion-vector tables, and copy-on-write tables whose subjects touch few files)
+# is a DELETE/UPDATE whose predicate is ``key IN (<the batch's keys>)`` up to this many keys: Delta then
+# finds and marks (deletion vectors) the rows in ONE scan with the row indexes, where a MERGE scans the
+# table twice (find the touched files, then join again to write the vectors): 10M rows, 10,000
+# subjects, measured ~2x faster. Above it, a MERGE with the keys as a broadcast source (a literal list
+# that long is costly to parse and ship).
+PREDICATE_MAX_KEYS = 50_000
 
 
 def concurrent_write_errors() -> tuple[type[BaseException], ...]:
@@ -399,10 +416,7 @@ def subject_rows(spec: WarehouseDeltaSpec, schema: dict[str, Any], subject_ids: 
     from pyspark.sql.types import StringType
 
     keys = sorted({str(s) for s in subject_ids})
-    conds = []
-    for k in spec.key_columns:
-        col = F.col(f"`{k}`")
-        conds.append((col if isinstance(schema[k], StringType) else col.cast("string")).isin(keys))
+    conds = [key_in(k, keys, as_string=not isinstance(schema[k], StringType)) for k in spec.key_columns]
     return F.coalesce(_any(conds), F.lit(False))
 
 
@@ -511,9 +525,12 @@ def delete_subjects(
       Mode ``delete`` with at least ``ONE_PASS_SUBJECTS_PER_FILE`` subjects per data file skips the
       count: a probe for one matching row (none: ``none``), then the one-pass rewrite; the rows deleted
       are the records Delta counted before minus those it wrote (``numTargetFilesTouched`` not given).
-    * one key column: a ``MERGE`` with the subjects as a broadcast source (``merge``);
-    * several key columns: a ``DELETE``/``UPDATE`` whose predicate matches any of them (``predicate``;
-      a MERGE would match one row by several subjects, which Delta refuses for updates).
+    * otherwise (deletion vectors, or few files touched): a ``DELETE``/``UPDATE`` whose predicate
+      matches the subjects in any key column (``predicate``; ``key IN (...)`` built by
+      :func:`erasure.spark.key_in`): one scan where a MERGE needs two;
+    * one key column and more than ``PREDICATE_MAX_KEYS`` subjects: a ``MERGE`` with the subjects as a
+      broadcast source (``merge``; with several key columns a MERGE would match one row by several
+      subjects, which Delta refuses for updates, so those stay ``predicate``).
 
     Re-running it for the same subjects is harmless: 0 rows match (delete) or every match is already
     in its erased form (mask), and no new version is written.
@@ -582,8 +599,10 @@ def delete_subjects(
                 rewrite_table(spark, path, changes, None if spec.mode == "delete" else plain)
 
     def row_level() -> tuple[WarehouseWrite, Any]:
-        """The row-level write: MERGE (one key column) or DELETE/UPDATE with a predicate."""
-        if len(spec.key_columns) == 1:
+        """The row-level write: DELETE/UPDATE with a predicate over the key columns (``key IN (...)``,
+        which Spark evaluates as a hash-set lookup); a MERGE for a batch above ``PREDICATE_MAX_KEYS``
+        subjects with one key column."""
+        if len(spec.key_columns) == 1 and len(set(subject_ids)) > PREDICATE_MAX_KEYS:
             key = spec.key_column
             values = {f"`{c}`": _erased_value(r, c, schema[c], pads, "t.") for c, r in rules.items()}
             differs = _any([_not_erased(r, c, schema[c], "t.") for c, r in rules.items()])
@@ -594,7 +613,7 @@ def delete_subjects(
             else:
                 merge = merge.whenMatchedUpdate(condition=differs, set=values)
             return WarehouseWrite.MERGE, merge.execute
-        match = _rows_of(spec, sorted({str(s) for s in subject_ids}))
+        match = subject_rows(spec, schema, subject_ids)
         values = {f"`{c}`": _erased_value(r, c, schema[c], pads) for c, r in rules.items()}
         differs = _any([_not_erased(r, c, schema[c]) for c, r in rules.items()])
         if spec.mode == "delete":
@@ -608,7 +627,13 @@ def delete_subjects(
     # file (one partition), so it cannot scatter small files, and the shuffle of every copied row
     # made a copy-on-write erasure ~3x slower (10M rows: 83 s -> 29 s).
     previous = _with_conf(
-        spark, {USER_METADATA_CONF: meta, MERGE_REPARTITION_CONF: "false", MERGE_MATERIALIZE_CONF: "none"}
+        spark,
+        {
+            USER_METADATA_CONF: meta,
+            MERGE_REPARTITION_CONF: "false",
+            MERGE_MATERIALIZE_CONF: "none",
+            PREDICATE_TEXT_CONF: "0",
+        },
     )
     try:
         try:
@@ -1034,7 +1059,7 @@ def _leftovers(df: DataFrame, spec: WarehouseDeltaSpec, keys: Sequence[str]) -> 
     if spec.mode == "mask":
         rows = rows.where(_any([_not_erased(r, c, schema[c]) for c, r in spec.rules().items()]))
     hit = F.explode(F.array_distinct(F.array(*[F.col(f"`{k}`").cast("string") for k in spec.key_columns])))
-    found = rows.select(hit.alias("k")).where(F.col("k").isin(list(keys))).groupBy("k").count().collect()
+    found = rows.select(hit.alias("k")).where(key_in("k", keys)).groupBy("k").count().collect()
     return {str(r["k"]): int(r["count"]) for r in found}
 
 
@@ -1347,7 +1372,7 @@ def erase_target(
         to_delete = [t for t in tasks if t.stage is None]
         if to_delete:
             rep.subjects_in_batch = len({k for t in to_delete for k in t.keys or [t.subject_id]})
-            log.info("target=%s step=merge status=start subjects=%d", target.name, rep.subjects_in_batch)
+            log.info("target=%s step=delete status=start subjects=%d", target.name, rep.subjects_in_batch)
             res = delete_subjects(
                 spark,
                 spec,
@@ -1358,7 +1383,7 @@ def erase_target(
             )
             rep.delete = res
             log.info(
-                "target=%s step=merge status=done version=%s metrics=%s",
+                "target=%s step=delete status=done version=%s metrics=%s",
                 target.name,
                 res.version,
                 res.metrics,

@@ -411,7 +411,7 @@ def test_killed_job_leaves_tables_consistent_and_next_run_completes(spark, catal
     def watch() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "target=wh_orders step=merge status=start" in line:
+            if "target=wh_orders step=delete status=start" in line:
                 merging.set()
 
     threading.Thread(target=watch, daemon=True).start()

@@ -9,10 +9,10 @@ committed its own write, so the other commit lands between the rewrite's plannin
 
 * An ``UPDATE`` of another customer's rows rewrites a file the erasure read and is removing.
 * A blind append (new rows, no file removed): the rewrite read the whole table, so Delta refuses its
-  commit too (``ConcurrentAppendException``), unlike a MERGE, which lets blind appends pass.
+  commit too (``ConcurrentAppendException``), unlike a row-level DELETE, which lets blind appends pass.
 
-Either way :func:`erasure.warehouse.delete_subjects` then erases by the row-level MERGE on the new
-snapshot in the same call (``write == merge``, a warning names the refusal): the subjects are gone and
+Either way :func:`erasure.warehouse.delete_subjects` then erases by the row-level DELETE on the new
+snapshot in the same call (``write == predicate``, a warning names the refusal): the subjects are gone and
 the other write is kept. Without that fallback a table appended to all the time would refuse every
 one-pass rewrite.
 """
@@ -151,12 +151,12 @@ def test_update_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatc
     path, res = _erase_while(spark, tmp_path, monkeypatch, caplog, update, extra)
     refused = [r.getMessage() for r in caplog.records if "one-pass rewrite refused" in r.getMessage()]
     assert len(refused) == 1 and "Concurrent" in refused[0], refused
-    assert res.write == WarehouseWrite.MERGE and res.committed, res
+    assert res.write == WarehouseWrite.PREDICATE and res.committed, res
     assert res.metrics["numTargetRowsDeleted"] == 6, res.metrics
     after = _rows(spark, path)
     assert after[OTHER] == [99, 99, 99]  # the update was not lost
     assert not set(SUBJECTS) & set(after), after  # and the subjects are gone
-    assert _operations(spark, path) == ["WRITE", "UPDATE", "MERGE"]  # no overwrite was committed
+    assert _operations(spark, path) == ["WRITE", "UPDATE", "DELETE"]  # no overwrite was committed
 
 
 def test_append_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatch, caplog):
@@ -172,11 +172,11 @@ def test_append_committed_during_the_rewrite_is_kept(spark, tmp_path, monkeypatc
     path, res = _erase_while(spark, tmp_path, monkeypatch, caplog, append)
     refused = [r.getMessage() for r in caplog.records if "one-pass rewrite refused" in r.getMessage()]
     assert len(refused) == 1 and "ConcurrentAppendException" in refused[0], refused
-    assert res.write == WarehouseWrite.MERGE and res.committed, res
+    assert res.write == WarehouseWrite.PREDICATE and res.committed, res
     after = _rows(spark, path)
     assert after["cus_conc0500"] == [7, 7, 7, 7]  # the append was not lost
     assert not set(SUBJECTS) & set(after) and len(after[OTHER]) == 3, after
-    assert _operations(spark, path) == ["WRITE", "WRITE", "MERGE"]
+    assert _operations(spark, path) == ["WRITE", "WRITE", "DELETE"]
 
 
 def test_many_subjects_per_file_rewrite_partitioned_table_without_counting(spark, tmp_path):

@@ -7,6 +7,7 @@ from typing import Any
 from erasure.catalog import Catalog, Target
 from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.reapply import ReapplyContext, TargetReapply, Tombstones, id_types_of, reapplier
+from erasure.spark import key_in
 from erasure.targets.warehouse_delta import WarehouseDeltaSpec
 from erasure.vocab import TargetKind
 
@@ -73,7 +74,7 @@ def reapply_warehouse_delta(ctx: ReapplyContext, target: Target, tombs: Tombston
         return result
     counts = {r["k"]: int(r["n"]) for r in df.where(_any_key(spec, keys)).select(
         F.explode(F.array(*[F.col(c).cast("string") for c in spec.key_columns])).alias("k")
-    ).where(F.col("k").isin(keys)).groupBy("k").count().withColumnRenamed("count", "n").collect()}  # fmt: skip
+    ).where(key_in("k", keys)).groupBy("k").count().withColumnRenamed("count", "n").collect()}  # fmt: skip
     steps = erase_table(spark, spec, keys, warehouse_dir=wh)
     verdicts = verify_erased(spark, spec, keys, before_version=None, warehouse_dir=wh)
     for k, t, h in matches:
@@ -88,10 +89,8 @@ def reapply_warehouse_delta(ctx: ReapplyContext, target: Target, tombs: Tombston
 
 
 def _any_key(spec: WarehouseDeltaSpec, keys: list[str]) -> Any:
-    from pyspark.sql import functions as F
-
     cond = None
     for c in spec.key_columns:
-        e = F.col(c).cast("string").isin(keys)
+        e = key_in(c, keys, as_string=True)
         cond = e if cond is None else cond | e
     return cond
