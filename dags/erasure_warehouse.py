@@ -10,9 +10,9 @@ Erases the subjects of in-progress requests from every catalog target of kind `w
    submitting `spark_jobs/warehouse_erase.py --target <table>` with `spark-submit`
    (`SparkSubmitOperator`, `erasure.airflow.spark.WarehouseEraseOperator`; master from the
    `spark_default` connection: `local[*]` or a Spark cluster), at most two at a time per run: a broken table fails (and
-   is retried) alone while the others complete. Per table ONE batched
-   `MERGE ... USING broadcast(subjects) ... WHEN MATCHED THEN DELETE` (or masking of the catalog's
-   `mask_columns`), then `REORG TABLE ... APPLY (PURGE)` where deletion vectors are on, then `VACUUM`
+   is retried) alone while the others complete. Per table ONE batched write: deletion vectors
+   `DELETE ... WHERE <key> IN (<the batch's keys>)`, copy-on-write with most files touched a one-pass
+   rewrite (or the catalog's field strategies), then `REORG TABLE ... APPLY (PURGE)` where deletion vectors are on, then `VACUUM`
    once the table's `retention_hours` have passed. Each task records the stages `deleted`
    (table version, `numTargetRowsDeleted`), `purged` and `vacuumed` with evidence; it succeeds only
    at `vacuumed`. A task waiting for its retention stays `in_progress` and a later run finishes it.

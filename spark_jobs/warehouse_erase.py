@@ -1,7 +1,7 @@
 """spark-submit entry point: erase the tracking store's subjects from the warehouse Delta tables.
 
 Reads the catalog's ``warehouse_delta`` targets and the workable tasks from the tracking store
-(psycopg2, in the driver), then per table runs ONE batched MERGE, REORG ... APPLY (PURGE) where
+(psycopg2, in the driver), then per table runs ONE batched delete (:func:`erasure.warehouse.delete_subjects`), REORG ... APPLY (PURGE) where
 deletion vectors are on and VACUUM once the catalog's retention has passed, writing the stages
 (deleted, purged, vacuumed) and evidence back (see :mod:`erasure.warehouse`). Never imports Airflow.
 

@@ -160,7 +160,7 @@ class SparkJobOperator(SparkSubmitOperator):
 
 
 class WarehouseEraseOperator(SparkJobOperator):
-    """``spark_jobs/warehouse_erase.py --target <target>``: one table's MERGE, purge and vacuum, stages
+    """``spark_jobs/warehouse_erase.py --target <target>``: one table's batched delete, purge and vacuum, stages
     and evidence written to the tracking store by the job. Returns a small summary for XCom; fails when
     the target failed (its tasks are already ``failed`` with the error, for ``erasure_reconcile``)."""
 
