@@ -352,11 +352,6 @@ def _any(conds: Sequence[Any]) -> Any:
     return out
 
 
-def _rows_of(spec: WarehouseDeltaSpec, keys: Sequence[str]) -> Any:
-    """Spark condition: the row holds one of ``keys`` in any key column."""
-    return _any([key_in(k, keys, as_string=True) for k in spec.key_columns])
-
-
 # Copy-on-write tables: when the subjects' rows sit in at least this share of the table's files, the
 # whole table is rewritten in one pass (read, drop/erase the rows, overwrite) instead of a row-level write's
 # find-then-rewrite: 10,000 scattered subjects touch every file of a 10M-row table, and a row-level
@@ -1055,7 +1050,7 @@ def _leftovers(df: DataFrame, spec: WarehouseDeltaSpec, keys: Sequence[str]) -> 
     from pyspark.sql import functions as F
 
     schema = {f.name: f.dataType for f in df.schema.fields}
-    rows = df.where(_rows_of(spec, keys))
+    rows = df.where(subject_rows(spec, schema, keys))
     if spec.mode == "mask":
         rows = rows.where(_any([_not_erased(r, c, schema[c]) for c, r in spec.rules().items()]))
     hit = F.explode(F.array_distinct(F.array(*[F.col(f"`{k}`").cast("string") for k in spec.key_columns])))

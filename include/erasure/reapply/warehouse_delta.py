@@ -40,7 +40,7 @@ def digest_col(key: bytes, id_type: str, value: Any) -> Any:
 def reapply_warehouse_delta(ctx: ReapplyContext, target: Target, tombs: Tombstones) -> TargetReapply:
     from pyspark.sql import functions as F
 
-    from erasure.warehouse import erase_table, table_location, verify_erased
+    from erasure.warehouse import erase_table, subject_rows, table_location, verify_erased
 
     spec = target.spec_as(WarehouseDeltaSpec)
     result = TargetReapply(target.name, target.kind)
@@ -72,9 +72,11 @@ def reapply_warehouse_delta(ctx: ReapplyContext, target: Target, tombs: Tombston
     if not keys:
         result.verified, result.detail = True, f"0 rows of {len(tombs.requests)} request(s) in {spec.table}"
         return result
-    counts = {r["k"]: int(r["n"]) for r in df.where(_any_key(spec, keys)).select(
+    schema = {f.name: f.dataType for f in df.schema.fields}
+    hits = df.where(subject_rows(spec, schema, keys)).select(
         F.explode(F.array(*[F.col(c).cast("string") for c in spec.key_columns])).alias("k")
-    ).where(key_in("k", keys)).groupBy("k").count().withColumnRenamed("count", "n").collect()}  # fmt: skip
+    )
+    counts = {r["k"]: int(r["count"]) for r in hits.where(key_in("k", keys)).groupBy("k").count().collect()}
     steps = erase_table(spark, spec, keys, warehouse_dir=wh)
     verdicts = verify_erased(spark, spec, keys, before_version=None, warehouse_dir=wh)
     for k, t, h in matches:
@@ -86,11 +88,3 @@ def reapply_warehouse_delta(ctx: ReapplyContext, target: Target, tombs: Tombston
         f"{name} v{s.version}{'' if s.committed else ' (nothing to do)'}" for name, s in steps.items()
     )
     return result
-
-
-def _any_key(spec: WarehouseDeltaSpec, keys: list[str]) -> Any:
-    cond = None
-    for c in spec.key_columns:
-        e = key_in(c, keys, as_string=True)
-        cond = e if cond is None else cond | e
-    return cond
