@@ -74,6 +74,7 @@ import json
 import logging
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,7 @@ from typing import TYPE_CHECKING, Any
 from erasure.catalog import Catalog, Target
 from erasure.db import transaction
 from erasure.identity import IdentityCodec, keys_for
+from erasure.privacy import scrub_text
 from erasure.pseudonym import PREFIX, hmac_pads
 from erasure.pseudonym import load_key as load_pseudonym_key
 from erasure.resolution import identity_of
@@ -364,8 +366,8 @@ ONE_PASS_MIN_FILE_SHARE = 0.5
 # is a DELETE/UPDATE whose predicate is ``key IN (<the batch's keys>)`` up to this many keys: Delta then
 # finds and marks (deletion vectors) the rows in ONE scan with the row indexes, where a MERGE scans the
 # table twice (find the touched files, then join again to write the vectors): 10M rows, 10,000
-# subjects, measured ~2x faster. Above it, a MERGE with the keys as a broadcast source (a literal list
-# that long is costly to parse and ship).
+# subjects, 0.92x a full scan against the MERGE's 1.92x (bench_warehouse.py). Above it, a MERGE with the
+# keys as a broadcast source (a literal list that long is costly to parse and ship).
 PREDICATE_MAX_KEYS = 50_000
 
 
@@ -1456,8 +1458,11 @@ def erase_target(
                     rep.verification_failed += len(group)
                     _fail(dsn, target, group, f"verification failed: {answer}", {**ev, "verification": ver})
     except Exception as exc:  # noqa: BLE001 (recorded on the tasks, reported, job exits non-zero)
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        log.exception("target=%s failed: %s", target.name, msg)
+        # Spark's errors may quote the write's predicate (``key IN ('...')``): no key of the batch goes
+        # to the log or the task's last_error
+        keys = {k for t in tasks for k in (*t.keys, t.subject_id)}
+        msg = scrub_text(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", keys)
+        log.error("target=%s failed: %s\n%s", target.name, msg, scrub_text(traceback.format_exc(), keys))
         rep.error = msg
         _fail(dsn, target, [t for t in tasks if t.status == TaskStatus.IN_PROGRESS], msg)
     return rep

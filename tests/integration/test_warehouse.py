@@ -344,6 +344,40 @@ def test_old_version_still_readable_fails_verification_until_vacuumed(spark, cat
     assert readiness({"status": "completed"}, [{"target": "wh_orders", **row}]) is None
 
 
+def test_a_failed_write_names_no_subject_in_the_log_or_the_task(
+    spark, catalog, warehouse, tracking_db, monkeypatch, caplog
+):
+    """A Spark error that quotes the write's predicate (``customer_id IN ('cus_...')``) is recorded
+    and logged without the batch's keys."""
+    import erasure.warehouse as wh
+
+    subjects = SUBJECTS[5:6]
+
+    def failing(spark, spec, subject_ids, **kw):  # what Spark raises on a bad plan, keys quoted
+        raise RuntimeError(
+            f"[INTERNAL_ERROR] cannot plan coalesce(customer_id IN ('{subject_ids[0]}'), false)"
+        )
+
+    monkeypatch.setattr(wh, "delete_subjects", failing)
+    ids = _register(tracking_db, subjects, targets=("wh_orders",))
+    with caplog.at_level("ERROR", logger="erasure.warehouse"):
+        rep = wh.erase_warehouse(
+            spark,
+            catalog,
+            tracking_db,
+            settings=get_settings(),
+            warehouse_dir=warehouse,
+            targets=["wh_orders"],
+        )
+    assert not rep.ok and "cannot plan" in rep.targets[0].error
+    row = next(iter(_tasks(tracking_db, ids.values()).values()))
+    assert row["status"] == "failed" and "cannot plan" in row["last_error"], row
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot plan" in logged
+    for text in (row["last_error"], rep.targets[0].error, logged):
+        assert subjects[0] not in text, text
+
+
 def test_bad_catalog_table_fails_the_target_with_a_clear_error(
     spark, catalog, warehouse, tracking_db, tmp_path
 ):
