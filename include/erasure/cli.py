@@ -23,6 +23,8 @@ variables, read once per invocation (erasure.settings.get_settings).
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from erasure.catalog import CatalogError, load_catalog
@@ -194,5 +196,16 @@ def _subject_digest(settings: Settings, subject_type: str, subject_id: str) -> s
         return None
 
 
+def _exit(rc: int) -> None:
+    """Exit with ``rc`` without the interpreter's teardown: deltalake and Arrow keep native thread pools
+    whose destructors can abort the process at exit after the work is done and its output written
+    (``terminate called without an active exception``, exit -6; delta-io/delta-rs#2184, seen once in
+    ``audit verify --delta``). Logs and standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
