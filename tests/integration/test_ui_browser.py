@@ -93,7 +93,7 @@ def test_operator_uses_every_page(browser):
 
     # the navigation has an "Erasure" entry; its page is the overview, served by the API server itself
     total_before = count("SELECT count(*) AS n FROM erasure.request")
-    page.get_by_role("link", name="Erasure").click()
+    page.get_by_role("link", name="Erasure", exact=True).click()
     page.wait_for_url(re.compile(r"/plugin/erasure"))
     frame = page.frame_locator("iframe")
     total = int(frame.locator("#kpi-total").inner_text())
@@ -228,7 +228,7 @@ def test_viewer_sees_no_action_and_outsider_is_refused(browser):
     # a user without any permission: no "Erasure" entry in the navigation, and the page itself refuses
     page = login(browser, "outsider")
     page.get_by_role("link", name="Dags").first.wait_for()
-    assert page.get_by_role("link", name="Erasure").count() == 0
+    assert page.get_by_role("link", name="Erasure", exact=True).count() == 0
     page.goto(f"{ui.BASE}/erasure/ui/")
     assert page.locator("#error-status").inner_text() == "403"
     assert page.locator("#kpi-total").count() == 0
